@@ -1,0 +1,135 @@
+"""Every model gives (N, classes) on every input shape; the seed models are the article's."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnntrain.errors import UserError
+from cnntrain.models import InputSpec, build_model, model_names
+from cnntrain.models.article import ResidualBlock
+
+
+# The article's classes as a reader would type them (fixed 3×32×32 input, 10 classes): a
+# cnntrain checkpoint's `model` state dict must load into them with strict=True.
+class ArticleSimpleCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(128 * 4 * 4, 256)
+        self.fc2 = nn.Linear(256, 10)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        x = x.view(-1, 128 * 4 * 4)
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class ArticleCIFAR10CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(512, 10),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+SPECS = [InputSpec(3, 32, 32, 10), InputSpec(1, 28, 28, 7), InputSpec(3, 64, 64, 100)]
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize(
+    "spec", SPECS, ids=lambda s: f"{s.channels}x{s.height}x{s.width}-{s.num_classes}"
+)
+def test_model_output_is_batch_by_classes(name, spec):
+    model = build_model({"name": name}, spec).eval()
+    x = torch.randn(3, spec.channels, spec.height, spec.width)
+    assert model(x).shape == (3, spec.num_classes)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("simplecnn", 620_810), ("cifar10cnn", 3_249_994), ("resnet", 272_474)]
+)
+def test_seed_models_have_the_articles_parameter_counts(name, params):
+    model = build_model({"name": name}, InputSpec(3, 32, 32, 10))
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+@pytest.mark.parametrize(
+    ("name", "article_class"), [("simplecnn", ArticleSimpleCNN), ("cifar10cnn", ArticleCIFAR10CNN)]
+)
+def test_state_dict_loads_strictly_into_the_articles_class(name, article_class):
+    ours = build_model({"name": name}, InputSpec(3, 32, 32, 10)).eval()
+    theirs = article_class().eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(theirs(x), ours(x))
+
+
+def test_flatten_size_follows_the_input_shape():
+    for side in (28, 32, 64):  # the article's "dimension mismatch" mistake cannot happen
+        model = build_model({"name": "cifar10cnn"}, InputSpec(3, side, side, 10))
+        assert model.classifier[1].in_features == 256 * (side // 8) ** 2
+
+
+def test_residual_block_projects_only_when_the_shape_changes():
+    assert len(ResidualBlock(16, 16, stride=1).shortcut) == 0  # identity skip
+    block = ResidualBlock(16, 32, stride=2)
+    assert isinstance(block.shortcut[0], nn.Conv2d) and block.shortcut[0].kernel_size == (1, 1)
+    assert block(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+
+
+def test_resnet_depth_sets_the_number_of_blocks():
+    r56 = build_model({"name": "resnet", "depth": 56}, InputSpec(3, 32, 32, 10))
+    assert sum(isinstance(m, ResidualBlock) for m in r56.modules()) == 27  # 3 stages × 9
+    with pytest.raises(UserError, match="6n\\+2"):
+        build_model({"name": "resnet", "depth": 21}, InputSpec(3, 32, 32, 10))
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(UserError) as e:
+        build_model({"name": "resnet9000"}, SPECS[0])
+    assert "resnet9000" in str(e.value) and all(n in str(e.value) for n in model_names())
+
+
+def test_unknown_model_option_is_named():
+    with pytest.raises(UserError, match="widht"):
+        build_model({"name": "resnet", "widht": 8}, SPECS[0])
+
+
+def test_too_small_input_is_refused_with_the_reason():
+    with pytest.raises(UserError, match="too small"):
+        build_model({"name": "simplecnn"}, InputSpec(3, 6, 6, 10))
+
+
+def test_fastnet_whitening_stem_decorrelates_patches():
+    model = build_model({"name": "fastnet"}, InputSpec(3, 32, 32, 10))
+    x = torch.randn(64, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    model.init_from_data(x)
+    out = model.whiten(x) - model.whiten.bias.view(1, -1, 1, 1)  # (64, 24, 31, 31)
+    cov = torch.cov(out[:, :12].permute(1, 0, 2, 3).reshape(12, -1))
+    torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
+    assert not model.whiten.weight.requires_grad
