@@ -1,0 +1,167 @@
+"""Decode a split once into a uint8 (N, C, H, W) tensor, cached on disk and checked on load."""
+
+import hashlib
+import json
+import logging
+import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnntrain.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the decoding below changes meaning
+MODES = {1: "L", 3: "RGB"}
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def conform(img: Image.Image, channels: int, size: tuple[int, int]) -> Image.Image:
+    """PIL image of any mode and size → the configured channels (L or RGB) and (H, W) size."""
+    img = img.convert(MODES[channels])  # palette, RGBA, CMYK, 16-bit… all end as L or RGB
+    if img.size != (size[1], size[0]):  # PIL sizes are (W, H)
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return img
+
+
+def to_pixels(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """PIL image → (C, H, W) uint8 in the configured channels and size."""
+    pixels = np.asarray(conform(img, channels, size), dtype=np.uint8)
+    return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def decode_file(path: str, channels: int, size: tuple[int, int]) -> np.ndarray | None:
+    """Pixels of one image file, or None when it cannot be read (truncated, empty, not an image)."""
+    try:
+        with Image.open(path) as img:
+            return to_pixels(img, channels, size)
+    except DECODE_ERRORS:
+        return None
+
+
+READABLE = np.empty(0, dtype=np.uint8)  # stands for the pixels when only readability is asked
+
+
+def _decode_chunk(args) -> list[np.ndarray | None]:
+    paths, channels, size, keep = args
+    pixels = (decode_file(p, channels, size) for p in paths)
+    return [px if keep or px is None else READABLE for px in pixels]
+
+
+def decode_files(files: list[str], channels, size, workers: int, keep=True) -> list:
+    """Decode many files in `workers` processes (JPEG decoding is CPU-bound and holds the GIL).
+
+    Returns each file's pixels, or None where unreadable; with keep=False only READABLE/None,
+    so a scan of a dataset larger than memory does not hold its pixels.
+    """
+    chunk = 512
+    jobs = [(files[i : i + chunk], channels, size, keep) for i in range(0, len(files), chunk)]
+    if workers <= 1 or len(jobs) == 1:
+        return [px for job in jobs for px in _decode_chunk(job)]
+    with ProcessPoolExecutor(workers) as pool:
+        return [px for part in pool.map(_decode_chunk, jobs) for px in part]
+
+
+def decode_arrays(arrays: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W[, C]) uint8 arrays → (N, C, H, W), converting channels/size only when needed."""
+    if arrays.ndim == 3:
+        arrays = arrays[..., None]  # grayscale (N, H, W) → (N, H, W, 1)
+    if arrays.shape[1:] == (*size, channels):
+        return np.ascontiguousarray(arrays.transpose(0, 3, 1, 2))
+    return np.stack([to_pixels(Image.fromarray(a.squeeze(-1)), channels, size) for a in arrays])
+
+
+def decode_source(source: ImageSource, channels, size, workers) -> tuple[np.ndarray, list[int]]:
+    """All images of `source` as (N_ok, C, H, W) uint8, and the indices of unreadable files."""
+    if source.arrays is not None:
+        return decode_arrays(source.arrays, channels, size), []
+    pixels = decode_files(source.files, channels, size, workers)
+    bad = [i for i, px in enumerate(pixels) if px is None]
+    good = [px for px in pixels if px is not None]
+    empty = np.zeros((0, channels, *size), dtype=np.uint8)
+    return (np.stack(good) if good else empty), bad
+
+
+def cache_key(origin: str, fingerprint: str, split: str, channels: int, size) -> str:
+    text = json.dumps([CACHE_FORMAT, origin, fingerprint, split, channels, list(size)])
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+def load_cached(path: Path) -> dict | None:
+    """The cached split at `path`, or None if absent; a corrupt file is reported and removed."""
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(path, weights_only=True, mmap=True)
+        if zlib.crc32(entry["images"].numpy()) != entry["crc32"]:
+            raise ValueError("pixel checksum mismatch")
+        return entry
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
+        log.warning("decoded-image cache %s is unreadable (%s); decoding again", path, e)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def save_cached(path: Path, entry: dict) -> None:
+    """Write atomically: a crash mid-write leaves no half file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(entry, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only or full cache disk costs speed next time, not this run
+        tmp.unlink(missing_ok=True)
+        log.warning("could not cache decoded images at %s (%s)", path, e)
+
+
+def decoded_split(source: ImageSource, key: str, cache_dir: Path, channels, size, workers):
+    """(images (N_ok, C, H, W) uint8 tensor, bad file indices) for `source`, cached under `key`.
+
+    Array-backed sources are already pixels and skip the cache: converting them takes
+    milliseconds.
+    """
+    if source.arrays is not None:
+        return torch.from_numpy(decode_source(source, channels, size, workers)[0]), []
+    path = cache_dir / "decoded" / f"{key}.pt"
+    entry = load_cached(path)
+    if entry is None:
+        log.info("decoding %d images (cached for the next run in %s)", len(source), path.parent)
+        images, bad = decode_source(source, channels, size, workers)
+        images = torch.from_numpy(images)
+        entry = {"images": images, "bad": torch.tensor(bad, dtype=torch.int64)}
+        entry["crc32"] = zlib.crc32(images.numpy())
+        save_cached(path, entry)
+    return entry["images"], entry["bad"].tolist()
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, in float64."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64) / 255
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, size, workers):
+    """Indices of the files of `source` that cannot be decoded; the scan is cached under `key`."""
+    if source.arrays is not None:
+        return []
+    path = cache_dir / "decoded" / f"{key}.unreadable.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    log.info("checking %d image files once (cached in %s)", len(source), path.parent)
+    flags = decode_files(source.files, channels, size, workers, keep=False)
+    bad = [i for i, px in enumerate(flags) if px is None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bad))
+    return bad

@@ -1,0 +1,251 @@
+"""Where images come from: torchvision datasets, offline copies, idx files and ImageFolder trees.
+
+Every source ends up as `Splits`: the class names plus, per split, an `ImageSource` holding the
+labels and either decoded pixels (array-backed sets) or image files (ImageFolder trees).
+
+How a known dataset (`data.name`) is looked for, first match wins:
+1. `data.root`, when set: an ImageFolder folder or archive (then the name only labels the run);
+2. torchvision's own format under `paths.data_dir` (e.g. `cifar-10-batches-py/`);
+3. an offline copy under `paths.data_dir`: an ImageFolder tree or archive (`cifar10-jpeg.tar.gz`)
+   for the CIFAR sets, the four raw idx `.gz` files (`fashion-mnist/`) for the MNIST sets,
+   also where Debian's `dataset-*` packages install them (`/usr/share/datasets/...`);
+4. a torchvision download into `paths.data_dir` when `data.download` is true.
+"""
+
+import gzip
+import hashlib
+import shutil
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision import datasets as tvd
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from cnntrain.errors import UserError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class ImageSource:
+    """One split's images: `arrays` (N, H, W[, C]) uint8 pixels, or `files` paths to decode."""
+
+    targets: np.ndarray  # (N,) int64 class indices
+    arrays: np.ndarray | None = None
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def open(self, i: int) -> Image.Image:
+        """Image i as PIL, in its stored mode and size (conversion is the caller's job)."""
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[i])
+        with Image.open(self.files[i]) as img:
+            img.load()  # read now, so a truncated file fails here and the handle is closed
+            return img
+
+    def subset(self, indices: np.ndarray) -> "ImageSource":
+        arrays = None if self.arrays is None else self.arrays[indices]
+        files = None if self.files is None else [self.files[i] for i in indices]
+        return ImageSource(self.targets[indices], arrays, files)
+
+
+@dataclass
+class Splits:
+    """A dataset as found: class names, its splits (`train` always; `val`, `test` if provided)."""
+
+    classes: list[str]
+    splits: dict[str, ImageSource]
+    origin: str  # where it was found, for the log and for cache keys
+    fingerprint: str = field(default="")  # changes when the files change
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    torchvision_class: type
+    folder_names: tuple[str, ...] = ()  # offline ImageFolder copies (folder or archive stem)
+    idx_dirs: tuple[str, ...] = ()  # offline raw idx copies (relative to data_dir, or absolute)
+
+
+KNOWN = {
+    "cifar10": KnownDataset(tvd.CIFAR10, folder_names=("cifar10-jpeg", "cifar10")),
+    "cifar100": KnownDataset(tvd.CIFAR100, folder_names=("cifar100-jpeg", "cifar100")),
+    "mnist": KnownDataset(tvd.MNIST, idx_dirs=("mnist", "/usr/share/datasets/mnist")),
+    "fashion_mnist": KnownDataset(
+        tvd.FashionMNIST, idx_dirs=("fashion-mnist", "/usr/share/datasets/fashion-mnist")
+    ),
+}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
+    """Find the dataset `data_cfg.name` (or the folder `data_cfg.root`) and open its splits."""
+    if data_cfg.root:
+        return open_image_folder(Path(data_cfg.root).expanduser(), Path(cache_dir))
+    name = data_cfg.name
+    if name not in KNOWN:
+        raise UserError(
+            f"data.name={name!r} has no built-in source; set data.root to an ImageFolder "
+            f"folder or archive, or use one of: {', '.join(KNOWN)}"
+        )
+    known, root = KNOWN[name], Path(data_dir).expanduser()
+    tried = [f"{root} (torchvision format)"]
+    found = open_torchvision(known.torchvision_class, root, download=False)
+    for stem in () if found else known.folder_names:
+        tried.append(f"{root / stem}[{'|'.join(ARCHIVE_SUFFIXES)}]")
+        for candidate in [root / stem, *(root / (stem + s) for s in ARCHIVE_SUFFIXES)]:
+            if candidate.exists():
+                return open_image_folder(candidate, Path(cache_dir))
+    for folder in () if found else known.idx_dirs:
+        candidate = root / folder  # an absolute `folder` stays absolute
+        tried.append(str(candidate))
+        if all((candidate / f).is_file() for pair in IDX_FILES.values() for f in pair):
+            return open_idx_folder(candidate, known.torchvision_class.classes)
+    if not found and data_cfg.download:
+        found = download_torchvision(known.torchvision_class, root, tried)
+    if not found:
+        raise UserError(
+            f"data.name={name!r}: no copy found (tried {'; '.join(tried)}); set "
+            f"CNNTRAIN_DATA_DIR or paths.data_dir to a folder holding one, or data.download=true"
+        )
+    return found
+
+
+def open_torchvision(cls: type, root: Path, download: bool) -> Splits | None:
+    """Open a torchvision dataset stored in its own format under `root`; None if absent."""
+    try:
+        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+    splits = {"train": array_source(train), "test": array_source(test)}
+    return Splits(list(train.classes), splits, origin=f"{root} ({cls.__name__})")
+
+
+def download_torchvision(cls: type, root: Path, tried: list[str]) -> Splits:
+    try:
+        return open_torchvision(cls, root, download=True)
+    except OSError as e:  # no network, refused, disk full: all URLError/OSError
+        raise UserError(
+            f"could not download {cls.__name__} into {root} ({e}); tried {'; '.join(tried)}. "
+            "Copy the dataset there, or point CNNTRAIN_DATA_DIR at a folder holding it"
+        ) from e
+
+
+def array_source(ds) -> ImageSource:
+    data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()  # MNIST: a tensor
+    return ImageSource(np.asarray(ds.targets, dtype=np.int64), arrays=data)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a gzipped idx file (LeCun's format: magic, dims as big-endian int32, uint8 data)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def open_idx_folder(folder: Path, classes: list[str]) -> Splits:
+    splits = {
+        split: ImageSource(
+            read_idx(folder / labels).astype(np.int64), arrays=read_idx(folder / images)
+        )
+        for split, (images, labels) in IDX_FILES.items()
+    }
+    return Splits(list(classes), splits, origin=f"{folder} (idx files)")
+
+
+def open_image_folder(path: Path, cache_dir: Path) -> Splits:
+    """An ImageFolder tree (`train/<class>/*`, plus `val/` and/or `test/`), or an archive of one."""
+    if not path.exists():
+        raise UserError(
+            f"data.root={str(path)!r} does not exist; give an ImageFolder folder or archive"
+        )
+    if path.is_file():
+        path = unpack_archive(path, cache_dir / "archives")
+    root = find_split_root(path)
+    present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    classes = {split: find_classes(root / split)[0] for split in present}
+    check_same_classes(classes, root)
+    class_to_idx = {c: i for i, c in enumerate(classes["train"])}
+    splits = {split: folder_source(root / split, class_to_idx) for split in present}
+    return Splits(classes["train"], splits, origin=str(root), fingerprint=fingerprint(splits))
+
+
+def find_split_root(path: Path) -> Path:
+    """The folder holding `train/`: `path` itself or its only subfolder (archives wrap one)."""
+    if (path / "train").is_dir():
+        return path
+    subdirs = [p for p in path.iterdir() if p.is_dir()]
+    if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
+        return subdirs[0]
+    raise UserError(f"{path} has no train/ folder; an ImageFolder needs train/<class>/<images>")
+
+
+def check_same_classes(classes: dict[str, list[str]], root: Path) -> None:
+    for split, names in classes.items():
+        if names != classes["train"]:
+            extra = sorted(set(names) ^ set(classes["train"]))
+            raise UserError(
+                f"{root}: {split}/ and train/ disagree on classes ({', '.join(extra)}); "
+                "every split needs the same class folders"
+            )
+
+
+def folder_source(folder: Path, class_to_idx: dict[str, int]) -> ImageSource:
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    counts = np.bincount([t for _, t in samples], minlength=len(class_to_idx))
+    empty = [c for c, i in class_to_idx.items() if counts[i] == 0]
+    if empty:
+        raise UserError(
+            f"{folder}: class folder(s) with no images: {', '.join(empty)}; "
+            f"add images ({', '.join(IMG_EXTENSIONS)}) or remove the folder"
+        )
+    files, targets = zip(*samples, strict=True)
+    return ImageSource(np.array(targets, dtype=np.int64), files=list(files))
+
+
+def fingerprint(splits: dict[str, ImageSource]) -> str:
+    """Hash of every file's path, size and mtime: changes whenever the data does."""
+    h = hashlib.blake2b(digest_size=8)
+    for split, source in splits.items():
+        for f in source.files:
+            st = Path(f).stat()
+            h.update(f"{split}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def unpack_archive(archive: Path, into: Path) -> Path:
+    """Unpack `archive` once into `into/<stem>-<hash>/`; later calls reuse that folder."""
+    st = archive.stat()
+    key = hashlib.blake2b(
+        f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=6
+    )
+    stem = archive.name.split(".")[0]
+    target = into / f"{stem}-{key.hexdigest()}"
+    if target.is_dir():
+        return target
+    tmp = into / f".{target.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(tmp, filter="data")  # no absolute paths, links or devices
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not unpack {archive}: {e}; is it a complete .tar.gz/.zip?") from e
+    tmp.rename(target)  # atomic: a crash mid-unpack leaves only the .partial folder
+    return target

@@ -1,0 +1,93 @@
+"""Shared test fixtures: the shared datasets, a per-session cache, config composition, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cnntrain.config import register_resolvers
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+DATA_DIR = Path(os.environ.get("CNNTRAIN_DATA_DIR", REPO.parent / "shared" / "datasets")).resolve()
+CIFAR_ARCHIVE = DATA_DIR / "cifar10-jpeg.tar.gz"
+FASHION_DIR = DATA_DIR / "fashion-mnist"
+
+needs_cifar = pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"no {CIFAR_ARCHIVE}")
+needs_fashion = pytest.mark.skipif(not FASHION_DIR.exists(), reason=f"no {FASHION_DIR}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_env(tmp_path_factory):
+    """One decoded-image cache for the whole session (CIFAR is unpacked and decoded once)."""
+    cache = os.environ.get("CNNTRAIN_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["CNNTRAIN_CACHE_DIR"] = cache
+    os.environ["CNNTRAIN_DATA_DIR"] = str(DATA_DIR)
+    register_resolvers()
+    return cache
+
+
+def compose_config(*overrides: str, output_dir: Path | None = None):
+    """The config `cnntrain *overrides` would run, without starting Hydra's app."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir else []
+        return compose("config", overrides=[*overrides, *extra])
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600, env=None):
+    """Run the real `cnntrain` command (as `python -m cnntrain`) in `cwd`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnntrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"cnntrain {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def run_folders(cwd: Path) -> list[Path]:
+    """Single-run folders under cwd/outputs/<date>/<time>_<token>/, oldest first."""
+    return sorted(
+        p.parent for p in (cwd / "outputs").glob("*/*/.hydra") if "multirun" not in p.parts
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def make_image_folder(
+    root: Path,
+    splits=("train", "val"),
+    classes=("class a", "class b"),
+    per_class=12,
+    mode="L",
+    size=(20, 24),
+    seed=0,
+) -> Path:
+    """An ImageFolder of PNGs whose classes differ in brightness and stripe direction."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                stripes = np.indices((h, w))[c % 2] % 4 < 2  # horizontal or vertical stripes
+                pixels = 60 + 120 * stripes + 40 * c + rng.integers(0, 30, (h, w))
+                img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "L").convert(mode)
+                img.save(folder / f"img {i:03d}.png")
+    return root

@@ -1,0 +1,198 @@
+"""Data invariants: splits disjoint, statistics from train only, evaluation deterministic,
+subsets seeded, both data paths drawing the same batches, ImageFolder inputs of any kind."""
+
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from cnntrain.data import load_data
+from cnntrain.data.decode import channel_stats
+from cnntrain.data.sources import open_image_folder, read_idx
+from cnntrain.data.splits import epoch_order, seeded_subset, stratified_split
+from cnntrain.errors import UserError
+from tests.conftest import FASHION_DIR, compose_config, make_image_folder, needs_fashion
+
+CPU = torch.device("cpu")
+
+
+def folder_config(root, *overrides):
+    return compose_config(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.num_workers=0",
+        *overrides,
+        output_dir="unused",
+    )
+
+
+def test_stratified_split_is_disjoint_complete_balanced_and_seeded():
+    targets = np.repeat(np.arange(4), [100, 50, 30, 20])
+    train, val = stratified_split(targets, 0.1, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == len(targets)
+    assert np.bincount(targets[val]).tolist() == [10, 5, 3, 2]  # 10% of every class
+    assert np.array_equal(val, stratified_split(targets, 0.1, seed=0)[1])
+    assert not np.array_equal(val, stratified_split(targets, 0.1, seed=1)[1])
+
+
+def test_sample_caps_are_seeded_subsets():
+    indices = np.arange(1000)
+    a, b = seeded_subset(indices, 100, 7), seeded_subset(indices, 100, 7)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 100 and set(a) <= set(indices)
+    assert not np.array_equal(a, seeded_subset(indices, 100, 8))
+    assert seeded_subset(indices, None, 7) is indices
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    first = epoch_order(50, seed=1, epoch=3)
+    assert sorted(first.tolist()) == list(range(50))
+    assert torch.equal(first, epoch_order(50, seed=1, epoch=3))
+    assert not torch.equal(first, epoch_order(50, seed=1, epoch=4))
+
+
+def test_imagefolder_grayscale_png_with_spaces_and_only_train_val(tmp_path):
+    root = make_image_folder(tmp_path / "pets", classes=("big dog", "small cat", "fish"))
+    data = load_data(folder_config(root), CPU)
+    assert data.classes == ["big dog", "fish", "small cat"]
+    assert (data.spec.channels, data.spec.height, data.spec.width) == (1, 20, 24)
+    assert (data.val_name, data.test_name) == (
+        "val",
+        "val",
+    )  # no test/: val is used for the final test
+    x, _ = next(data.train.batches(epoch=1))
+    assert x.shape[1:] == (1, 20, 24) and x.dtype == torch.float32
+
+
+def test_images_of_any_mode_and_size_are_converted(tmp_path):
+    root = make_image_folder(tmp_path / "rgba", mode="RGBA")
+    data = load_data(folder_config(root, "data.channels=3", "data.image_size=[16,12]"), CPU)
+    assert (data.spec.channels, data.spec.height, data.spec.width) == (3, 16, 12)
+    assert next(data.val.batches())[0].shape[1:] == (3, 16, 12)
+
+
+def test_splits_are_disjoint_and_stats_come_from_train_only(tmp_path):
+    root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=30)
+    cfg = folder_config(root, "data.val_split=0.2", "data.loader=tensor")
+    data = load_data(cfg, CPU)
+    assert (data.train.count, data.val.count, data.test.count) == (48, 12, 60)
+    train_pixels = {bytes(img.numpy()) for img in data.train.images}
+    val_pixels = {bytes(img.numpy()) for img in data.val.images}
+    assert not train_pixels & val_pixels  # no image is both trained and validated on
+    mean, std = channel_stats(data.train.images)
+    assert data.mean == pytest.approx(mean) and data.std == pytest.approx(std)
+    everything = torch.cat([data.train.images, data.val.images, data.test.images])
+    assert data.mean != pytest.approx(channel_stats(everything)[0])
+
+
+def test_evaluation_batches_are_deterministic_and_unaugmented(tmp_path):
+    root = make_image_folder(tmp_path / "f")
+    cfg = folder_config(root, "data.augment.rotation=30", "data.augment.crop_padding=4")
+    for loader in ("tensor", "dataloader"):
+        data = load_data(folder_config(root, f"data.loader={loader}"), CPU)
+        first = [x for x, _ in data.val.batches()]
+        again = [x for x, _ in data.val.batches(epoch=5)]
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    data = load_data(cfg, CPU)
+    assert not torch.equal(next(data.train.batches(1))[0], next(data.train.batches(2))[0])
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [["data.augment.hflip=false"], ["data.augment.hflip=true", "data.augment.crop_padding=2"]],
+)
+def test_tensor_and_dataloader_paths_draw_the_same_batches(tmp_path, augment):
+    root = make_image_folder(tmp_path / "f", per_class=20)
+    loaders = {
+        kind: load_data(
+            folder_config(root, f"data.loader={kind}", "data.batch_size=8", *augment), CPU
+        )
+        for kind in ("tensor", "dataloader")
+    }
+    for epoch in (1, 2):
+        t = list(loaders["tensor"].train.batches(epoch))
+        f = list(loaders["dataloader"].train.batches(epoch))
+        assert [y.tolist() for _, y in t] == [y.tolist() for _, y in f]
+        if augment == ["data.augment.hflip=false"]:  # without randomness the pixels agree exactly
+            assert all(torch.allclose(a, b) for (a, _), (b, _) in zip(t, f, strict=True))
+
+
+def test_a_restarted_epoch_draws_the_remaining_batches_unchanged(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=20)
+    for kind in ("tensor", "dataloader"):
+        cfg = folder_config(
+            root, f"data.loader={kind}", "data.batch_size=8", "data.augment.crop_padding=3"
+        )
+        data = load_data(cfg, CPU)
+        whole = [x for x, _ in data.train.batches(epoch=2)]
+        tail = [x for x, _ in data.train.batches(epoch=2, start=2)]
+        assert all(torch.equal(a, b) for a, b in zip(whole[2:], tail, strict=True))
+
+
+def test_archive_is_unpacked_once_into_the_cache(tmp_path):
+    make_image_folder(tmp_path / "pack" / "mydata")
+    archive = tmp_path / "mydata.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(tmp_path / "pack" / "mydata", arcname="mydata")
+    first = open_image_folder(archive, tmp_path / "cache")
+    again = open_image_folder(archive, tmp_path / "cache")
+    assert first.origin == again.origin and first.origin.startswith(str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache" / "archives").iterdir())) == 1
+
+
+def test_splits_that_disagree_on_classes_are_refused(tmp_path):
+    make_image_folder(tmp_path / "f", splits=("train",), classes=("a", "b"))
+    make_image_folder(tmp_path / "f", splits=("val",), classes=("a", "c"))
+    with pytest.raises(UserError, match=r"val/ and train/ disagree on classes \(b, c\)"):
+        open_image_folder(tmp_path / "f", tmp_path / "cache")
+
+
+def test_empty_class_folder_is_refused_by_name(tmp_path):
+    make_image_folder(tmp_path / "f", splits=("train",))
+    (tmp_path / "f" / "train" / "ghost class").mkdir()
+    with pytest.raises(UserError, match="no images: ghost class"):
+        open_image_folder(tmp_path / "f", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_unreadable_images_are_skipped_with_one_warning(tmp_path, caplog, loader):
+    root = make_image_folder(tmp_path / "f", per_class=10)
+    (root / "train" / "class a" / "empty.png").write_bytes(b"")
+    good = (root / "train" / "class b" / "img 000.png").read_bytes()
+    (root / "train" / "class b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "train" / "class b" / "notes.jpg").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        data = load_data(folder_config(root, f"data.loader={loader}"), CPU)
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 3 unreadable" in warnings[0]
+    assert "empty.png" in warnings[0]
+    assert data.train.count == 20
+    with pytest.raises(UserError, match="3 unreadable image file"):
+        load_data(folder_config(root, f"data.loader={loader}", "data.on_bad_image=error"), CPU)
+
+
+def test_corrupt_decode_cache_is_rebuilt(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("CNNTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "f")
+    cfg = folder_config(root, "data.loader=tensor")
+    first = load_data(cfg, CPU).val.images.clone()
+    for path in (tmp_path / "cache" / "decoded").glob("*.pt"):
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # one flipped bit in the pixel data: torch.load alone misses it
+        path.write_bytes(raw)
+    with caplog.at_level(logging.WARNING):
+        again = load_data(cfg, CPU).val.images
+    assert any(
+        "unreadable" in r.getMessage() and "decoding again" in r.getMessage()
+        for r in caplog.records
+    )
+    assert torch.equal(first, again)
+
+
+@needs_fashion
+def test_fashion_mnist_idx_files_are_read():
+    images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
