@@ -1,0 +1,250 @@
+"""Training and evaluation loops, and the arithmetic they run in (precision, EMA, TTA).
+
+Losses and accuracies accumulate on the device and are read once per epoch; the only other
+host sync is a finite-loss check every SYNC_EVERY steps (it also refreshes the progress bar).
+"""
+
+import contextlib
+import copy
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cnntrain.errors import UserError
+
+SYNC_EVERY = 50  # steps between host reads of the running loss
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"loss is not finite at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does the hardware compute bf16 natively (not by emulation in fp32)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # AVX512-BF16 or AMX tiles (Intel Cooper Lake, Sapphire Rapids+)
+        cpu = torch.cpu
+        return cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    return False
+
+
+def autocast_dtype(precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `trainer.precision`, None for plain fp32."""
+    precision = str(precision)
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+
+
+@dataclass
+class Arithmetic:
+    """How steps compute: autocast dtype, fp16 loss scaling, flip-TTA at evaluation."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    tta: bool = False
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self):
+        # Loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+class EMA:
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    Not torch.optim.swa_utils.AveragedModel: that reads a device counter every step (a host
+    sync) and has no warmup. Here the decay ramps as (1+n)/(10+n) up to `decay`, so the
+    average is not dominated by the random initial weights in short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        pairs = list(
+            zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        )
+        self.floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+        self.counters = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN batch counts
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema, current = zip(*self.floats, strict=True)
+        torch._foreach_lerp_(list(ema), list(current), 1 - decay)
+        for e, m in self.counters:
+            e.copy_(m)
+
+
+@dataclass
+class Totals:
+    """Running sums of an epoch, on the device: summed loss, correct predictions, images."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: int = 0
+    first_bad_step: torch.Tensor | None = None  # -1 while every loss is finite
+
+    @classmethod
+    def zeros(cls, device) -> "Totals":
+        z = torch.zeros((), dtype=torch.float64, device=device)
+        return cls(
+            z, torch.zeros((), dtype=torch.int64, device=device), 0, z.new_full((), -1).long()
+        )
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
+        n = len(y)
+        self.loss += loss.detach().double() * n
+        self.correct += (logits.argmax(1) == y).sum()
+        self.count += n
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, step, self.first_bad_step)
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss, accuracy): one host sync."""
+        return self.loss.item() / max(1, self.count), self.correct.item() / max(1, self.count)
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss, "correct": self.correct, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "Totals":
+        totals = cls.zeros(device)
+        totals.loss.copy_(state["loss"])
+        totals.correct.copy_(state["correct"])
+        totals.count = state["count"]
+        return totals
+
+
+@dataclass
+class StepParts:
+    """What a training step touches."""
+
+    model: nn.Module  # possibly torch.compile'd
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    arithmetic: Arithmetic
+    grad_clip: float | None = None
+    ema: EMA | None = None
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    return tqdm(
+        total=total,
+        desc=desc,
+        initial=initial,
+        disable=not enabled,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def train_one_epoch(
+    parts: StepParts,
+    loader,
+    epoch: int,
+    totals: Totals,
+    start: int = 0,
+    stop_requested: Callable[[], bool] = lambda: False,
+    progress=False,
+) -> int:
+    """Train over `loader` from batch `start`; add into `totals`; return the next batch index.
+
+    Returns early (after finishing the current step) when `stop_requested()` turns true.
+    Raises Diverged on a non-finite loss.
+    """
+    model, optimizer, a = parts.model, parts.optimizer, parts.arithmetic
+    model.train()
+    step = start
+    with progress_bar(len(loader), f"epoch {epoch}", progress, start) as bar:
+        for step, (x, y) in enumerate(loader.batches(epoch, start), start):
+            with a.autocast():
+                logits = model(x)  # (B, classes)
+                loss = parts.loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            a.scaler.scale(loss).backward()
+            if parts.grad_clip:
+                a.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
+            a.scaler.step(optimizer)
+            a.scaler.update()
+            parts.scheduler.step()
+            if parts.ema is not None:
+                parts.ema.update()
+            totals.add(loss, logits, y, step)
+            bar.update()
+            if (step + 1) % SYNC_EVERY == 0:
+                check_finite(totals, epoch)
+                bar.set_postfix(loss=f"{totals.loss.item() / totals.count:.3f}")
+            if stop_requested():
+                return step + 1
+    check_finite(totals, epoch)
+    return step + 1
+
+
+def check_finite(totals: Totals, epoch: int) -> None:
+    bad = int(totals.first_bad_step)
+    if bad >= 0:
+        raise Diverged(epoch, bad)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    arithmetic: Arithmetic,
+    progress=False,
+    desc="eval",
+    keep_outputs=False,
+) -> dict:
+    """Mean cross-entropy and accuracy of `model` on `loader`, in eval mode, without gradients.
+
+    With keep_outputs, also returns `logits` (N, classes) and `targets` (N,) on the CPU.
+    """
+    was_training = model.training
+    model.eval()  # BatchNorm uses its running statistics, Dropout is off
+    totals, outputs, targets = Totals.zeros(arithmetic.device), [], []
+    with progress_bar(len(loader), desc, progress) as bar:
+        for step, (x, y) in enumerate(loader.batches()):
+            with arithmetic.autocast():
+                logits = model(x).float()
+                if arithmetic.tta:  # a mirrored image is as likely as the image itself
+                    logits = (logits + model(x.flip(-1)).float()) / 2
+            loss = nn.functional.cross_entropy(logits, y)
+            totals.add(loss, logits, y, step)
+            if keep_outputs:
+                outputs.append(logits)
+                targets.append(y)
+            bar.update()
+    model.train(was_training)
+    loss, acc = totals.read()
+    result = {"loss": loss, "acc": acc, "count": totals.count}
+    if keep_outputs:
+        result["logits"] = torch.cat(outputs).cpu()
+        result["targets"] = torch.cat(targets).cpu()
+    return result

@@ -1,0 +1,51 @@
+"""Optimizer (Hydra `_target_` + `_partial_`) and a learning-rate schedule stepped every batch.
+
+Every schedule is expressed in optimizer steps, so one `scheduler.step()` per batch is right for
+all of them: StepLR's `step_size` epochs become `step_size × steps_per_epoch` steps (the same
+lr per epoch as the article's per-epoch StepLR), cosine and one-cycle change smoothly every step.
+"""
+
+from hydra.utils import instantiate
+from torch import nn
+from torch.optim import Optimizer, lr_scheduler
+
+from cnntrain.errors import UserError
+
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+
+
+def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay out
+    # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
+    return instantiate(optimizer_cfg, _convert_="all")(params)
+
+
+def build_scheduler(cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
+    total = epochs * steps_per_epoch
+    if cfg.name == "onecycle":  # warms up by itself
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+            anneal_strategy=cfg.anneal_strategy,
+            cycle_momentum=False,  # momentum stays what optimizer.momentum says
+        )
+    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    main = main_schedule(cfg, optimizer, total - warmup, steps_per_epoch)
+    if warmup <= 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def main_schedule(cfg, optimizer, steps: int, steps_per_epoch: int):
+    if cfg.name == "none":
+        return lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if cfg.name == "step":
+        return lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.min_lr)
+    raise UserError(f"scheduler.name={cfg.name!r} is unknown; use one of: {', '.join(SCHEDULERS)}")

@@ -1,0 +1,111 @@
+"""Every option of every config group composes, and builds what it describes."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cnntrain.models import InputSpec, build_model, model_names
+from cnntrain.optim import build_optimizer, build_scheduler
+from tests.conftest import CONF, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert options("data") == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "mnist"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
+    assert set(options("model")) == set(model_names())  # one YAML per registered model
+    assert {"seed_cifar10", "smoke", "fashion_mnist", "cifar10_94"} <= set(options("experiment"))
+
+
+def test_default_config_is_cifar10_cnn_with_sgd():
+    cfg = compose_config()
+    assert (cfg.data.name, cfg.model.name) == ("cifar10", "cifar10cnn")
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.paths.data_dir  # from CNNTRAIN_DATA_DIR in tests
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_every_data_option_composes(option):
+    extra = ["data.root=/some/folder"] if option == "imagefolder" else []
+    cfg = compose_config(f"data={option}", *extra, output_dir="unused")
+    assert cfg.data.name == option
+    assert OmegaConf.missing_keys(cfg) == set()
+    if cfg.data.mean is not None:  # known datasets carry their training-split statistics
+        assert len(cfg.data.mean) == len(cfg.data.std)
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_option_builds(option):
+    cfg = compose_config(f"model={option}")
+    model = build_model(cfg.model, InputSpec(3, 32, 32, 10))
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler_builds_and_steps(optimizer, scheduler):
+    cfg = compose_config(f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.epochs=3")
+    model = torch.nn.Linear(4, 2)
+    opt = build_optimizer(cfg.optimizer, model)
+    sched = build_scheduler(cfg.scheduler, opt, cfg.trainer.epochs, steps_per_epoch=5)
+    lrs = []
+    for _ in range(15):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(lr >= 0 for lr in lrs) and max(lrs) <= cfg.optimizer.lr * 1.0001
+
+
+def test_step_schedule_matches_the_articles_per_epoch_steplr():
+    cfg = compose_config("scheduler=step", "scheduler.step_size=2", "optimizer.lr=0.1")
+    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    sched = build_scheduler(cfg.scheduler, opt, epochs=6, steps_per_epoch=4)
+    per_epoch = []
+    for _ in range(6):
+        per_epoch.append(opt.param_groups[0]["lr"])  # the lr every step of this epoch uses
+        for _ in range(4):
+            opt.step()
+            sched.step()
+    assert per_epoch == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_warmup_ramps_linearly_then_hands_over():
+    cfg = compose_config("scheduler=cosine", "scheduler.warmup_epochs=1", "optimizer.lr=0.1")
+    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    sched = build_scheduler(cfg.scheduler, opt, epochs=3, steps_per_epoch=4)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.025, 0.04375, 0.0625, 0.08125])  # from lr/4, +3/16 lr a step
+    assert lrs[4] == pytest.approx(0.1) and lrs[-1] < 0.01  # then cosine down towards 0
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_config(f"experiment={experiment}", output_dir="unused")
+    assert OmegaConf.missing_keys(cfg) == set()
+    assert cfg.model.name in model_names()
+
+
+def test_seed_experiment_is_the_articles_recipe():
+    cfg = compose_config("experiment=seed_cifar10")
+    assert (cfg.model.name, cfg.data.name, cfg.data.batch_size) == ("cifar10cnn", "cifar10", 128)
+    o = cfg.optimizer
+    assert (o._target_, o.lr, o.momentum, o.nesterov, o.weight_decay) == (
+        "torch.optim.SGD",
+        0.01,
+        0.9,
+        False,
+        5e-4,
+    )
+    assert (cfg.scheduler.name, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("step", 20, 0.1)
+    assert (cfg.trainer.epochs, cfg.trainer.target_accuracy) == (50, 0.9)
+    a = cfg.data.augment
+    assert (a.hflip, a.crop_padding, a.rotation) == (True, 4, 15)
+    assert a.color_jitter.brightness > 0
