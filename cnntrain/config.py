@@ -1,0 +1,204 @@
+"""Config plumbing: the resolvers conf/ uses, run folders, and validation before any work."""
+
+import datetime
+import functools
+import math
+import re
+import secrets
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cnntrain.data.augment import build_batch_augment
+from cnntrain.errors import UserError
+from cnntrain.models import check_model_options
+
+
+@functools.cache
+def run_token() -> str:
+    """6 hex digits drawn once per process: separates runs started in the same second."""
+    return secrets.token_hex(3)
+
+
+def resume_folder(resume: str) -> Path:
+    """The run folder named by `resume=`: the folder itself, or the one holding a checkpoint."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+@functools.cache
+def run_dir(resume: str | None, log_dir: str) -> str:
+    if resume:
+        return str(resume_folder(resume))
+    now = datetime.datetime.now()
+    return f"{log_dir}/{now:%Y-%m-%d}/{now:%H-%M-%S}_{run_token()}"
+
+
+def register_resolvers() -> None:
+    """Resolvers named in conf/hydra/default.yaml; call before Hydra composes the config."""
+    OmegaConf.register_new_resolver("run_token", run_token, replace=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver(
+        "unless_resuming", lambda resume, value: None if resume else value, replace=True
+    )
+
+
+def integer(lo: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def number(lo: float, hi: float = math.inf, lo_open=False, hi_open=False):
+    """A real number in the interval lo..hi (open or closed at each end)."""
+
+    def check(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    return check
+
+
+def optional(check):
+    return lambda v: v is None or check(v)
+
+
+def one_of(*values):
+    return lambda v: str(v) in values
+
+
+def boolean(v) -> bool:
+    return isinstance(v, bool)
+
+
+def device_name(v) -> bool:
+    return v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v)))
+
+
+def image_size(v) -> bool:
+    if v is None or integer(1)(v):
+        return True
+    return isinstance(v, ListConfig | list) and len(v) == 2 and all(integer(1)(s) for s in v)
+
+
+def positive_list(v) -> bool:
+    return v is None or (
+        isinstance(v, ListConfig | list) and all(number(0, lo_open=True)(x) for x in v)
+    )
+
+
+# (key, check, what is allowed): checked before any work; a missing optional key is skipped.
+RULES = [
+    ("trainer.epochs", integer(1), "an integer ≥ 1"),
+    ("trainer.seed", integer(0), "an integer ≥ 0"),
+    ("trainer.device", device_name, "auto, cpu, cuda or cuda:N"),
+    ("trainer.precision", one_of("auto", "32", "bf16", "16"), "auto, 32, bf16 or 16"),
+    ("trainer.channels_last", boolean, "true or false"),
+    ("trainer.compile", boolean, "true or false"),
+    (
+        "trainer.target_accuracy",
+        optional(number(0, 1, lo_open=True)),
+        "null or a fraction in (0, 1]",
+    ),
+    ("trainer.grad_clip", optional(number(0, lo_open=True)), "null or a number > 0"),
+    (
+        "trainer.ema",
+        optional(number(0, 1, lo_open=True, hi_open=True)),
+        "null or a decay in (0, 1)",
+    ),
+    ("trainer.tta", boolean, "true or false"),
+    ("trainer.checkpoint_every", integer(1), "an integer ≥ 1 (epochs)"),
+    ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    ("data.val_split", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
+    ("data.split_seed", integer(0), "an integer ≥ 0"),
+    ("data.batch_size", integer(1), "an integer ≥ 1"),
+    ("data.eval_batch_size", integer(1), "an integer ≥ 1"),
+    ("data.num_workers", integer(0), "an integer ≥ 0"),
+    ("data.max_train_samples", optional(integer(1)), "null or an integer ≥ 1"),
+    ("data.max_eval_samples", optional(integer(1)), "null or an integer ≥ 1"),
+    ("data.loader", one_of("auto", "tensor", "dataloader"), "auto, tensor or dataloader"),
+    ("data.memory_budget_gb", number(0, lo_open=True), "a number of GiB > 0"),
+    ("data.sampler", one_of("random", "balanced"), "random or balanced"),
+    ("data.on_bad_image", one_of("skip", "error"), "skip or error"),
+    ("data.channels", optional(lambda v: v in (1, 3)), "null, 1 or 3"),
+    ("data.image_size", image_size, "null, a side in px, or [H, W]"),
+    ("data.download", boolean, "true or false"),
+    (
+        "data.mean",
+        optional(lambda v: isinstance(v, ListConfig | list)),
+        "null or one value per channel",
+    ),
+    ("data.std", positive_list, "null or one positive value per channel"),
+    ("optimizer.lr", number(0, lo_open=True), "a learning rate > 0"),
+    ("optimizer.weight_decay", number(0), "a number ≥ 0"),
+    ("optimizer.momentum", number(0, 1, hi_open=True), "a number in [0, 1)"),
+    (
+        "scheduler.name",
+        one_of("none", "step", "cosine", "onecycle"),
+        "none, step, cosine or onecycle",
+    ),
+    ("scheduler.warmup_epochs", number(0), "a number of epochs ≥ 0"),
+    ("scheduler.step_size", integer(1), "an integer ≥ 1 (epochs)"),
+    ("scheduler.gamma", number(0, 1, lo_open=True), "a factor in (0, 1]"),
+    ("scheduler.min_lr", number(0), "a number ≥ 0"),
+    ("scheduler.pct_start", number(0, 1, lo_open=True, hi_open=True), "a fraction in (0, 1)"),
+    ("scheduler.div_factor", number(1), "a number ≥ 1"),
+    ("scheduler.final_div_factor", number(1), "a number ≥ 1"),
+    ("scheduler.anneal_strategy", one_of("cos", "linear"), "cos or linear"),
+    ("loss.label_smoothing", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
+    ("loss.class_weights", optional(one_of("auto")), "null or auto"),
+]
+ABSENT = object()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse impossible values, naming the key, the value and what is allowed (a UserError)."""
+    for key, check, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not check(value):
+            raise UserError(f"{key}={format_value(value)} is not valid; use {allowed}")
+    if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.device={cfg.trainer.device} but no CUDA GPU is available; use auto or cpu"
+        )
+    if cfg.data.name == "imagefolder" and not cfg.data.root:
+        raise UserError("data=imagefolder needs data.root=PATH (a folder or archive with train/)")
+    if cfg.data.root and not Path(cfg.data.root).expanduser().exists():
+        raise UserError(
+            f"data.root={cfg.data.root!r} does not exist; give an ImageFolder folder or archive"
+        )
+    build_batch_augment(cfg.data.augment)  # raises on a bad data.augment value
+    for key, value in (cfg.data.get("eval_augment") or {}).items():
+        raise UserError(
+            f"data.eval_augment.{key}={format_value(value)} would make evaluation random "
+            "(augmenting the test set); evaluation sees each image as is; for flip test-time "
+            "augmentation use trainer.tta=true"
+        )
+    check_model_options(cfg.model)
+
+
+def format_value(value) -> str:
+    if isinstance(value, ListConfig | DictConfig):
+        return str(OmegaConf.to_container(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def unknown_keys(cfg: DictConfig, reference: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `cfg` that `reference` (the same groups, no value overrides) does not have.
+
+    An empty mapping in the reference (like data.eval_augment) is left to `validate`.
+    """
+    found = []
+    for key, value in cfg.items_ex(resolve=False):
+        path = f"{prefix}{key}"
+        if key not in reference:
+            found.append(path)
+        elif (
+            isinstance(value, DictConfig)
+            and isinstance(reference[key], DictConfig)
+            and reference[key]
+        ):
+            found += unknown_keys(value, reference[key], f"{path}.")
+    return found

@@ -1,0 +1,139 @@
+"""The real `cnntrain` command end to end, on small slices of the shared data."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnntrain.outputs.metrics import TIME_FIELDS
+from tests.conftest import (
+    make_image_folder,
+    needs_cifar,
+    needs_fashion,
+    read_jsonl,
+    run_cli,
+    run_folders,
+)
+from tests.test_models import ArticleCIFAR10CNN
+
+pytestmark = pytest.mark.slow
+SMALL = ("trainer.epochs=2", "data.max_train_samples=512", "data.max_eval_samples=256")
+METRIC_FIELDS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s"}
+RESULT_FIELDS = {"test/acc", "test/loss", "best_epoch", "epochs", "train_time_s", "params"}
+
+
+@needs_cifar
+def test_cifar10_run_writes_every_output(tmp_path):
+    proc = run_cli("model=cifar10cnn", "optimizer=sgd", *SMALL, cwd=tmp_path)
+    (run,) = run_folders(tmp_path)
+    assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= {
+        p.name for p in (run / ".hydra").iterdir()
+    }
+    assert "epoch 2/2" in (run / "train.log").read_text()
+    assert "config" in proc.stdout and "model" in proc.stdout  # the printed config tree
+
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r.keys() >= METRIC_FIELDS for r in rows)
+    assert all(0 <= r["train/acc"] <= 1 and 0 <= r["val/acc"] <= 1 for r in rows)
+    with open(run / "metrics.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [float(r["val/acc"]) for r in csv_rows] == [r["val/acc"] for r in rows]
+
+    results = json.loads((run / "results.json").read_text())
+    assert results.keys() >= RESULT_FIELDS
+    assert 0 <= results["test/acc"] <= 1 and results["test/count"] == 256
+    assert results["params"] == 3_249_994 and results["epochs"] == 2
+    best_epoch = max(rows, key=lambda r: r["val/acc"])["epoch"]
+    assert results["best_epoch"] == best_epoch
+
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "epoch", "config", "metrics"} <= ckpt.keys()
+        assert isinstance(ckpt["config"], dict) and ckpt["config"]["model"]["name"] == "cifar10cnn"
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["metrics"] == rows
+    ArticleCIFAR10CNN().load_state_dict(last["model"], strict=True)
+
+
+@needs_fashion
+def test_fashion_mnist_run_learns(tmp_path):
+    run_cli(
+        "data=fashion_mnist",
+        "model=simplecnn",
+        "trainer.epochs=2",
+        "data.max_train_samples=2048",
+        "data.max_eval_samples=512",
+        cwd=tmp_path,
+    )
+    (run,) = run_folders(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    assert results["dataset"] == "fashion_mnist" and results["classes"][0] == "T-shirt/top"
+    assert results["test/acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_unseen_image_folder_trains_without_options(tmp_path):
+    root = make_image_folder(
+        tmp_path / "my images", classes=("round thing", "square thing"), per_class=24
+    )
+    run_cli(
+        "data=imagefolder", f"data.root={root}", "model=simplecnn", "trainer.epochs=3", cwd=tmp_path
+    )
+    (run,) = run_folders(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    assert results["classes"] == ["round thing", "square thing"] and results["test/split"] == "val"
+    assert results["test/acc"] >= 0.75  # stripes and brightness are easy to tell apart
+
+
+@needs_cifar
+def test_same_seed_same_run_on_cpu(tmp_path):
+    args = (
+        "model=simplecnn",
+        "trainer.epochs=2",
+        "data.max_train_samples=256",
+        "data.max_eval_samples=128",
+        "data.augment.rotation=10",
+    )
+    run_cli(*args, cwd=tmp_path)
+    run_cli(*args, cwd=tmp_path)
+    a, b = run_folders(tmp_path)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(a / "metrics.jsonl")) == strip(read_jsonl(b / "metrics.jsonl"))
+    wa = torch.load(a / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@needs_cifar
+def test_two_runs_started_together_get_their_own_folders(tmp_path):
+    cmd = [sys.executable, "-m", "cnntrain", "experiment=smoke", "trainer.epochs=1"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    runs = run_folders(tmp_path)
+    assert len(runs) == 2 and all((r / "results.json").exists() for r in runs)
+
+
+@needs_cifar
+def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary(tmp_path):
+    proc = run_cli("-m", "experiment=smoke", "optimizer=sgd,adam", cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    assert {r["overrides"] for r in rows} == {
+        "experiment=smoke optimizer=sgd",
+        "experiment=smoke optimizer=adam",
+    }
+    accs = [float(r["val/acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and all(r["status"] == "completed" for r in rows)
+    for r in rows:
+        job = json.loads((sweep / r["job"] / "results.json").read_text())
+        assert float(r["test/acc"]) == job["test/acc"]
+    assert "sweep, best first" in proc.stdout

@@ -1,0 +1,234 @@
+"""Bad input: one line naming the key, value or path and the fix; exit 2; no traceback."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnntrain.config import validate
+from cnntrain.errors import UserError
+from cnntrain.models import InputSpec, build_model
+from cnntrain.outputs import checkpoint
+from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from tests.conftest import REPO, compose_config, run_cli, run_folders
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=0", "optimizer.lr=0 is not valid; use a learning rate > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not valid; use a learning rate > 0"),
+        ("data.batch_size=0", "data.batch_size=0 is not valid; use an integer ≥ 1"),
+        ("trainer.epochs=0", "trainer.epochs=0 is not valid; use an integer ≥ 1"),
+        ("data.val_split=1.0", "data.val_split=1.0 is not valid; use a fraction in [0, 1)"),
+        ("data.val_split=-0.1", "data.val_split=-0.1 is not valid; use a fraction in [0, 1)"),
+        (
+            "data.max_train_samples=0",
+            "data.max_train_samples=0 is not valid; use null or an integer ≥ 1",
+        ),
+        (
+            "data.max_eval_samples=-5",
+            "data.max_eval_samples=-5 is not valid; use null or an integer ≥ 1",
+        ),
+        (
+            "trainer.target_accuracy=0",
+            "trainer.target_accuracy=0 is not valid; use null or a fraction in (0, 1]",
+        ),
+        (
+            "trainer.target_accuracy=90",
+            "trainer.target_accuracy=90 is not valid; use null or a fraction in (0, 1]",
+        ),
+        ("trainer.device=tpu", "trainer.device='tpu' is not valid; use auto, cpu, cuda or cuda:N"),
+        ("trainer.precision=8", "trainer.precision=8 is not valid; use auto, 32, bf16 or 16"),
+        ("data.loader=gpu", "data.loader='gpu' is not valid; use auto, tensor or dataloader"),
+        ("loss.label_smoothing=1", "loss.label_smoothing=1 is not valid; use a fraction in [0, 1)"),
+        ("trainer.ema=1.5", "trainer.ema=1.5 is not valid; use null or a decay in (0, 1)"),
+        (
+            "data.image_size=[32]",
+            "data.image_size=[32] is not valid; use null, a side in px, or [H, W]",
+        ),
+    ],
+)
+def test_invalid_values_are_refused_with_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(UserError) as e:
+        validate(compose_config(override, output_dir="unused"))
+    assert str(e.value) == message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(UserError) as e:
+        validate(compose_config("trainer.device=cuda", output_dir="unused"))
+    assert str(e.value) == "trainer.device=cuda but no CUDA GPU is available; use auto or cpu"
+
+
+def test_bad_augmentation_value_is_refused_by_name():
+    with pytest.raises(UserError) as e:
+        validate(compose_config("data.augment.crop_padding_mode=wrap", output_dir="unused"))
+    assert str(e.value).startswith("data.augment.crop_padding_mode='wrap' is not valid")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["optimizer.lr=-1"],
+            "cnntrain: error: optimizer.lr=-1 is not valid; use a learning rate > 0",
+        ),
+        (
+            ["trainer.epoch=3"],
+            "cnntrain: error: trainer.epoch is not a known key; did you mean trainer.epochs?",
+        ),
+        (
+            ["+trainer.epoch=3"],
+            "cnntrain: error: trainer.epoch is not a known key; did you mean trainer.epochs?",
+        ),
+        (
+            ["model=resnet9000"],
+            "cnntrain: error: model=resnet9000 is not an option of model; use one of: alexnet,",
+        ),
+        (
+            ["model.name=resnet9000"],
+            "cnntrain: error: model.name='resnet9000' is not a known model; use one of:",
+        ),
+        (["data=imagefolder"], "cnntrain: error: data=imagefolder needs data.root=PATH"),
+        (
+            ["data.root=/no/such/folder"],
+            "cnntrain: error: data.root='/no/such/folder' does not exist",
+        ),
+        (["resume=/no/such/run"], "cnntrain: error: resume='/no/such/run' does not exist"),
+        (
+            ["+data.eval_augment.hflip=true"],
+            "cnntrain: error: data.eval_augment.hflip=True would make evaluation random "
+            "(augmenting the test set); evaluation sees each image as is; for flip test-time "
+            "augmentation use trainer.tta=true",
+        ),
+    ],
+)
+def test_cli_prints_one_line_exits_2_and_creates_no_run_folder(tmp_path, args, line):
+    proc = run_cli(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_full_traceback_stays_available(tmp_path):
+    proc = run_cli(
+        "data.root=/no/such/folder", cwd=tmp_path, check=False, env={"HYDRA_FULL_ERROR": "1"}
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+def test_resume_refuses_to_change_anything_but_epochs_and_device(tmp_path):
+    (tmp_path / "run").mkdir()
+    proc = run_cli("resume=run", "optimizer.lr=0.5", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "cnntrain: error: resume: optimizer.lr cannot change when continuing a run"
+    )
+
+
+def write_fake(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+def test_truncated_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    model = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 10))
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": model.state_dict()})
+    raw = good.read_bytes()
+    cases = {
+        write_fake(
+            tmp_path / "truncated.pt", raw[: len(raw) // 2]
+        ): "is truncated, corrupt or not a cnntrain",
+        write_fake(
+            tmp_path / "garbage.pt", b"\x00garbage" * 100
+        ): "is truncated, corrupt or not a cnntrain",
+        write_fake(tmp_path / "empty.pt", b""): "is truncated, corrupt or not a cnntrain",
+    }
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": model.state_dict()}, foreign)
+    cases[foreign] = "is not a cnntrain checkpoint"
+    for path, message in cases.items():
+        with pytest.raises(UserError, match=message) as e:
+            load_checkpoint(path)
+        assert str(path) in str(e.value)
+
+
+def test_code_in_a_checkpoint_is_never_run(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "cnntrain-checkpoint/1", "model": Exploit()}, path)
+    with pytest.raises(UserError, match=r"evil\.pt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_of_another_architecture_or_class_count_is_refused(tmp_path):
+    simple = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 10))
+    path = tmp_path / "simple.pt"
+    save_checkpoint(path, {"model": simple.state_dict()})
+    state = load_checkpoint(path)
+    other = build_model({"name": "cifar10cnn"}, InputSpec(3, 32, 32, 10))
+    with pytest.raises(UserError, match="another architecture"):
+        check_compatible(state, other, path)
+    more_classes = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 100))
+    with pytest.raises(UserError, match=r"fc2.weight is \(10, 256\) there, \(100, 256\) here"):
+        check_compatible(state, more_classes, path)
+
+
+def test_a_failed_write_is_reported_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
+    model = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 10))
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 1})
+
+    def disk_full(obj, file):  # writes a little, then the disk is full
+        with open(file, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(UserError) as e:
+        save_checkpoint(path, {"model": model.state_dict(), "epoch": 2})
+    assert (
+        str(e.value)
+        == f"could not write {path}: No space left on device; free space or fix permissions"
+    )
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_divergence_stops_the_run_naming_epoch_step_and_the_last_good_checkpoint(tmp_path):
+    args = ("experiment=smoke", "trainer.epochs=3", "scheduler=none", "data.batch_size=32")
+    proc = run_cli(*args, "optimizer.lr=1e4", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("cnntrain: error: ") and "training diverged" in proc.stderr
+    assert "epoch 1" in proc.stderr and "no checkpoint was written" in proc.stderr
+
+
+@pytest.mark.slow
+def test_divergence_points_to_the_last_good_checkpoint(tmp_path):
+    args = ["experiment=smoke", "trainer.epochs=3", "data.batch_size=32"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fault_runner.py"), "nan-step:2:1", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    (run,) = run_folders(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "cnntrain: error: loss is not finite at epoch 2, step 1: training diverged; the last good "
+        f"checkpoint is {run / 'checkpoints' / 'last.pt'} (start a new run with a lower "
+        "optimizer.lr or with trainer.grad_clip set)\n"
+    )
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
