@@ -196,3 +196,14 @@ def test_fashion_mnist_idx_files_are_read():
     labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_a_cutout_larger_than_the_images_is_refused_before_training(tmp_path, loader):
+    root = make_image_folder(tmp_path / "f")  # 20×24 images
+    with pytest.raises(UserError) as e:
+        load_data(folder_config(root, f"data.loader={loader}", "data.augment.cutout=20"), CPU)
+    assert str(e.value) == (
+        "data.augment.cutout=20 is not valid for 20×24 images; "
+        "use a side smaller than 20 px (0 = off)"
+    )

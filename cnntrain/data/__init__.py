@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cnntrain.data import decode
-from cnntrain.data.augment import build_batch_augment, is_random, pil_pipeline
+from cnntrain.data.augment import build_batch_augment, check_cutout_fits, is_random, pil_pipeline
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.sources import ImageSource, Splits, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
@@ -53,6 +53,8 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     d = cfg.data
     found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
     channels, size = input_shape(d, found)
+    if d.augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
+        check_cutout_fits(d.augment.cutout, *size)
     kind = choose_loader(d, found, channels, size)
     parts = {
         name: readable_part(found, name, d, cfg.paths, channels, size, kind)
