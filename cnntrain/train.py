@@ -8,6 +8,7 @@ results.json and train.log (the latter from Hydra's logging). A run can be resum
 import logging
 import math
 import random
+import resource
 import signal
 import sys
 import threading
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> float:
     run.fit()
     results = run.test()
     results["train/class_counts"] = counts
+    results.update(peak_memory(run.parts.arithmetic.device))
     results["total_time_s"] = round(time.perf_counter() - started, 3)
     write_json(run_dir / "results.json", results)
     log.info(
@@ -223,6 +225,15 @@ def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Pat
         dtype,
         run_dir,
     )
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of this process (MiB) and, on a GPU, peak allocated device memory."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"peak_host_memory_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if device.type == "cuda":
+        peak["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 def class_counts(data: DataBundle) -> dict[str, int]:
