@@ -1,0 +1,72 @@
+"""cnntrain's `experiment=seed_cifar10` against the article's own loop: same machine, same training
+subset, same epochs, each evaluated on the full test set after every epoch. Prints one JSON line:
+whole-process wall time, training images/s, test accuracy (per seed and mean ± std) and the ratio.
+
+    CNNTRAIN_DATA_DIR=../shared/datasets python -m bench.seed_vs_article \
+        --train-samples 4096 --epochs 3
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bench.common import REPO, cnntrain, machine, mean, metrics, results, std, timed
+from cnntrain.data.sources import open_splits
+
+
+def cifar_folder(cache_dir: str, data_dir: str) -> str:
+    """The ImageFolder copy of CIFAR-10 that cnntrain uses (unpacked once into its cache)."""
+    d = OmegaConf.create({"name": "cifar10", "root": None, "download": False})
+    return open_splits(d, data_dir, cache_dir).origin
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-samples", type=int, default=4096)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-seed-"))
+    recipe = ["experiment=seed_cifar10", f"trainer.epochs={args.epochs}", "data.val_split=0",
+              f"data.max_train_samples={args.train_samples}"]  # fmt: skip
+    cnntrain([*recipe, "trainer.epochs=1", "data.max_train_samples=256"], work)  # warm the caches
+    cfg = OmegaConf.load(work / "run0" / ".hydra" / "config.yaml")
+    root = cifar_folder(cfg.paths.cache_dir, cfg.paths.data_dir)
+    ours, theirs = [], []
+    for seed in args.seeds:  # alternate, so drifts of the machine hit both alike
+        wall, run = cnntrain([*recipe, f"trainer.seed={seed}"], work)
+        r, rows = results(run), metrics(run)
+        images = sum(row["train/images_per_s"] * row["epoch_time_s"] for row in rows)
+        ours.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": r["test/acc"],
+                     "train_images_per_s": round(images / r["train_time_s"], 1)})  # fmt: skip
+        wall, out = timed([sys.executable, str(REPO / "bench" / "article_loop.py"), "--root", root,
+                           "--train-samples", str(args.train_samples), "--epochs", str(args.epochs),
+                           "--seed", str(seed)], cwd=REPO)  # fmt: skip
+        a = json.loads(out.strip().splitlines()[-1])
+        theirs.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": a["test_acc"],
+                       "train_images_per_s": a["train_images_per_s"]})  # fmt: skip
+    summary = {}
+    for name, runs in (("cnntrain", ours), ("article", theirs)):
+        summary[name] = {
+            "runs": runs,
+            "wall_s": round(mean([r["wall_s"] for r in runs]), 2),
+            "train_images_per_s": round(mean([r["train_images_per_s"] for r in runs]), 1),
+            "test_acc": round(mean([r["test_acc"] for r in runs]), 4),
+            "test_acc_std": round(std([r["test_acc"] for r in runs]), 4),
+        }
+    print(json.dumps({
+        "bench": "seed_vs_article",
+        "train_samples": args.train_samples,
+        "epochs": args.epochs,
+        **summary,
+        "speedup_wall": round(summary["article"]["wall_s"] / summary["cnntrain"]["wall_s"], 2),
+        "machine": machine(),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
