@@ -1,0 +1,357 @@
+"""report.html of a run or a sweep folder: one self-contained page, plots inline as data URIs."""
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import yaml
+
+from cnntrain.errors import UserError
+from cnntrain.outputs.files import write_text
+from cnntrain.outputs.metrics import read_rows
+from cnntrain.outputs.plots import PLOT_NAMES, plot_curves, plot_sweep_param
+from cnntrain.outputs.sweep import sweep_rows
+
+CAPTIONS = {
+    "curves": "Loss, accuracy and learning rate per epoch.",
+    "confusion_matrix": "Confusion matrix on the test split: rows are true classes, "
+    "columns predicted ones.",
+    "per_class_accuracy": "Test accuracy of each class; the dashed line is their mean "
+    "(balanced accuracy).",
+    "class_distribution": "Training images per class.",
+    "feature_maps": "Activation maps of an early, a middle and a late convolution for one "
+    "test image.",
+    "filters": "The first convolution's filters.",
+    "misclassified": "The test images the model got most confidently wrong.",
+}
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+.subtitle { color: #555; margin-top: 0; }
+.big { font-size: 3em; font-weight: bold; margin: 0.2em 0 0; }
+.banner { background: #fff3cd; border: 1px solid #e0b400; padding: 0.8em 1em; font-weight: bold; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.text, th.text { text-align: left; }
+tr.best { background: #e6f4ea; } tr.failed { background: #fde8e8; }
+pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.8em; overflow-x: auto;
+      font-size: 0.85em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+# ---- HTML pieces ----
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def png_data_uri(path: Path) -> str:
+    """The PNG's bytes inline, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def figure(path: Path, caption: str) -> str:
+    return (
+        f'<figure><img src="{png_data_uri(path)}" alt="{esc(path.name)}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>\n"
+    )
+
+
+def table(header: list[str], rows: list[list], text_columns=(), row_classes=None) -> str:
+    """An HTML table of escaped cells; `text_columns` (indices) align left, numbers right."""
+
+    def cell(tag: str, i: int, value) -> str:
+        align = ' class="text"' if i in text_columns else ""
+        return f"<{tag}{align}>{esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = []
+    for n, row in enumerate(rows):
+        css = f' class="{row_classes[n]}"' if row_classes and row_classes[n] else ""
+        body.append(f"<tr{css}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n"
+
+
+def key_value_table(pairs: list[tuple[str, str]]) -> str:
+    rows = "".join(f'<tr><th class="text">{esc(k)}</th><td>{esc(v)}</td></tr>' for k, v in pairs)
+    return f"<table><tbody>{rows}</tbody></table>\n"
+
+
+def section(title: str, body: str) -> str:
+    return f"<section><h2>{esc(title)}</h2>\n{body}</section>\n"
+
+
+def preformatted(title: str, path: Path) -> str:
+    """A text file verbatim in a <pre>, or nothing when the file is missing."""
+    return section(title, f"<pre>{esc(path.read_text())}</pre>\n") if path.is_file() else ""
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
+        f"<body>\n{body}</body>\n</html>\n"
+    )
+
+
+# ---- number formats ----
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def percent(fraction) -> str:
+    return f"{100 * fraction:.2f}%" if is_number(fraction) else "—"
+
+
+def duration(seconds) -> str:
+    if not is_number(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m {s:02d}s" if hours else f"{m}m {s:02d}s"
+
+
+def metric(key: str, value) -> str:
+    """One metrics.jsonl value for a table: accuracies as percentages, other numbers compact."""
+    if key.endswith("acc"):
+        return percent(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+# ---- run report ----
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """run_dir/report.html: results, curves and plots, per-epoch and per-class tables, config."""
+    run_dir = Path(run_dir)
+    metrics_file = run_dir / "metrics.jsonl"
+    rows = read_rows(metrics_file) if metrics_file.is_file() else []
+    results = read_json(run_dir / "results.json")
+    curves = run_dir / "plots" / "curves.png"
+    if results is None or not curves.is_file():  # an unfinished run has no plots of its own
+        plot_curves(rows, curves)
+    config = read_yaml(run_dir / ".hydra" / "config.yaml")
+    overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    model = (results or {}).get("model") or group_name(config, "model")
+    dataset = (results or {}).get("dataset") or group_name(config, "data")
+    body = [
+        f"<h1>{esc(run_dir.name)}</h1>\n",
+        f'<p class="subtitle">{esc(model)} on {esc(dataset)} — {esc(run_dir)}</p>\n',
+        f"<p>overrides: <code>{esc(' '.join(map(str, overrides)) or 'none')}</code></p>\n",
+        results_section(results) if results else unfinished_banner(rows),
+        plots_section(run_dir / "plots"),
+        section("per epoch", epochs_table(rows, (results or {}).get("best_epoch"))) if rows else "",
+        classes_section(results) if results else "",
+        preformatted("layer summary", run_dir / "summary.txt"),
+        preformatted("config", run_dir / ".hydra" / "config.yaml"),
+    ]
+    path = run_dir / "report.html"
+    write_text(path, page(f"{run_dir.name}: {model} on {dataset}", "".join(body)))
+    return path
+
+
+def group_name(config, group: str) -> str:
+    """`model.name` or `data.name` of a config.yaml (what a run without results.json trained)."""
+    value = config.get(group) if isinstance(config, dict) else None
+    return str(value.get("name", "?")) if isinstance(value, dict) else "?"
+
+
+def unfinished_banner(rows: list[dict]) -> str:
+    last = rows[-1].get("epoch", len(rows)) if rows else 0
+    banner = f'<p class="banner">this run did not finish (last completed epoch {esc(last)})</p>\n'
+    scored = [r for r in rows if is_number(r.get("val/acc"))]
+    if not scored:
+        return banner
+    best = max(scored, key=lambda r: r["val/acc"])
+    return banner + (
+        f"<p>best validation accuracy so far: {percent(best['val/acc'])} "
+        f"(epoch {esc(best.get('epoch', '?'))})</p>\n"
+    )
+
+
+def results_section(r: dict) -> str:
+    """The test accuracy as a big number, then every other result worth a glance."""
+    count = r.get("test/count")
+    split = f"{r.get('test/split', 'test')} split, {count:,} images" if is_number(count) else "test"
+    pairs = [
+        ("balanced accuracy", percent(r.get("test/balanced_acc"))),
+        ("test loss", metric("test/loss", r.get("test/loss"))),
+        ("best epoch", r.get("best_epoch", "—")),
+        ("best validation accuracy", percent(r.get("best_val/acc"))),
+        ("final validation accuracy", percent(r.get("final_val/acc"))),
+        ("epochs", r.get("epochs", "—")),
+        ("stopped by", r.get("stopped_by", "—")),
+        ("training time", duration(r.get("train_time_s"))),
+        ("total time", duration(r.get("total_time_s"))),
+        ("parameters", f"{r['params']:,}" if is_number(r.get("params")) else "—"),
+        ("device", r.get("device", "—")),
+        ("precision", r.get("precision", "—")),
+        ("loader", r.get("loader", "—")),
+    ]
+    big = f'<p class="big">{percent(r.get("test/acc"))}</p>\n<p>test accuracy ({esc(split)})</p>\n'
+    return section("results", big + key_value_table(pairs))
+
+
+def plots_section(plots_dir: Path) -> str:
+    """Every PNG of the plots folder, the known ones in PLOT_NAMES order, then the rest by name."""
+    if not plots_dir.is_dir():
+        return ""
+    order = {name: i for i, name in enumerate(PLOT_NAMES)}
+    pngs = sorted(plots_dir.glob("*.png"), key=lambda p: (order.get(p.stem, len(order)), p.name))
+    figures = "".join(figure(p, CAPTIONS.get(p.stem, p.stem.replace("_", " "))) for p in pngs)
+    return section("plots", figures) if pngs else ""
+
+
+def epochs_table(rows: list[dict], best_epoch) -> str:
+    """Every column of metrics.jsonl (union, first-seen order); the best epoch highlighted."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[metric(k, r.get(k)) for k in columns] for r in rows]
+    marks = ["best" if r.get("epoch") == best_epoch else "" for r in rows]
+    return table(columns, cells, row_classes=marks)
+
+
+def classes_section(r: dict) -> str:
+    """Per class: training images, their share, and test accuracy."""
+    counts = r.get("train/class_counts") or {}
+    accuracy = r.get("test/per_class_acc") or {}
+    classes = r.get("classes") or list(dict.fromkeys([*counts, *accuracy]))
+    total = sum(counts.values())
+    rows = [
+        [
+            c,
+            f"{counts[c]:,}" if c in counts else "—",
+            percent(counts[c] / total) if c in counts and total else "—",
+            percent(accuracy.get(c)),
+        ]
+        for c in classes
+    ]
+    header = ["class", "training images", "share of training", "test accuracy"]
+    return section("classes", table(header, rows, text_columns={0}))
+
+
+# ---- sweep report ----
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """`a=1 +b=x c=[1, 2]` → {"a": "1", "b": "x", "c": "[1, 2]"} (values may contain spaces)."""
+    settings: dict[str, str] = {}
+    key = None
+    for token in text.split():
+        if "=" in token:
+            key, value = token.split("=", 1)
+            key = key.lstrip("+")  # Hydra's append (+) and force-add (++) prefixes
+            settings[key] = value
+        elif key is not None:  # continues the previous value, split apart at its spaces
+            settings[key] += " " + token
+    return settings
+
+
+def swept_keys(settings: list[dict[str, str]]) -> list[str]:
+    """Keys whose value differs between jobs (a job without the key counts as a value)."""
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+    return [k for k in keys if len({s.get(k) for s in settings}) > 1]
+
+
+def plot_file_name(key: str) -> str:
+    return "sweep_" + re.sub(r"[^\w.=-]+", "_", key) + ".png"
+
+
+def write_sweep_report(sweep_dir: Path) -> Path:
+    """sweep_dir/report.html: the ranked jobs, accuracy against each swept key, job folders."""
+    sweep_dir = Path(sweep_dir)
+    rows = sweep_rows(sweep_dir)  # best first
+    settings = [parse_overrides(r["overrides"]) for r in rows]
+    val_acc = [r.get("val/acc") if is_number(r.get("val/acc")) else None for r in rows]
+    test_acc = [r.get("test/acc") if is_number(r.get("test/acc")) else None for r in rows]
+    figures = []
+    for key in swept_keys(settings):
+        path = sweep_dir / "plots" / plot_file_name(key)
+        values = [s.get(key, "(unset)") for s in settings]
+        plot_sweep_param(key, values, val_acc, test_acc, path)
+        figures.append(figure(path, f"Validation and test accuracy against {key}."))
+    completed = sum(r["status"] == "completed" for r in rows)
+    body = [
+        f"<h1>sweep {esc(sweep_dir.name)}</h1>\n",
+        f'<p class="subtitle">{esc(sweep_dir)} — {len(rows)} jobs, {completed} completed</p>\n',
+        section("jobs, best first (by validation accuracy)", jobs_table(rows)),
+        section("swept settings", "".join(figures)) if figures else "",
+        section("job folders", job_folders(sweep_dir, rows)),
+    ]
+    path = sweep_dir / "report.html"
+    write_text(path, page(f"sweep {sweep_dir.name}", "".join(body)))
+    return path
+
+
+def jobs_table(rows: list[dict]) -> str:
+    header = ["rank", "job", "overrides", "val acc", "test acc", "best epoch", "time", "status"]
+    cells = [
+        [
+            r["rank"],
+            r["job"],
+            r["overrides"],
+            percent(r.get("val/acc")),
+            percent(r.get("test/acc")),
+            r.get("best_epoch") if r.get("best_epoch") is not None else "—",
+            duration(r.get("train_time_s")),
+            r["status"],
+        ]
+        for r in rows
+    ]
+    marks = ["" if r["status"] == "completed" else "failed" for r in rows]
+    return table(header, cells, text_columns={2, 7}, row_classes=marks)
+
+
+def job_folders(sweep_dir: Path, rows: list[dict]) -> str:
+    """The job folders as plain paths (no links: the page may be opened far from them)."""
+    by_job = sorted(rows, key=lambda r: int(r["job"]))
+    items = "".join(
+        f"<li><code>{esc(sweep_dir / r['job'])}</code> — {esc(r['status'])}</li>" for r in by_job
+    )
+    return f"<ul>{items}</ul>\n"
+
+
+# ---- either ----
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "metrics.jsonl").is_file() or (path / ".hydra").is_dir()
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
+
+
+def build_report(path: Path) -> Path:
+    """report.html for a run folder or a sweep folder, whichever `path` is; the page's path."""
+    path = Path(path)
+    if path.is_dir() and is_run_folder(path):
+        return write_run_report(path)
+    if path.is_dir() and is_sweep_folder(path):
+        return write_sweep_report(path)
+    raise UserError(
+        f"{path} is neither a run folder nor a sweep folder (no metrics.jsonl or .hydra/, no "
+        "numbered job folders); give outputs/<date>/<time>_<id> or "
+        "outputs/multirun/<date>/<time>_<id>"
+    )
