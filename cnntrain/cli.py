@@ -21,7 +21,9 @@ from cnntrain.errors import UserError
 from cnntrain.models import build_model
 from cnntrain.outputs.console import config_tree, console
 from cnntrain.outputs.files import write_text
+from cnntrain.outputs.report import build_report, is_sweep_folder
 from cnntrain.outputs.summary import summarize_model, summary_table
+from cnntrain.outputs.sweep import write_sweep_summary
 from cnntrain.train import RESUMABLE_KEYS, resumed_config, train
 
 CONF_PATH = Path(__file__).resolve().parent.parent / "conf"  # the repository's conf/
@@ -142,6 +144,18 @@ def main() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1" and not any(a.startswith("-") for a in args):
         preflight(args)
     hydra_main()
+
+
+def report_main() -> None:
+    """`cnntrain-report PATH`: (re)build report.html of a run or sweep folder, finished or not."""
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        fail("usage: cnntrain-report PATH (a run folder, or a multirun sweep folder)")
+    try:
+        if is_sweep_folder(Path(sys.argv[1])):
+            write_sweep_summary(Path(sys.argv[1]))
+        console.print(f"report: {build_report(Path(sys.argv[1]))}")
+    except UserError as e:
+        fail(str(e))
 
 
 def summary_main() -> None:

@@ -39,6 +39,8 @@ from cnntrain.optim import build_optimizer, build_scheduler
 from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnntrain.outputs.files import write_json
 from cnntrain.outputs.metrics import MetricsLog
+from cnntrain.outputs.plots import per_class_accuracy, write_run_plots
+from cnntrain.outputs.report import write_run_report
 from cnntrain.outputs.summary import summarize_model, write_summary
 
 log = logging.getLogger("cnntrain")
@@ -111,11 +113,15 @@ def train(cfg: DictConfig) -> float:
     if saved is not None:
         run.heal_best()
     run.fit()
-    results = run.test()
+    results, test_out, net = run.test()
     results["train/class_counts"] = counts
     results.update(peak_memory(run.parts.arithmetic.device))
     results["total_time_s"] = round(time.perf_counter() - started, 3)
     write_json(run_dir / "results.json", results)
+    test = data.test
+    write_run_plots(run_dir, progress.rows, data.classes, test_out["logits"], test_out["targets"],
+                    test.images_at, test.prep, net, counts)  # fmt: skip
+    write_run_report(run_dir)
     log.info(
         "test accuracy %.2f%% (%s split, best epoch %d); results in %s",
         100 * results["test/acc"],
@@ -254,16 +260,6 @@ def log_class_balance(counts: dict[str, int]) -> None:
             largest, counts[largest], smallest, counts[smallest],
             counts[largest] / max(1, counts[smallest]),
         )  # fmt: skip
-
-
-def per_class_accuracy(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """Recall of each class (the fraction of its images predicted right); None when absent."""
-    predicted = logits.argmax(1)
-    result = {}
-    for i, name in enumerate(classes):
-        mine = targets == i
-        result[name] = (predicted[mine] == i).double().mean().item() if mine.any() else None
-    return result
 
 
 def progress_bars_enabled(setting) -> bool:
@@ -434,21 +430,23 @@ class Run:
     def save(self, name: str) -> None:
         save_checkpoint(self.run_dir / "checkpoints" / name, self.state())
 
-    def test(self) -> dict:
-        """Evaluate the best checkpoint's weights on the test split; the results.json fields."""
+    def test(self) -> tuple[dict, dict, torch.nn.Module]:
+        """Evaluate the best checkpoint's weights on the test split.
+
+        Returns the results.json fields, the test outputs (logits, targets) and the network,
+        left holding the best weights (the run is over: nothing trains it again).
+        """
         best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt")
         weights = best["ema"]["weights"] if best["ema"] else best["model"]
         net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
-        current = {k: v.clone() for k, v in net.state_dict().items()}
         net.load_state_dict(weights)
         out = evaluate(
             net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
         )
-        net.load_state_dict(current)
         p = self.progress
         per_class = per_class_accuracy(out["logits"], out["targets"], self.data.classes)
         present = [a for a in per_class.values() if a is not None]
-        return {
+        results = {
             "test/acc": out["acc"],
             "test/loss": out["loss"],
             "test/balanced_acc": sum(present) / len(present),
@@ -469,6 +467,7 @@ class Run:
             "precision": str(self.parts.arithmetic.dtype or torch.float32).removeprefix("torch."),
             "loader": self.data.loader,
         }
+        return results, out, net
 
 
 def log_epoch(row: dict, epochs: int, val_name: str) -> None:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from cnntrain.config import register_resolvers
 
@@ -75,9 +77,11 @@ def make_image_folder(
     size=(20, 24),
     seed=0,
 ) -> Path:
-    """An ImageFolder of PNGs whose classes differ in brightness and stripe direction."""
-    import numpy as np
-    from PIL import Image
+    """An ImageFolder of PNGs whose classes differ in brightness and stripe direction.
+
+    `per_class`: images per class and split, or one count per class (an imbalanced folder).
+    """
+    counts = per_class if isinstance(per_class, list | tuple) else [per_class] * len(classes)
 
     rng = np.random.default_rng(seed)
     h, w = size
@@ -85,7 +89,7 @@ def make_image_folder(
         for c, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
+            for i in range(counts[c]):
                 stripes = np.indices((h, w))[c % 2] % 4 < 2  # horizontal or vertical stripes
                 pixels = 60 + 120 * stripes + 40 * c + rng.integers(0, 30, (h, w))
                 img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "L").convert(mode)

@@ -4,9 +4,12 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnntrain.outputs.metrics import TIME_FIELDS
 from tests.conftest import (
@@ -57,6 +60,24 @@ def test_cifar10_run_writes_every_output(tmp_path):
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["metrics"] == rows
     ArticleCIFAR10CNN().load_state_dict(last["model"], strict=True)
+    assert_plots_and_report(run, results)
+
+
+PLOTS = ("curves", "confusion_matrix", "per_class_accuracy", "class_distribution",
+         "feature_maps", "filters", "misclassified")  # fmt: skip
+
+
+def assert_plots_and_report(run, results) -> None:
+    for name in PLOTS:
+        with Image.open(run / "plots" / f"{name}.png") as img:
+            pixels = np.asarray(img.convert("L"), dtype=float)
+        assert min(pixels.shape) > 100 and pixels.std() > 8, name  # a real picture, not blank
+    html = (run / "report.html").read_text()
+    assert f"{100 * results['test/acc']:.2f}%" in html
+    assert html.count("data:image/png;base64,") == len(PLOTS) and "http" not in html
+    summary = json.loads((run / "summary.json").read_text())
+    assert sum(layer["params"] for layer in summary["layers"]) == results["params"]
+    assert "features.0" in (run / "summary.txt").read_text()
 
 
 @needs_fashion
@@ -123,7 +144,7 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path):
 def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary(tmp_path):
     proc = run_cli("-m", "experiment=smoke", "optimizer=sgd,adam", cwd=tmp_path)
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "plots"]
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2"]
@@ -137,3 +158,19 @@ def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary(tmp_path):
         job = json.loads((sweep / r["job"] / "results.json").read_text())
         assert float(r["test/acc"]) == job["test/acc"]
     assert "sweep, best first" in proc.stdout
+    html = (sweep / "report.html").read_text()
+    assert html.count("optimizer=sgd") >= 1 and html.count("optimizer=adam") >= 1
+    assert "data:image/png;base64," in html  # the swept optimizer against accuracy
+
+
+@needs_cifar
+def test_report_of_an_interrupted_run_can_be_rebuilt(tmp_path):
+    run_cli("experiment=smoke", "trainer.epochs=2", cwd=tmp_path)
+    (run,) = run_folders(tmp_path)
+    (run / "results.json").unlink()  # as if it had been killed before the test evaluation
+    (run / "report.html").unlink()
+    script = Path(sys.executable).parent / "cnntrain-report"  # the installed console script
+    proc = subprocess.run([script, str(run)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    html = (run / "report.html").read_text()
+    assert "did not finish" in html and "last completed epoch 2" in html

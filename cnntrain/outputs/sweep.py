@@ -1,4 +1,4 @@
-"""After a multirun: `summary.csv` in the sweep folder, one row per job ranked best first."""
+"""A sweep's jobs as rows ranked best first: `summary.csv` and a rich table."""
 
 import csv
 import io
@@ -7,10 +7,8 @@ import math
 from pathlib import Path
 
 import yaml
-from hydra.experimental.callback import Callback
 from rich.table import Table
 
-from cnntrain.outputs.console import console
 from cnntrain.outputs.files import write_text
 
 COLUMNS = (
@@ -84,18 +82,3 @@ def cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value)
-
-
-class SweepSummary(Callback):
-    """Hydra callback (conf/hydra/default.yaml): writes summary.csv at the end of a multirun."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_sweep_summary(sweep_dir)
-        console.print(sweep_table(rows))
-        console.print(f"summary: {sweep_dir / 'summary.csv'}")
-        failed = [r["job"] for r in rows if r["status"] != "completed"]
-        if failed:  # the sweep ran to the end, but its exit status must not hide failures
-            raise SystemExit(
-                f"cnntrain: {len(failed)} job(s) did not complete: {', '.join(failed)}"
-            )
