@@ -107,6 +107,7 @@ class Totals:
     correct: torch.Tensor
     count: int = 0
     first_bad_step: torch.Tensor | None = None  # -1 while every loss is finite
+    lr: float = 0.0  # learning rate of the latest step (the scheduler has moved on after it)
 
     @classmethod
     def zeros(cls, device) -> "Totals":
@@ -193,6 +194,7 @@ def train_one_epoch(
                 nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
             a.scaler.step(optimizer)
             a.scaler.update()
+            totals.lr = optimizer.param_groups[0]["lr"]
             parts.scheduler.step()
             if parts.ema is not None:
                 parts.ema.update()

@@ -353,9 +353,7 @@ class Run:
         p, t = self.progress, self.cfg.trainer
         train_loss, train_acc = totals.read()
         val = evaluate(self.eval_model, self.data.val, self.parts.arithmetic, self.show_bars, "val")
-        if not math.isfinite(
-            val["loss"]
-        ):  # finite training losses, broken weights: nothing to save
+        if not math.isfinite(val["loss"]):  # finite training losses, broken weights: don't save
             raise self.divergence(f"validation loss is not finite after epoch {epoch}")
         row = {
             "epoch": epoch,
@@ -363,7 +361,7 @@ class Run:
             "train/acc": train_acc,
             "val/loss": val["loss"],
             "val/acc": val["acc"],
-            "lr": self.parts.optimizer.param_groups[0]["lr"],
+            "lr": totals.lr,  # of the epoch's last step
             "epoch_time_s": round(p.epoch_time_s, 3),
             "elapsed_s": round(p.elapsed_s, 3),
             "train/images_per_s": round(totals.count / max(p.epoch_time_s, 1e-9), 1),

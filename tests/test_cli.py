@@ -42,6 +42,7 @@ def test_cifar10_run_writes_every_output(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r.keys() >= METRIC_FIELDS for r in rows)
     assert all(0 <= r["train/acc"] <= 1 and 0 <= r["val/acc"] <= 1 for r in rows)
+    assert 0 < rows[-1]["lr"] < rows[0]["lr"]  # the lr of each epoch's last step: cosine, not 0
     with open(run / "metrics.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert [float(r["val/acc"]) for r in csv_rows] == [r["val/acc"] for r in rows]
