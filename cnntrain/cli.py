@@ -26,7 +26,8 @@ from cnntrain.outputs.summary import summarize_model, summary_table
 from cnntrain.outputs.sweep import write_sweep_summary
 from cnntrain.train import RESUMABLE_KEYS, resumed_config, train
 
-CONF_PATH = Path(__file__).resolve().parent.parent / "conf"  # the repository's conf/
+# The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
+CONF_PATH = Path(__file__).resolve().parent / "conf"
 
 
 def fail(message: str, status: int = 2):
