@@ -134,6 +134,7 @@ RULES = [
     ("optimizer.lr", number(0, lo_open=True), "a learning rate > 0"),
     ("optimizer.weight_decay", number(0), "a number ≥ 0"),
     ("optimizer.momentum", number(0, 1, hi_open=True), "a number in [0, 1)"),
+    ("optimizer.norm_lr_scale", number(0, lo_open=True), "a factor > 0"),
     (
         "scheduler.name",
         one_of("none", "step", "cosine", "onecycle"),

@@ -6,6 +6,7 @@ lr per epoch as the article's per-epoch StepLR), cosine and one-cycle change smo
 """
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
@@ -14,10 +15,29 @@ from cnntrain.errors import UserError
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
 def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay out
+    """The optimizer `optimizer_cfg` names, over the trainable parameters in two groups.
+
+    Normalization layers' parameters get `lr × norm_lr_scale` and `weight_decay / norm_lr_scale`:
+    with a frozen BN scale (FastNet) the shift must move fast, and decaying it only hurts.
+    """
+    options = OmegaConf.to_container(optimizer_cfg)
+    scale = options.pop("norm_lr_scale", 1.0)
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay out
+    groups = [{"params": [p for p in trainable if id(p) not in norm]}]
+    if scale != 1.0:
+        lr, decay = options["lr"] * scale, options.get("weight_decay", 0.0) / scale
+        groups.append(
+            {"params": [p for p in trainable if id(p) in norm], "lr": lr, "weight_decay": decay}
+        )
+    else:
+        groups[0]["params"] = trainable
     # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
-    return instantiate(optimizer_cfg, _convert_="all")(params)
+    return instantiate(options, _convert_="all")(groups)
 
 
 def build_scheduler(cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):

@@ -45,45 +45,49 @@ def test_every_model_option_builds(option):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def lr_per_step(*overrides: str, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate each optimizer step uses under the composed schedule."""
+    cfg = compose_config(*overrides)
+    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    sched = build_scheduler(cfg.scheduler, opt, epochs, steps_per_epoch)
+    lrs = []
+    for _ in range(epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_every_optimizer_and_scheduler_builds_and_steps(optimizer, scheduler):
-    cfg = compose_config(f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.epochs=3")
-    model = torch.nn.Linear(4, 2)
-    opt = build_optimizer(cfg.optimizer, model)
-    sched = build_scheduler(cfg.scheduler, opt, cfg.trainer.epochs, steps_per_epoch=5)
-    lrs = []
-    for _ in range(15):
-        opt.step()
-        sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert all(lr >= 0 for lr in lrs) and max(lrs) <= cfg.optimizer.lr * 1.0001
+    peak = compose_config(f"optimizer={optimizer}").optimizer.lr
+    lrs = lr_per_step(
+        f"optimizer={optimizer}", f"scheduler={scheduler}", epochs=3, steps_per_epoch=5
+    )
+    assert all(lr >= 0 for lr in lrs) and max(lrs) <= peak * 1.0001
 
 
 def test_step_schedule_matches_the_articles_per_epoch_steplr():
-    cfg = compose_config("scheduler=step", "scheduler.step_size=2", "optimizer.lr=0.1")
-    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
-    sched = build_scheduler(cfg.scheduler, opt, epochs=6, steps_per_epoch=4)
-    per_epoch = []
-    for _ in range(6):
-        per_epoch.append(opt.param_groups[0]["lr"])  # the lr every step of this epoch uses
-        for _ in range(4):
-            opt.step()
-            sched.step()
-    assert per_epoch == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    lrs = lr_per_step("scheduler=step", "scheduler.step_size=2", "optimizer.lr=0.1",
+                      epochs=6, steps_per_epoch=4)  # fmt: skip
+    assert lrs == pytest.approx(
+        [lr for lr in (0.1, 0.1, 0.01, 0.01, 0.001, 0.001) for _ in range(4)]
+    )
 
 
 def test_warmup_ramps_linearly_then_hands_over():
-    cfg = compose_config("scheduler=cosine", "scheduler.warmup_epochs=1", "optimizer.lr=0.1")
-    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
-    sched = build_scheduler(cfg.scheduler, opt, epochs=3, steps_per_epoch=4)
-    lrs = []
-    for _ in range(12):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = lr_per_step("scheduler=cosine", "scheduler.warmup_epochs=1", "optimizer.lr=0.1",
+                      epochs=3, steps_per_epoch=4)  # fmt: skip
     assert lrs[:4] == pytest.approx([0.025, 0.04375, 0.0625, 0.08125])  # from lr/4, +3/16 lr a step
     assert lrs[4] == pytest.approx(0.1) and lrs[-1] < 0.01  # then cosine down towards 0
+
+
+def test_onecycle_of_the_fast_recipe_warms_up_from_0_2_of_peak_then_anneals_to_0():
+    lrs = lr_per_step("experiment=cifar10_94", epochs=10, steps_per_epoch=10)
+    peak = max(lrs)
+    assert peak == pytest.approx(1.304, rel=1e-3) and lrs.index(peak) == 19  # 20% of 100 steps
+    assert lrs[0] == pytest.approx(0.2 * peak) and lrs[-1] < 1e-4 * peak
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -109,3 +113,24 @@ def test_seed_experiment_is_the_articles_recipe():
     a = cfg.data.augment
     assert (a.hflip, a.crop_padding, a.rotation) == (True, 4, 15)
     assert a.color_jitter.brightness > 0
+
+
+def test_norm_lr_scale_puts_normalization_parameters_in_their_own_group():
+    cfg = compose_config("optimizer=sgd", "optimizer.lr=0.5", "optimizer.weight_decay=1e-3",
+                         "optimizer.norm_lr_scale=64")  # fmt: skip
+    model = build_model({"name": "fastnet"}, InputSpec(3, 32, 32, 10))
+    plain, norm = build_optimizer(cfg.optimizer, model).param_groups
+    assert (plain["lr"], plain["weight_decay"]) == (0.5, 1e-3)
+    assert (norm["lr"], norm["weight_decay"]) == (32.0, 1e-3 / 64)
+    bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in norm["params"]} == bn_shifts  # BN scales are frozen in FastNet
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in plain["params"]} | bn_shifts == trainable
+    assert not {id(p) for p in plain["params"]} & bn_shifts
+
+
+def test_without_norm_lr_scale_there_is_one_group():
+    cfg = compose_config("optimizer=adamw")
+    model = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 10))
+    (group,) = build_optimizer(cfg.optimizer, model).param_groups
+    assert len(group["params"]) == len(list(model.parameters()))

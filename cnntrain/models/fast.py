@@ -12,9 +12,9 @@ from torch import nn
 from cnntrain.models import InputSpec, register
 
 
-def batch_norm(channels: int) -> nn.BatchNorm2d:
+def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
     # Only the shift is learned: a learned scale adds little after a conv and slows early steps.
-    bn = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
+    bn = nn.BatchNorm2d(channels, momentum=momentum, eps=1e-12)
     bn.weight.requires_grad_(False)
     return bn
 
@@ -22,14 +22,18 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 class ConvGroup(nn.Module):
     """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU; halves H and W."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.bn1 = batch_norm(out_channels)
+        self.bn1 = batch_norm(out_channels, bn_momentum)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = batch_norm(out_channels)
+        self.bn2 = batch_norm(out_channels, bn_momentum)
         self.act = nn.GELU()
+        # Start as (partly) the identity: the first in_channels filters pass their input through,
+        # so signal flows through the whole depth from the first step.
+        for conv in (self.conv1, self.conv2):
+            nn.init.dirac_(conv.weight.data[: conv.in_channels])
 
     def forward(self, x):
         x = self.act(self.bn1(self.pool(self.conv1(x))))
@@ -37,7 +41,7 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    def __init__(self, in_channels, num_classes, widths=(64, 256, 256), logit_scale=1 / 9):
+    def __init__(self, in_channels, num_classes, widths, logit_scale, bn_momentum):
         super().__init__()
         # 2×2 patches of C channels span 4C dimensions; the stem keeps each whitened direction
         # and its negation so the GELU after it loses nothing: 8C output channels (24 for RGB).
@@ -46,7 +50,7 @@ class FastNet(nn.Module):
         self.act = nn.GELU()
         groups, in_ch = [], 2 * patch_dims
         for width in widths:
-            groups.append(ConvGroup(in_ch, width))
+            groups.append(ConvGroup(in_ch, width, bn_momentum))
             in_ch = width
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -75,5 +79,7 @@ class FastNet(nn.Module):
 
 
 @register("fastnet")
-def fastnet(spec: InputSpec, widths=(64, 256, 256), logit_scale: float = 1 / 9) -> nn.Module:
-    return FastNet(spec.channels, spec.num_classes, tuple(widths), logit_scale)
+def fastnet(
+    spec: InputSpec, widths=(64, 256, 256), logit_scale: float = 1 / 9, bn_momentum: float = 0.4
+) -> nn.Module:
+    return FastNet(spec.channels, spec.num_classes, tuple(widths), logit_scale, bn_momentum)
