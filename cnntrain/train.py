@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.config import validate
 from cnntrain.data import DataBundle, load_data
+from cnntrain.data.splits import seeded_subset
 from cnntrain.engine import (
     EMA,
     Arithmetic,
@@ -86,10 +87,8 @@ def train(cfg: DictConfig) -> float:
     device = select_device(t.device)
     data = load_data(cfg, device, t.channels_last)
     model = build_model(cfg.model, data.spec)
-    if saved is None and hasattr(model, "init_from_data"):
-        # Data-dependent init (FastNet's whitening stem) from up to 5,000 unaugmented images.
-        first = data.train.images_at(range(min(5000, data.train.count)))
-        model.init_from_data(data.train.prep(first).cpu())
+    if saved is None:
+        init_from_training_images(model, data.train, t.seed)
     model.to(
         device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format
     )
@@ -154,6 +153,14 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     resumed.paths = cfg.paths
     resumed.resume = cfg.resume
     return resumed
+
+
+def init_from_training_images(model, train, seed: int, count: int = 5000) -> None:
+    """Data-dependent init (FastNet's whitening stem), for models that have one, from `count`
+    unaugmented training images drawn at random: a folder's split is sorted by class."""
+    if hasattr(model, "init_from_data"):
+        sample = seeded_subset(np.arange(train.count), count, seed)
+        model.init_from_data(train.prep(train.images_at(sample)).cpu())
 
 
 def seed_everything(seed: int) -> None:

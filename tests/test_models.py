@@ -5,9 +5,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.errors import UserError
 from cnntrain.models import InputSpec, build_model, model_names
 from cnntrain.models.article import ResidualBlock
+from cnntrain.train import init_from_training_images
 
 
 # The article's classes as a reader would type them (fixed 3×32×32 input, 10 classes): a
@@ -133,3 +135,27 @@ def test_fastnet_whitening_stem_decorrelates_patches():
     cov = torch.cov(out[:, :12].permute(1, 0, 2, 3).reshape(12, -1))
     torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
     assert not model.whiten.weight.requires_grad
+
+
+def test_fastnet_convs_start_as_the_identity_and_bn_momentum_is_an_option():
+    model = build_model({"name": "fastnet", "bn_momentum": 0.1}, InputSpec(3, 32, 32, 10))
+    group = model.groups[1]  # 64 → 256 channels
+    x = torch.randn(2, 64, 8, 8)
+    torch.testing.assert_close(group.conv1(x)[:, :64], x)  # its first 64 filters pass x through
+    torch.testing.assert_close(group.conv2(group.conv1(x))[:, :64], x)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(m.momentum == 0.1 for m in norms)
+
+
+def test_data_init_sees_every_class_of_a_split_sorted_by_class():
+    class Recorder(nn.Module):
+        def init_from_data(self, images):
+            self.seen = images
+
+    classes = torch.arange(4).repeat_interleave(3000)  # 12,000 images, sorted as a folder's are
+    images = classes.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)  # pixel = its class
+    train = TensorLoader(images, classes, 128, True, 0, BatchPrep([0.0], [1 / 255], "cpu", False))
+    model = Recorder()
+    init_from_training_images(model, train, seed=0)
+    assert model.seen.shape == (5000, 1, 2, 2)
+    assert model.seen.unique().tolist() == [0, 1, 2, 3]
