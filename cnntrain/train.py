@@ -318,6 +318,10 @@ class Run:
         self.cfg, self.run_dir, self.model, self.parts = cfg, run_dir, model, parts
         self.data, self.progress, self.metrics = data, progress, metrics
         self.show_bars = progress_bars_enabled(cfg.trainer.progress)
+        # When per-epoch evaluation runs on the test loader itself (data.val_split=0), the best
+        # epoch's outputs are the final test's: kept, so the test set is not evaluated twice.
+        self.shared_eval = data.val is data.test
+        self.best_outputs = None
 
     @property
     def eval_model(self):
@@ -359,7 +363,8 @@ class Run:
     def end_epoch(self, epoch: int, totals: Totals) -> None:
         p, t = self.progress, self.cfg.trainer
         train_loss, train_acc = totals.read()
-        val = evaluate(self.eval_model, self.data.val, self.parts.arithmetic, self.show_bars, "val")
+        val = evaluate(self.eval_model, self.data.val, self.parts.arithmetic, self.show_bars, "val",
+                       keep_outputs=self.shared_eval)  # fmt: skip
         if not math.isfinite(val["loss"]):  # finite training losses, broken weights: don't save
             raise self.divergence(f"validation loss is not finite after epoch {epoch}")
         row = {
@@ -378,6 +383,7 @@ class Run:
         improved = val["acc"] > p.best_acc
         if improved:
             p.best_acc, p.best_epoch = val["acc"], epoch
+            self.best_outputs = val if self.shared_eval else None
         self.metrics.append(row)
         log_epoch(row, t.epochs, self.data.val_name)
         if epoch % t.checkpoint_every == 0 or epoch == t.epochs or self.reached_target():
@@ -436,7 +442,7 @@ class Run:
         save_checkpoint(self.run_dir / "checkpoints" / name, self.state())
 
     def test(self) -> tuple[dict, dict, torch.nn.Module]:
-        """Evaluate the best checkpoint's weights on the test split.
+        """Evaluate the best checkpoint's weights on the test split (or reuse that evaluation).
 
         Returns the results.json fields, the test outputs (logits, targets) and the network,
         left holding the best weights (the run is over: nothing trains it again).
@@ -445,7 +451,7 @@ class Run:
         weights = best["ema"]["weights"] if best["ema"] else best["model"]
         net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
         net.load_state_dict(weights)
-        out = evaluate(
+        out = self.best_outputs or evaluate(
             net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
         )
         p = self.progress

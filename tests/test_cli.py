@@ -89,12 +89,17 @@ def test_fashion_mnist_run_learns(tmp_path):
         "trainer.epochs=2",
         "data.max_train_samples=2048",
         "data.max_eval_samples=512",
+        "data.val_split=0",
         cwd=tmp_path,
     )
     (run,) = run_folders(tmp_path)
     results = json.loads((run / "results.json").read_text())
     assert results["dataset"] == "fashion_mnist" and results["classes"][0] == "T-shirt/top"
     assert results["test/acc"] > 0.5  # 10 classes: chance is 0.1
+    # Evaluated on the test split every epoch: the final test is the best epoch's evaluation.
+    best = read_jsonl(run / "metrics.jsonl")[results["best_epoch"] - 1]
+    assert (results["test/acc"], results["test/loss"]) == (best["val/acc"], best["val/loss"])
+    assert results["test/count"] == 512
 
 
 def test_unseen_image_folder_trains_without_options(tmp_path):

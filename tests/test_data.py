@@ -86,6 +86,15 @@ def test_splits_are_disjoint_and_stats_come_from_train_only(tmp_path):
     assert data.mean != pytest.approx(channel_stats(everything)[0])
 
 
+def test_without_a_val_split_one_capped_test_loader_serves_both_evaluations(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=30)
+    cfg = folder_config(root, "data.val_split=0", "data.max_eval_samples=25")
+    data = load_data(cfg, CPU)
+    assert data.val is data.test and data.test.count == 25
+    assert (data.val_name, data.test_name) == ("test", "test")
+    assert "evaluating every epoch on the test split" in caplog.text
+
+
 def test_evaluation_batches_are_deterministic_and_unaugmented(tmp_path):
     root = make_image_folder(tmp_path / "f")
     cfg = folder_config(root, "data.augment.rotation=30", "data.augment.crop_padding=4")

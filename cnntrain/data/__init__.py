@@ -31,8 +31,8 @@ class DataBundle:
     spec: InputSpec
     classes: list[str]
     train: TensorLoader | FileLoader
-    val: TensorLoader | FileLoader  # per-epoch evaluation (the test split if val_split=0)
-    test: TensorLoader | FileLoader  # final evaluation (val/ when the data has no test split)
+    val: TensorLoader | FileLoader  # per-epoch evaluation (the test loader itself if val_split=0)
+    test: TensorLoader | FileLoader  # final evaluation (the val loader when there is no test/)
     val_name: str  # "val" or "test": which split `val` really is
     test_name: str  # "test" or "val"
     mean: list[float]
@@ -70,12 +70,13 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     weights = (
         balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
     )
+    val_loader = make(val, d, False, seed, prep, None, spec)
     return DataBundle(
         spec=spec,
         classes=found.classes,
         train=make(train, d, True, seed, train_prep, weights, spec),
-        val=make(val, d, False, seed, prep, None, spec),
-        test=make(test, d, False, seed, prep, None, spec),
+        val=val_loader,
+        test=val_loader if test is val else make(test, d, False, seed, prep, None, spec),
         val_name=val_name,
         test_name=test_name,
         mean=mean,
@@ -189,7 +190,9 @@ def partition(parts: dict[str, Part], d):
         log.warning("the data has no test split: the final evaluation uses the validation split")
         test, test_name = val, "val"
     train = cap(train, d.max_train_samples, seed)
-    val, test = cap(val, d.max_eval_samples, seed + 1), cap(test, d.max_eval_samples, seed + 2)
+    shared = val is test  # one split serves both: one cap, one loader
+    val = cap(val, d.max_eval_samples, seed + 1)
+    test = val if shared else cap(test, d.max_eval_samples, seed + 2)
     return train, val, test, val_name, test_name
 
 
