@@ -373,6 +373,7 @@ class Run:
             "train/acc": train_acc,
             "val/loss": val["loss"],
             "val/acc": val["acc"],
+            "val/split": self.data.val_name,  # what val/* measured: "test" when val_split=0
             "lr": totals.lr,  # of the epoch's last step
             "epoch_time_s": round(p.epoch_time_s, 3),
             "elapsed_s": round(p.elapsed_s, 3),

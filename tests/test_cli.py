@@ -42,6 +42,7 @@ def test_cifar10_run_writes_every_output(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r.keys() >= METRIC_FIELDS for r in rows)
     assert all(0 <= r["train/acc"] <= 1 and 0 <= r["val/acc"] <= 1 for r in rows)
+    assert all(r["val/split"] == "val" for r in rows)  # carved from train: data.val_split=0.1
     assert 0 < rows[-1]["lr"] < rows[0]["lr"]  # the lr of each epoch's last step: cosine, not 0
     with open(run / "metrics.csv") as f:
         csv_rows = list(csv.DictReader(f))
@@ -98,6 +99,7 @@ def test_fashion_mnist_run_learns(tmp_path):
     assert results["test/acc"] > 0.5  # 10 classes: chance is 0.1
     # Evaluated on the test split every epoch: the final test is the best epoch's evaluation.
     best = read_jsonl(run / "metrics.jsonl")[results["best_epoch"] - 1]
+    assert best["val/split"] == "test"
     assert (results["test/acc"], results["test/loss"]) == (best["val/acc"], best["val/loss"])
     assert results["test/count"] == 512
 

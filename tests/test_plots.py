@@ -104,6 +104,16 @@ def test_curves(tmp_path):
     assert_png(tmp_path / "curves.png")
 
 
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_curves_name_the_split_each_epoch_was_evaluated_on(tmp_path, monkeypatch, split):
+    figures = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig))
+    plot_curves([{**r, "val/split": split} for r in fake_rows()], tmp_path / "curves.png")
+    loss_ax, acc_ax, _ = figures[0].axes
+    for ax in (loss_ax, acc_ax):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", split]
+
+
 def test_curves_of_a_run_without_epochs_still_draw(tmp_path):
     plot_curves([], tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", min_side=150)

@@ -66,9 +66,10 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         return
     fig = new_figure(13, 4)
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3, sharex=True)
-    for split in ("train", "val"):
-        draw_series(loss_ax, rows, f"{split}/loss", split)
-        draw_series(acc_ax, rows, f"{split}/acc", split, scale=100)
+    evaluated = rows[-1].get("val/split", "val")  # val/* is the test split when val_split=0
+    for key, label in (("train", "train"), ("val", evaluated)):
+        draw_series(loss_ax, rows, f"{key}/loss", label)
+        draw_series(acc_ax, rows, f"{key}/acc", label, scale=100)
     draw_series(lr_ax, rows, "lr", "learning rate", color="tab:green")
     loss_ax.set(title="loss", ylabel="cross-entropy loss")
     acc_ax.set(title="accuracy", ylabel="accuracy (%)")
