@@ -13,8 +13,7 @@ from torch.optim import Optimizer, lr_scheduler
 from cnntrain.errors import UserError
 
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
-
-
+# BatchNorm*, SyncBatchNorm and InstanceNorm* all derive from _NormBase (no public base class).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
