@@ -1,63 +1,7 @@
-"""Model registry: `model.name` in the config names a builder that sizes a network for the data."""
+"""Models: the registry (registry.py) and the modules that fill it; importing this fills it."""
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from cnntrain.models import article, classic, fast  # noqa: F401  (each registers its models)
+from cnntrain.models.registry import build_model, check_model_options, model_names, register
+from cnntrain.spec import InputSpec
 
-from torch import nn
-
-from cnntrain.errors import UserError
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model must know of its data: taken from the dataset, never typed in a model config."""
-
-    channels: int  # C of the (N, C, H, W) input
-    height: int
-    width: int
-    num_classes: int
-
-
-ModelBuilder = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelBuilder] = {}
-
-
-def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: make `builder(spec, **options)` available as `model.name: <name>`."""
-
-    def add(builder: ModelBuilder) -> ModelBuilder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def check_model_options(model_cfg) -> tuple[ModelBuilder, dict]:
-    """The builder for `model_cfg.name` and its options; a UserError for unknown names/options."""
-    options = dict(model_cfg)
-    name = options.pop("name", None)
-    if name not in _REGISTRY:
-        raise UserError(
-            f"model.name={name!r} is not a known model; use one of: {', '.join(model_names())}"
-        )
-    builder = _REGISTRY[name]
-    try:
-        inspect.signature(builder).bind(None, **options)
-    except TypeError as e:  # an unknown or missing option, named by Python's message
-        raise UserError(f"model {name!r}: {e}; check the keys under model.") from e
-    return builder, options
-
-
-def build_model(model_cfg, spec: InputSpec) -> nn.Module:
-    """Build the registered model `model_cfg.name`; every other key of `model_cfg` is an option."""
-    builder, options = check_model_options(model_cfg)
-    return builder(spec, **options)
-
-
-# Importing the model modules fills the registry.
-from cnntrain.models import article, classic, fast  # noqa: E402, F401
+__all__ = ["InputSpec", "build_model", "check_model_options", "model_names", "register"]

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from cnntrain.errors import UserError
-from cnntrain.models import InputSpec, register
+from cnntrain.models.registry import register
+from cnntrain.spec import InputSpec
 
 
 def pooled_side(side: int, pools: int, name: str) -> int:

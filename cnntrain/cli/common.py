@@ -1,0 +1,77 @@
+"""What every command-line entry point shares: one-line errors and config composition."""
+
+import difflib
+import re
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cnntrain.config import unknown_keys, validate
+from cnntrain.errors import UserError
+
+# The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
+CONF_PATH = Path(__file__).resolve().parent.parent / "conf"
+
+
+def fail(message: str, status: int = 2):
+    """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead)."""
+    print(f"cnntrain: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+def is_group_choice(override: str) -> bool:
+    """`model=resnet`, `+experiment=smoke`: picks a config file rather than setting a value."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "." not in key and key != "resume"
+
+
+def hydra_error_line(error: Exception) -> str:
+    """Hydra's multi-line composition errors, as one line that says what to do."""
+    text = str(error)
+    missing = re.search(r"Could not find '([\w/]+)/(\w+)'", text)
+    if missing:
+        group, option = missing.groups()
+        choices = sorted(p.stem for p in (CONF_PATH / group).glob("*.yaml"))
+        return f"{group}={option} is not an option of {group}; use one of: {', '.join(choices)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:3])
+
+
+def unknown_key_line(key: str, reference: DictConfig) -> str:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(reference, parent) if parent else reference
+    known = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    hint = difflib.get_close_matches(name, known, n=1)
+    did_you_mean = f"; did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""
+    where = parent or "the root"
+    return f"{key} is not a known key{did_you_mean} (keys under {where}: {', '.join(known)})"
+
+
+def preflight(args: list[str]) -> DictConfig:
+    """Compose and check a single run's config before Hydra makes its folder: one-line errors."""
+    with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
+        reference = compose_or_fail([a for a in args if is_group_choice(a)])
+        try:
+            cfg = compose("config", overrides=args)
+        except (HydraException, OmegaConfBaseException) as e:
+            unknown = re.search(r"Could not override '([\w.]+)'", str(e))
+            fail(unknown_key_line(unknown[1], reference) if unknown else hydra_error_line(e))
+    unknown = unknown_keys(cfg, reference)
+    if unknown:
+        fail(unknown_key_line(unknown[0], reference))
+    try:
+        validate(cfg)
+    except UserError as e:
+        fail(str(e))
+    return cfg
+
+
+def compose_or_fail(overrides: list[str]) -> DictConfig:
+    try:
+        return compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(hydra_error_line(e))

@@ -1,0 +1,23 @@
+"""`cnntrain-summary [overrides…]`: the layer table of the model a config would train."""
+
+import sys
+
+from cnntrain.cli.common import fail, preflight
+from cnntrain.config import register_resolvers
+from cnntrain.data import input_spec
+from cnntrain.errors import UserError
+from cnntrain.models import build_model
+from cnntrain.outputs.console import console
+from cnntrain.outputs.summary import summarize_model, summary_table
+
+
+def main() -> None:
+    """`cnntrain-summary [overrides…]`: the layer table of the model the config would train."""
+    register_resolvers()
+    cfg = preflight([*sys.argv[1:], "paths.output_dir=unused"])
+    try:
+        spec, _ = input_spec(cfg)
+        model = build_model(cfg.model, spec)
+    except UserError as e:
+        fail(str(e))
+    console.print(summary_table(summarize_model(model, (spec.channels, spec.height, spec.width))))

@@ -1,0 +1,75 @@
+"""`cnntrain`: train one run, or sweep with `-m`; a thin Hydra main over train()."""
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from cnntrain.cli.common import CONF_PATH, fail, preflight
+from cnntrain.config import register_resolvers
+from cnntrain.errors import UserError
+from cnntrain.outputs.console import config_tree, console
+from cnntrain.outputs.files import write_text
+from cnntrain.train import RESUMABLE_KEYS, resumed_config, train
+
+
+def check_resume_arguments(args: list[str]) -> None:
+    """Before Hydra makes any folder: `resume=` must name a run, and change only what may change."""
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not resume or not resume[0]:
+        return
+    if "-m" in args or "--multirun" in args:
+        fail("resume= continues one run; it cannot be combined with -m/--multirun")
+    if not Path(resume[0]).expanduser().exists():
+        fail(
+            f"resume={resume[0]!r} does not exist; give a run folder (outputs/…) or its checkpoint"
+        )
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if (
+            "=" in arg
+            and key != "resume"
+            and key not in RESUMABLE_KEYS
+            and not key.startswith("hydra.")
+        ):
+            allowed = ", ".join(RESUMABLE_KEYS)
+            fail(
+                f"resume: {key} cannot change when continuing a run (only {allowed}); "
+                "start a new run instead"
+            )
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        if cfg.resume:
+            cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
+        if not multirun:
+            console.print(config_tree(cfg))
+        return train(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if not multirun:
+            fail(str(e))
+        # In a sweep one bad combination must not end the others: record it, go on.
+        write_text(Path(HydraConfig.get().runtime.output_dir) / "error.txt", f"{e}\n")
+        print(f"cnntrain: job {HydraConfig.get().job.num} failed: {e}", file=sys.stderr, flush=True)
+        return math.nan
+
+
+def main() -> None:
+    """The `cnntrain` console script."""
+    check_resume_arguments(sys.argv[1:])
+    register_resolvers()
+    args = sys.argv[1:]
+    # -m sweeps, --help, --cfg…: Hydra's own; each sweep job still validates in train().
+    if os.environ.get("HYDRA_FULL_ERROR") != "1" and not any(a.startswith("-") for a in args):
+        preflight(args)
+    hydra_main()

@@ -1,0 +1,254 @@
+"""load_data: from `cfg.data` to train / val / test loaders on the training device.
+
+Steps: find the dataset (sources), decide channels and size, drop unreadable files, carve the
+validation split from train, cap sample counts, take normalization statistics from the training
+split only, and build the tensor path or the DataLoader path (`data.loader`).
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnntrain.data import decode
+from cnntrain.data.augment import build_batch_augment, check_cutout_fits, is_random, pil_pipeline
+from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
+from cnntrain.data.sources import ImageSource, Splits, open_splits
+from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
+from cnntrain.errors import UserError
+from cnntrain.spec import InputSpec
+
+log = logging.getLogger(__name__)
+STATS_SAMPLE = 20_000  # images decoded to estimate normalization stats on the DataLoader path
+
+
+@dataclass
+class DataBundle:
+    spec: InputSpec
+    classes: list[str]
+    train: TensorLoader | FileLoader
+    val: TensorLoader | FileLoader  # per-epoch evaluation (the test loader itself if val_split=0)
+    test: TensorLoader | FileLoader  # final evaluation (the val loader when there is no test/)
+    val_name: str  # "val" or "test": which split `val` really is
+    test_name: str  # "test" or "val"
+    mean: list[float]
+    std: list[float]
+    loader: str  # "tensor" or "dataloader"
+    origin: str
+
+
+@dataclass
+class Part:
+    """A split ready for a loader: its source, and its decoded pixels on the tensor path."""
+
+    source: ImageSource
+    images: torch.Tensor | None = None  # (N, C, H, W) uint8
+
+
+def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBundle:
+    d = cfg.data
+    found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
+    channels, size = input_shape(d, found)
+    if d.augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
+        check_cutout_fits(d.augment.cutout, *size)
+    kind = choose_loader(d, found, channels, size)
+    parts = {
+        name: readable_part(found, name, d, cfg.paths, channels, size, kind)
+        for name in found.splits
+    }
+    train, val, test, val_name, test_name = partition(parts, d)
+    mean, std = normalization(d, train, found, cfg.paths, channels, size)
+    spec = InputSpec(channels, size[0], size[1], len(found.classes))
+    make = tensor_loader if kind == "tensor" else file_loader
+    seed = cfg.trainer.seed
+    prep = BatchPrep(mean, std, device, channels_last)
+    train_prep = BatchPrep(mean, std, device, channels_last, build_batch_augment(d.augment))
+    weights = (
+        balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
+    )
+    val_loader = make(val, d, False, seed, prep, None, spec)
+    return DataBundle(
+        spec=spec,
+        classes=found.classes,
+        train=make(train, d, True, seed, train_prep, weights, spec),
+        val=val_loader,
+        test=val_loader if test is val else make(test, d, False, seed, prep, None, spec),
+        val_name=val_name,
+        test_name=test_name,
+        mean=mean,
+        std=std,
+        loader=kind,
+        origin=found.origin,
+    )
+
+
+def input_spec(cfg) -> tuple[InputSpec, list[str]]:
+    """The model's input spec and class names, from the data's metadata alone (no decoding)."""
+    found = open_splits(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)
+    channels, size = input_shape(cfg.data, found)
+    return InputSpec(channels, size[0], size[1], len(found.classes)), found.classes
+
+
+def input_shape(d, found: Splits) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)): from `data.channels` / `data.image_size`, else from the data itself."""
+    train = found.splits["train"]
+    if train.arrays is not None:
+        shape = train.arrays.shape  # (N, H, W) or (N, H, W, C)
+        data_channels, data_size = (1 if len(shape) == 3 else shape[3]), shape[1:3]
+    else:
+        data_channels, data_size = sniff_files(train.files[:: max(1, len(train) // 16)])
+    channels = d.channels or data_channels
+    size = d.image_size or data_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if channels not in (1, 3):
+        raise UserError(f"data.channels={channels} is not supported; use 1 (grayscale) or 3 (RGB)")
+    return channels, (int(size[0]), int(size[1]))
+
+
+def sniff_files(files: list[str]) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) of sampled files: 1 if all are grayscale; the first readable's size."""
+    modes, size = set(), None
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                modes.add(img.mode)
+                size = size or img.size[::-1]
+        except decode.DECODE_ERRORS:
+            continue  # reported when the split is decoded
+    if size is None:
+        raise UserError(f"none of {len(files)} sampled images could be read (first: {files[0]})")
+    return (1 if modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3), size
+
+
+def choose_loader(d, found: Splits, channels, size) -> str:
+    """`data.loader`, with `auto` → tensor when all decoded splits fit `data.memory_budget_gb`."""
+    if d.loader != "auto":
+        return d.loader
+    n = sum(len(s) for s in found.splits.values())
+    gib = n * channels * size[0] * size[1] / 2**30
+    kind = "tensor" if gib <= d.memory_budget_gb else "dataloader"
+    if kind == "dataloader":
+        log.info("decoded data would take %.1f GiB > data.memory_budget_gb: DataLoader path", gib)
+    return kind
+
+
+def readable_part(found: Splits, split: str, d, paths, channels, size, kind) -> Part:
+    """The split minus unreadable files (per `data.on_bad_image`); decoded on the tensor path."""
+    source = found.splits[split]
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
+    cache = Path(paths.cache_dir).expanduser()
+    workers = max(1, d.num_workers)
+    if kind == "tensor":
+        images, bad = decode.decoded_split(source, key, cache, channels, size, workers)
+    else:
+        images, bad = None, decode.unreadable_files(source, key, cache, channels, size, workers)
+    if bad:
+        report_unreadable(source, bad, split, d.on_bad_image)
+        source = source.subset(np.setdiff1d(np.arange(len(source)), bad))
+    return Part(source, images)
+
+
+def report_unreadable(source: ImageSource, bad: list[int], split: str, policy: str) -> None:
+    names = ", ".join(source.files[i] for i in bad[:3]) + (", …" if len(bad) > 3 else "")
+    if policy == "error":
+        raise UserError(
+            f"{len(bad)} unreadable image file(s) in {split}/: {names}; fix or remove them, "
+            "or set data.on_bad_image=skip"
+        )
+    log.warning("skipped %d unreadable image file(s) in %s/: %s", len(bad), split, names)
+
+
+def select(part: Part, indices: np.ndarray) -> Part:
+    images = None if part.images is None else part.images[torch.as_tensor(indices)]
+    return Part(part.source.subset(indices), images)
+
+
+def partition(parts: dict[str, Part], d):
+    """(train, val, test, val_name, test_name): val carved from train unless the data has one."""
+    train, seed = parts["train"], d.split_seed
+    if "val" in parts:
+        val = parts["val"]
+    elif d.val_split > 0:
+        train_idx, val_idx = stratified_split(train.source.targets, d.val_split, seed)
+        train, val = select(train, train_idx), select(train, val_idx)
+    else:
+        val = None
+    test = parts.get("test")
+    if val is None and test is None:
+        raise UserError("data.val_split=0 but the data has no val/ or test/ split to evaluate on")
+    val_name, test_name = "val", "test"
+    if val is None:
+        log.warning(
+            "data.val_split=0: evaluating every epoch on the test split (it is no longer held out)"
+        )
+        val, val_name = test, "test"
+    if test is None:
+        log.warning("the data has no test split: the final evaluation uses the validation split")
+        test, test_name = val, "val"
+    train = cap(train, d.max_train_samples, seed)
+    shared = val is test  # one split serves both: one cap, one loader
+    val = cap(val, d.max_eval_samples, seed + 1)
+    test = val if shared else cap(test, d.max_eval_samples, seed + 2)
+    return train, val, test, val_name, test_name
+
+
+def cap(part: Part, limit: int | None, seed: int) -> Part:
+    indices = np.arange(len(part.source))
+    chosen = seeded_subset(indices, limit, seed)
+    return part if len(chosen) == len(indices) else select(part, chosen)
+
+
+def normalization(d, train: Part, found: Splits, paths, channels, size):
+    """(mean, std) per channel: `data.mean`/`data.std`, else computed on the training split only."""
+    if d.mean is not None and d.std is not None:
+        if len(d.mean) != channels or len(d.std) != channels:
+            raise UserError(
+                f"data.mean has {len(d.mean)} values but the images have {channels} channel(s); "
+                "for your own images use data=imagefolder (statistics from its training split) "
+                "or data.mean=null data.std=null"
+            )
+        return list(d.mean), list(d.std)
+    # The training split is fixed by the data and these settings, so they key the cache.
+    split = f"stats:{d.val_split}:{d.split_seed}:{d.max_train_samples}"
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
+    path = Path(paths.cache_dir).expanduser() / "stats" / f"{key}.json"
+    if path.exists():
+        stats = json.loads(path.read_text())
+        return stats["mean"], stats["std"]
+    images = (
+        train.images if train.images is not None else sample_pixels(train.source, channels, size, d)
+    )
+    mean, std = decode.channel_stats(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"mean": mean, "std": std}))
+    log.info("normalization from the training split: mean %s, std %s", fmt(mean), fmt(std))
+    return mean, std
+
+
+def fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+def sample_pixels(source: ImageSource, channels, size, d) -> torch.Tensor:
+    """Up to STATS_SAMPLE training images, decoded: enough for stats to ~3 decimals."""
+    chosen = seeded_subset(np.arange(len(source)), STATS_SAMPLE, d.split_seed)
+    images, _ = decode.decode_source(source.subset(chosen), channels, size, max(1, d.num_workers))
+    return torch.from_numpy(images)
+
+
+def tensor_loader(part: Part, d, train, seed, prep, weights, spec) -> TensorLoader:
+    batch = d.batch_size if train else d.eval_batch_size
+    targets = torch.as_tensor(part.source.targets)
+    return TensorLoader(part.images, targets, batch, train, seed, prep, weights)
+
+
+def file_loader(part: Part, d, train, seed, prep, weights, spec) -> FileLoader:
+    transform = pil_pipeline(d.augment) if train and is_random(d.augment) else None
+    size = (spec.height, spec.width)
+    dataset = SampleDataset(part.source, spec.channels, size, seed, transform)
+    batch = d.batch_size if train else d.eval_batch_size
+    return FileLoader(dataset, batch, train, seed, prep, d.num_workers, weights)
