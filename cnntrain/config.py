@@ -7,12 +7,14 @@ import re
 import secrets
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnntrain.data.augment import build_batch_augment
+from cnntrain.data.augment import read_options
+from cnntrain.data.sources import check_root
+from cnntrain.engine import check_device
 from cnntrain.errors import UserError
 from cnntrain.models import check_model_options
+from cnntrain.optim import check_scheduler_name
 
 
 @functools.cache
@@ -89,8 +91,13 @@ def positive_list(v) -> bool:
     )
 
 
+# results.json fields a sweeper may optimize (`optimized_metric`); test/* only if you must.
+OPTIMIZABLE = ("best_val/acc", "final_val/acc", "test/acc", "test/balanced_acc", "test/top5_acc",
+               "test/loss", "train_time_s")  # fmt: skip
+
 # (key, check, what is allowed): checked before any work; a missing optional key is skipped.
 RULES = [
+    ("optimized_metric", one_of(*OPTIMIZABLE), "one of " + ", ".join(OPTIMIZABLE)),
     ("trainer.epochs", integer(1), "an integer ≥ 1"),
     ("trainer.seed", integer(0), "an integer ≥ 0"),
     ("trainer.device", device_name, "auto, cpu, cuda or cuda:N"),
@@ -135,11 +142,6 @@ RULES = [
     ("optimizer.weight_decay", number(0), "a number ≥ 0"),
     ("optimizer.momentum", number(0, 1, hi_open=True), "a number in [0, 1)"),
     ("optimizer.norm_lr_scale", number(0, lo_open=True), "a factor > 0"),
-    (
-        "scheduler.name",
-        one_of("none", "step", "cosine", "onecycle"),
-        "none, step, cosine or onecycle",
-    ),
     ("scheduler.warmup_epochs", number(0), "a number of epochs ≥ 0"),
     ("scheduler.step_size", integer(1), "an integer ≥ 1 (epochs)"),
     ("scheduler.gamma", number(0, 1, lo_open=True), "a factor in (0, 1]"),
@@ -160,17 +162,12 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=ABSENT)
         if value is not ABSENT and not check(value):
             raise UserError(f"{key}={format_value(value)} is not valid; use {allowed}")
-    if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.device={cfg.trainer.device} but no CUDA GPU is available; use auto or cpu"
-        )
+    check_device(str(cfg.trainer.device))
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise UserError("data=imagefolder needs data.root=PATH (a folder or archive with train/)")
-    if cfg.data.root and not Path(cfg.data.root).expanduser().exists():
-        raise UserError(
-            f"data.root={cfg.data.root!r} does not exist; give an ImageFolder folder or archive"
-        )
-    build_batch_augment(cfg.data.augment)  # raises on a bad data.augment value
+    if cfg.data.root:
+        check_root(cfg.data.root)
+    read_options(cfg.data.augment)  # raises on a bad data.augment value
     for key, value in (cfg.data.get("eval_augment") or {}).items():
         raise UserError(
             f"data.eval_augment.{key}={format_value(value)} would make evaluation random "
@@ -178,6 +175,7 @@ def validate(cfg: DictConfig) -> None:
             "augmentation use trainer.tta=true"
         )
     check_model_options(cfg.model)
+    check_scheduler_name(cfg.scheduler)
 
 
 def format_value(value) -> str:

@@ -27,11 +27,25 @@ class Diverged(Exception):
         self.epoch, self.step = epoch, step
 
 
+def check_device(name: str) -> None:
+    """Refuse a `trainer.device` this machine does not have (before any work)."""
+    if not name.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA GPU is available; use auto or cpu")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"trainer.device={name} but this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those, auto or cpu"
+        )
+
+
 def select_device(name: str) -> torch.device:
+    """The training device `trainer.device` names (`auto`: the GPU when there is one)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    check_device(name)
     return torch.device(name)
 
 
@@ -97,6 +111,13 @@ class EMA:
         torch._foreach_lerp_(list(ema), list(current), 1 - decay)
         for e, m in self.counters:
             e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.updates = state["updates"]
 
 
 @dataclass
@@ -171,19 +192,25 @@ def train_one_epoch(
     epoch: int,
     totals: Totals,
     start: int = 0,
+    *,
     stop_requested: Callable[[], bool] = lambda: False,
+    on_batch_start: Callable[[int], None] = lambda step: None,
+    on_sync: Callable[[int, float, float], None] = lambda step, loss, lr: None,
     progress=False,
 ) -> int:
     """Train over `loader` from batch `start`; add into `totals`; return the next batch index.
 
-    Returns early (after finishing the current step) when `stop_requested()` turns true.
-    Raises Diverged on a non-finite loss.
+    `on_batch_start(step)` runs before each batch (no host sync); every SYNC_EVERY steps the
+    running mean loss is read once and passed on with the lr as `on_sync(step, loss, lr)`.
+    Returns early (after finishing the current step) when `stop_requested()` turns true. Raises
+    Diverged on a non-finite loss, before returning in either case: what returns is finite.
     """
     model, optimizer, a = parts.model, parts.optimizer, parts.arithmetic
     model.train()
     step = start
     with progress_bar(len(loader), f"epoch {epoch}", progress, start) as bar:
         for step, (x, y) in enumerate(loader.batches(epoch, start), start):
+            on_batch_start(step)
             with a.autocast():
                 logits = model(x)  # (B, classes)
                 loss = parts.loss_fn(logits.float(), y)
@@ -202,9 +229,11 @@ def train_one_epoch(
             bar.update()
             if (step + 1) % SYNC_EVERY == 0:
                 check_finite(totals, epoch)
-                bar.set_postfix(loss=f"{totals.loss.item() / totals.count:.3f}")
+                running = totals.loss.item() / totals.count
+                bar.set_postfix(loss=f"{running:.3f}")
+                on_sync(step, running, totals.lr)
             if stop_requested():
-                return step + 1
+                break
     check_finite(totals, epoch)
     return step + 1
 

@@ -1,18 +1,24 @@
-"""Optimizer (Hydra `_target_` + `_partial_`) and a learning-rate schedule stepped every batch.
+"""Optimizers and learning-rate schedules, both built from config as Hydra `_target_` + `_partial_`.
 
-Every schedule is expressed in optimizer steps, so one `scheduler.step()` per batch is right for
-all of them: StepLR's `step_size` epochs become `step_size × steps_per_epoch` steps (the same
-lr per epoch as the article's per-epoch StepLR), cosine and one-cycle change smoothly every step.
+Every schedule is stepped once per optimizer step, so StepLR's `step_size` epochs become
+`step_size × steps_per_epoch` steps (the article's per-epoch StepLR, the same lr per epoch), and
+cosine and one-cycle change smoothly every step. A schedule that runs to an end (cosine,
+one-cycle) is planned over the whole run; when a resumed run is given more epochs, `resize`
+stretches what is left of the plan over the new length: the next step's learning rate is the one
+the old plan gave, and the end value is reached at the new last step (no jump, no warm-up again).
 """
 
-from hydra.utils import instantiate
+import logging
+import math
+
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 from cnntrain.errors import UserError
 
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
+log = logging.getLogger(__name__)
 # BatchNorm*, SyncBatchNorm and InstanceNorm* all derive from _NormBase (no public base class).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -45,32 +51,143 @@ def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
     return instantiate(options, _convert_="all")(groups)
 
 
-def build_scheduler(cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
-    total = epochs * steps_per_epoch
-    if cfg.name == "onecycle":  # warms up by itself
-        return lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total,
-            pct_start=cfg.pct_start,
-            div_factor=cfg.div_factor,
-            final_div_factor=cfg.final_div_factor,
-            anneal_strategy=cfg.anneal_strategy,
-            cycle_momentum=False,  # momentum stays what optimizer.momentum says
+def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
+    """The schedule `scheduler_cfg` names (its `_target_`), planned over `epochs` epochs."""
+    options = OmegaConf.to_container(scheduler_cfg)
+    options.pop("name", None)  # the option's name, for people and sweep tables
+    make = instantiate(options, _convert_="all")
+    return make(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+
+
+def check_scheduler_name(scheduler_cfg) -> None:
+    """`scheduler.name` must be the name of the class `scheduler._target_` builds."""
+    built = getattr(get_class(scheduler_cfg._target_), "name", None)
+    if scheduler_cfg.get("name", built) != built:
+        raise UserError(
+            f"scheduler.name={scheduler_cfg.name!r} does not match scheduler._target_ "
+            f"({scheduler_cfg._target_}, a {built!r} schedule); choose one with scheduler=OPTION"
         )
-    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
-    main = main_schedule(cfg, optimizer, total - warmup, steps_per_epoch)
-    if warmup <= 0:
-        return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def main_schedule(cfg, optimizer, steps: int, steps_per_epoch: int):
-    if cfg.name == "none":
-        return lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    if cfg.name == "step":
-        return lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
-    if cfg.name == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.min_lr)
-    raise UserError(f"scheduler.name={cfg.name!r} is unknown; use one of: {', '.join(SCHEDULERS)}")
+class Schedule(lr_scheduler.LRScheduler):
+    """A learning rate per optimizer step, `rate(base_lr, planned_step)`; subclasses give `rate`.
+
+    `planned_step` is where in its plan of `planned_steps` steps the run is. It equals the step
+    count until `resize` stretches the rest of a run (`stretches`: schedules that run to an end).
+    Everything here is plain numbers, so the state dict loads with `weights_only=True`.
+    """
+
+    name = ""
+    stretches = False
+
+    def __init__(self, optimizer, *, total_steps: int, steps_per_epoch: int, warmup_epochs=0.0):
+        self.total_steps = total_steps  # optimizer steps in the whole run
+        self.planned_steps = total_steps  # steps the plan was made for
+        self.anchor = (0, 0.0)  # (step, planned step): steps after it map linearly to the end
+        self.warmup_steps = min(total_steps - 1, round(warmup_epochs * steps_per_epoch))
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(optimizer)
+
+    def planned_step(self, step: int) -> float:
+        if not self.stretches:
+            return float(step)
+        start, planned = self.anchor
+        left = self.total_steps - start
+        return planned + (step - start) * (self.planned_steps - planned) / max(1, left)
+
+    def get_lr(self) -> list[float]:
+        step = self.planned_step(self.last_epoch)
+        return [self.rate(base, step) for base in self.base_lrs]
+
+    def warmup_factor(self, step: float) -> float:
+        """Linear ramp from 1/W to 1 over the W warm-up steps (torch's LinearLR), then 1."""
+        w = self.warmup_steps
+        return 1.0 if step >= w else 1 / w + (1 - 1 / w) * step / w
+
+    def resize(self, total_steps: int) -> None:
+        """On resume with another `trainer.epochs`: the run now has `total_steps` steps."""
+        if total_steps == self.total_steps:
+            return
+        step = self.last_epoch
+        if self.stretches:
+            self.anchor = (step, self.planned_step(step))
+            log.info(
+                "%s schedule stretched: from step %d it reaches its end at step %d instead of %d",
+                self.name, step, total_steps, self.total_steps,
+            )  # fmt: skip
+        self.total_steps = total_steps
+
+    def rate(self, base: float, step: float) -> float:
+        raise NotImplementedError
+
+
+class Constant(Schedule):
+    """The optimizer's lr throughout, after the optional warm-up."""
+
+    name = "none"
+
+    def rate(self, base: float, step: float) -> float:
+        return base * self.warmup_factor(step)
+
+
+class Step(Schedule):
+    """The article's StepLR: lr × gamma every `step_size` epochs (counted after the warm-up)."""
+
+    name = "step"
+
+    def __init__(self, optimizer, *, step_size: int, gamma: float, **schedule):
+        self.step_size, self.gamma = step_size, gamma  # epochs, factor
+        super().__init__(optimizer, **schedule)
+
+    def rate(self, base: float, step: float) -> float:
+        if step < self.warmup_steps:
+            return base * self.warmup_factor(step)
+        decays = (step - self.warmup_steps) // (self.step_size * self.steps_per_epoch)
+        return base * self.gamma**decays
+
+
+class Cosine(Schedule):
+    """Warm-up, then cosine decay from the optimizer's lr to `min_lr` at the run's last step."""
+
+    name = "cosine"
+    stretches = True
+
+    def __init__(self, optimizer, *, min_lr: float = 0.0, **schedule):
+        self.min_lr = min_lr
+        super().__init__(optimizer, **schedule)
+
+    def rate(self, base: float, step: float) -> float:
+        if step < self.warmup_steps:
+            return base * self.warmup_factor(step)
+        span = max(1, self.planned_steps - self.warmup_steps)  # torch's T_max after warm-up
+        done = (step - self.warmup_steps) / span
+        return self.min_lr + (base - self.min_lr) * (1 + math.cos(math.pi * done)) / 2
+
+
+class OneCycle(Schedule):
+    """One-cycle (Smith 2018), as torch's OneCycleLR without momentum cycling: from lr/div_factor
+    up to lr over `pct_start` of the run, then down to lr/(div_factor·final_div_factor)."""
+
+    name = "onecycle"
+    stretches = True
+
+    def __init__(
+        self, optimizer, *, pct_start, div_factor, final_div_factor, anneal_strategy, **schedule
+    ):
+        self.pct_start, self.div_factor = pct_start, div_factor
+        self.final_div_factor, self.anneal_strategy = final_div_factor, anneal_strategy
+        super().__init__(optimizer, **schedule)
+
+    def rate(self, base: float, step: float) -> float:
+        start, end = base / self.div_factor, base / (self.div_factor * self.final_div_factor)
+        peak_step = self.pct_start * self.planned_steps - 1  # torch's phase boundary
+        if step <= peak_step:
+            return self.anneal(start, base, step / max(peak_step, 1e-9))
+        last = self.planned_steps - 1
+        return self.anneal(base, end, (step - peak_step) / max(last - peak_step, 1e-9))
+
+    def anneal(self, start: float, end: float, done: float) -> float:
+        done = min(1.0, max(0.0, done))
+        if self.anneal_strategy == "linear":
+            return start + (end - start) * done
+        return end + (start - end) * (1 + math.cos(math.pi * done)) / 2

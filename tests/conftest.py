@@ -57,6 +57,12 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600, env=N
     return proc
 
 
+def run_with_fault(fault: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real `cnntrain *args` with tests/faults.py's Fault callback injecting `fault`."""
+    fault_args = ("+callbacks.fault._target_=tests.faults.Fault", f"+callbacks.fault.at={fault}")
+    return run_cli(*args, *fault_args, cwd=cwd, check=False, env={"PYTHONPATH": str(REPO)})
+
+
 def run_folders(cwd: Path) -> list[Path]:
     """Single-run folders under cwd/outputs/<date>/<time>_<token>/, oldest first."""
     return sorted(

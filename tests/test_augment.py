@@ -16,13 +16,13 @@ from cnntrain.data.augment import (
     Draws,
     affine_sources,
     apply_in_order,
-    build_batch_augment,
+    batch_augment,
     clamp_to_image,
     draw_jitter,
     factor_range,
     gather_pixels,
-    is_random,
     pil_augment,
+    read_options,
 )
 from cnntrain.errors import UserError
 
@@ -53,7 +53,7 @@ def augment_cfg(**options) -> dict:
 
 def pil_form(cfg, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """The DataLoader path, image by image: (N, C, H, W) uint8 → (N, C, H, W) float in [0, 1]."""
-    transform = v2.Compose(pil_augment(cfg))
+    transform = v2.Compose(pil_augment(read_options(cfg)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = [transform(F.to_pil_image(img)) for img in images]
@@ -63,7 +63,7 @@ def pil_form(cfg, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def batch_form(cfg, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """The tensor path, the whole batch at once: same input and output as `pil_form`."""
     generator = torch.Generator().manual_seed(seed)
-    return build_batch_augment(cfg)(images.float() / 255, generator)
+    return batch_augment(read_options(cfg))(images.float() / 255, generator)
 
 
 FORMS = {"pil": pil_form, "batch": batch_form}
@@ -328,7 +328,7 @@ def test_cutout_zeroes_one_square_placed_uniformly_inside(form):
 
 
 def test_pil_form_is_torchvisions_pipeline_in_the_order_crop_flip_affine_jitter_cutout():
-    steps = pil_augment(augment_cfg(**ARTICLE, cutout=8))
+    steps = pil_augment(read_options(augment_cfg(**ARTICLE, cutout=8)))
     kinds = [
         AtImageSize,
         v2.RandomHorizontalFlip,
@@ -340,7 +340,9 @@ def test_pil_form_is_torchvisions_pipeline_in_the_order_crop_flip_affine_jitter_
     assert steps[2].degrees == [-15.0, 15.0]  # literally RandomRotation(15)
     jitter = steps[3]
     assert (jitter.brightness, jitter.hue) == ((0.8, 1.2), (-0.1, 0.1))
-    affine = pil_augment(augment_cfg(rotation=15, translate=0.1))[0]  # one affine for both
+    affine = pil_augment(read_options(augment_cfg(rotation=15, translate=0.1)))[
+        0
+    ]  # one affine for both
     assert type(affine) is v2.RandomAffine
     assert (affine.degrees, affine.translate) == ([-15.0, 15.0], (0.1, 0.1))
 
@@ -374,7 +376,7 @@ def test_article_pipeline_has_the_same_statistics_in_both_forms():
 
 
 def test_same_seed_gives_the_same_batch_and_another_seed_another():
-    aug = build_batch_augment(augment_cfg(**ARTICLE, translate=0.1, cutout=6))
+    aug = batch_augment(read_options(augment_cfg(**ARTICLE, translate=0.1, cutout=6)))
     x = torch.rand(64, 3, 32, 32)
     a, b = aug(x, torch.Generator().manual_seed(1)), aug(x, torch.Generator().manual_seed(1))
     c = aug(x, torch.Generator().manual_seed(2))
@@ -383,7 +385,7 @@ def test_same_seed_gives_the_same_batch_and_another_seed_another():
 
 
 def test_the_global_rng_is_not_used():
-    aug = build_batch_augment(augment_cfg(**ARTICLE, translate=0.1, cutout=6))
+    aug = batch_augment(read_options(augment_cfg(**ARTICLE, translate=0.1, cutout=6)))
     x = torch.rand(8, 3, 32, 32)
     state = torch.random.get_rng_state()
     aug(x, torch.Generator().manual_seed(0))
@@ -392,7 +394,7 @@ def test_the_global_rng_is_not_used():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_and_range_are_kept(dtype):
-    aug = build_batch_augment(augment_cfg(**ARTICLE, translate=0.1, cutout=6))
+    aug = batch_augment(read_options(augment_cfg(**ARTICLE, translate=0.1, cutout=6)))
     x = torch.rand(8, 3, 20, 24, dtype=dtype)
     out = aug(x, torch.Generator().manual_seed(0))
     assert (out.shape, out.dtype, out.device) == (x.shape, dtype, x.device)
@@ -401,7 +403,7 @@ def test_shape_dtype_and_range_are_kept(dtype):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_cuda_batches_stay_on_the_gpu_and_repeat_with_the_seed():
-    aug = build_batch_augment(augment_cfg(**ARTICLE, translate=0.1, cutout=6))
+    aug = batch_augment(read_options(augment_cfg(**ARTICLE, translate=0.1, cutout=6)))
     x = torch.rand(64, 3, 32, 32, device="cuda")
     a, b = (aug(x, torch.Generator("cuda").manual_seed(0)) for _ in range(2))
     assert (a.shape, a.dtype, a.device) == (x.shape, x.dtype, x.device)
@@ -409,7 +411,7 @@ def test_cuda_batches_stay_on_the_gpu_and_repeat_with_the_seed():
 
 
 def test_channels_last_batches_give_the_same_pixels_in_their_layout():
-    aug = build_batch_augment(augment_cfg(**ARTICLE, cutout=6))
+    aug = batch_augment(read_options(augment_cfg(**ARTICLE, cutout=6)))
     x = torch.rand(16, 3, 32, 32)
     out = aug(x, torch.Generator().manual_seed(0))
     out_cl = aug(x.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(0))
@@ -458,11 +460,10 @@ HUE = "a number in [0, 0.5] (0 = off)"
 def test_invalid_values_are_refused_naming_the_key(key, value, allowed):
     group, _, name = key.rpartition(".")
     cfg = augment_cfg(**({group: {name: value}} if group else {name: value}))
-    for build in (build_batch_augment, pil_augment, is_random):
-        with pytest.raises(ValueError) as raised:
-            build(cfg)
-        assert str(raised.value) == f"data.augment.{key}={value!r} is not valid; use {allowed}"
-        assert isinstance(raised.value, UserError)  # the CLI prints it as one line
+    with pytest.raises(ValueError) as raised:
+        read_options(cfg)  # the one parse, before either data path builds anything
+    assert str(raised.value) == f"data.augment.{key}={value!r} is not valid; use {allowed}"
+    assert isinstance(raised.value, UserError)  # the CLI prints it as one line
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -488,12 +489,12 @@ def test_cutout_must_fit_inside_the_image(form):
     ],
 )
 def test_any_option_makes_the_pipeline_random(options):
-    cfg = OmegaConf.create(augment_cfg(**options))
-    assert is_random(cfg)
-    assert build_batch_augment(cfg) is not None
+    options = read_options(OmegaConf.create(augment_cfg(**options)))
+    assert options.on
+    assert batch_augment(options) is not None
 
 
 def test_all_options_off_is_no_augmentation():
-    cfg = OmegaConf.create(augment_cfg(crop_padding_mode="reflect"))  # a mode alone is not a crop
-    assert not is_random(cfg)
-    assert build_batch_augment(cfg) is None
+    options = read_options(OmegaConf.create(augment_cfg(crop_padding_mode="reflect")))
+    assert not options.on  # a padding mode alone is not a crop
+    assert batch_augment(options) is None

@@ -1,9 +1,6 @@
 """Bad input: one line naming the key, value or path and the fix; exit 2; no traceback."""
 
 import errno
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from cnntrain.errors import UserError
 from cnntrain.models import InputSpec, build_model
 from cnntrain.outputs import checkpoint
 from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from tests.conftest import REPO, compose_config, run_cli, run_folders
+from tests.conftest import compose_config, run_cli, run_folders, run_with_fault
 
 
 @pytest.mark.parametrize(
@@ -219,11 +216,7 @@ def test_divergence_stops_the_run_naming_epoch_step_and_the_last_good_checkpoint
 @pytest.mark.slow
 def test_divergence_points_to_the_last_good_checkpoint(tmp_path):
     args = ["experiment=smoke", "trainer.epochs=3", "data.batch_size=32"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fault_runner.py"), "nan-step:2:1", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    proc = run_with_fault("nan-step:2:1", *args, cwd=tmp_path)
     (run,) = run_folders(tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == (

@@ -7,7 +7,7 @@ import torch
 
 from cnntrain.data import load_data
 from cnntrain.data.splits import balanced_weights, epoch_order
-from cnntrain.train import class_weights
+from cnntrain.evaluation import class_weights
 from tests.conftest import compose_config, make_image_folder, run_cli, run_folders
 
 COUNTS = [60, 12]  # training images of "common" and "rare": 5× imbalanced

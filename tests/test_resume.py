@@ -1,17 +1,14 @@
 """Exact resume: a run killed at any point and resumed ends bitwise identical to one left alone."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from cnntrain.outputs.metrics import TIME_FIELDS
-from tests.conftest import REPO, make_image_folder, read_jsonl, run_cli, run_folders
+from tests.conftest import make_image_folder, read_jsonl, run_cli, run_folders, run_with_fault
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -29,14 +26,6 @@ def args(root: Path, loader: str) -> list[str]:
         "data.batch_size=16", "data.max_train_samples=64", "data.num_workers=1",
         "data.augment.crop_padding=2", "data.augment.rotation=10", "trainer.ema=0.9",
     ]  # fmt: skip
-
-
-def run_with_fault(fault: str, cli_args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fault_runner.py"), fault, *cli_args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
 
 
 def outcome(run: Path) -> dict:
@@ -75,7 +64,7 @@ def reference(request, image_root, tmp_path_factory):
 )
 def test_killed_and_resumed_run_is_bitwise_identical(fault, reference, image_root, tmp_path):
     loader, expected = reference
-    proc = run_with_fault(fault, args(image_root, loader), tmp_path)
+    proc = run_with_fault(fault, *args(image_root, loader), cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (run,) = run_folders(tmp_path)
     torn = list((run / "checkpoints").glob(".*.tmp"))
@@ -87,7 +76,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(fault, reference, image_roo
 
 
 def test_resuming_a_run_that_died_before_any_checkpoint_is_refused_clearly(image_root, tmp_path):
-    proc = run_with_fault("kill-step:1:1", args(image_root, "tensor"), tmp_path)
+    proc = run_with_fault("kill-step:1:1", *args(image_root, "tensor"), cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL
     (run,) = run_folders(tmp_path)
     proc = run_cli(f"resume={run}", cwd=tmp_path, check=False)
@@ -103,7 +92,7 @@ def test_sigint_checkpoints_mid_epoch_prints_the_command_and_resumes_exactly(
     reference, image_root, tmp_path
 ):
     loader, expected = reference
-    proc = run_with_fault("sigint-step:2:1", args(image_root, loader), tmp_path)
+    proc = run_with_fault("sigint-step:2:1", *args(image_root, loader), cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGINT
     (run,) = run_folders(tmp_path)
     assert f"cnntrain resume={run}" in proc.stdout + proc.stderr
@@ -116,7 +105,7 @@ def test_sigint_checkpoints_mid_epoch_prints_the_command_and_resumes_exactly(
 
 
 def test_a_second_signal_ends_the_run_at_once_and_keeps_the_last_checkpoint(image_root, tmp_path):
-    proc = run_with_fault("sigint2-step:2:1", args(image_root, "tensor"), tmp_path)
+    proc = run_with_fault("sigint2-step:2:1", *args(image_root, "tensor"), cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGINT
     (run,) = run_folders(tmp_path)
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

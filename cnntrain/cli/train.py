@@ -15,7 +15,8 @@ from cnntrain.config import register_resolvers
 from cnntrain.errors import UserError
 from cnntrain.outputs.console import config_tree, console
 from cnntrain.outputs.files import write_text
-from cnntrain.train import RESUMABLE_KEYS, resumed_config, train
+from cnntrain.resume import RESUMABLE_KEYS, WATCHING_GROUPS, may_change_on_resume, resumed_config
+from cnntrain.train import train
 
 
 def check_resume_arguments(args: list[str]) -> None:
@@ -31,13 +32,8 @@ def check_resume_arguments(args: list[str]) -> None:
         )
     for arg in args:
         key = arg.split("=", 1)[0].lstrip("+~")
-        if (
-            "=" in arg
-            and key != "resume"
-            and key not in RESUMABLE_KEYS
-            and not key.startswith("hydra.")
-        ):
-            allowed = ", ".join(RESUMABLE_KEYS)
+        if "=" in arg and not may_change_on_resume(key):
+            allowed = ", ".join((*RESUMABLE_KEYS, *(f"{g}.*" for g in WATCHING_GROUPS)))
             fail(
                 f"resume: {key} cannot change when continuing a run (only {allowed}); "
                 "start a new run instead"

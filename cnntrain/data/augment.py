@@ -97,11 +97,6 @@ def check_cutout_fits(side: int, height: int, width: int) -> None:
         )
 
 
-def is_random(cfg) -> bool:
-    """True when any augmentation is on."""
-    return read_options(cfg).on
-
-
 # --- DataLoader path: torchvision transforms on one PIL image -----------------------------------
 
 
@@ -131,10 +126,9 @@ def random_erasing(height: int, width: int, side: int) -> v2.RandomErasing:
     return v2.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0)
 
 
-def pil_augment(cfg) -> list:
+def pil_augment(o: Options) -> list:
     """The transforms from a PIL image to an augmented (C, H, W) uint8 tensor, to compose;
     they draw from torch's global RNG."""
-    o = read_options(cfg)
     steps = []
     if o.crop_padding:
         crop = functools.partial(
@@ -155,18 +149,17 @@ def pil_augment(cfg) -> list:
     return steps
 
 
-def pil_pipeline(cfg) -> v2.Compose:
+def pil_pipeline(options: Options) -> v2.Compose:
     """`pil_augment` composed: PIL image → augmented (C, H, W) uint8 tensor."""
-    return v2.Compose(pil_augment(cfg))
+    return v2.Compose(pil_augment(options))
 
 
 # --- Tensor path: the same distributions, drawn per image, on a whole batch ---------------------
 
 
-def build_batch_augment(cfg) -> "BatchAugment | None":
-    """The batch form of `cfg`, or None when every option is off; AugmentError on a bad value."""
-    o = read_options(cfg)
-    return BatchAugment(o) if o.on else None
+def batch_augment(options: Options) -> "BatchAugment | None":
+    """The batch form of `options`, or None when every option is off."""
+    return BatchAugment(options) if options.on else None
 
 
 class BatchAugment:

@@ -5,6 +5,7 @@ validation split from train, cap sample counts, take normalization statistics fr
 split only, and build the tensor path or the DataLoader path (`data.loader`).
 """
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ import torch
 from PIL import Image
 
 from cnntrain.data import decode
-from cnntrain.data.augment import build_batch_augment, check_cutout_fits, is_random, pil_pipeline
+from cnntrain.data.augment import (
+    Options,
+    batch_augment,
+    check_cutout_fits,
+    pil_pipeline,
+    read_options,
+)
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.sources import ImageSource, Splits, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
@@ -51,10 +58,11 @@ class Part:
 
 def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBundle:
     d = cfg.data
+    augment = read_options(d.augment)  # parsed once, for whichever path trains
     found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
     channels, size = input_shape(d, found)
-    if d.augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
-        check_cutout_fits(d.augment.cutout, *size)
+    if augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
+        check_cutout_fits(augment.cutout, *size)
     kind = choose_loader(d, found, channels, size)
     parts = {
         name: readable_part(found, name, d, cfg.paths, channels, size, kind)
@@ -63,20 +71,26 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     train, val, test, val_name, test_name = partition(parts, d)
     mean, std = normalization(d, train, found, cfg.paths, channels, size)
     spec = InputSpec(channels, size[0], size[1], len(found.classes))
-    make = tensor_loader if kind == "tensor" else file_loader
     seed = cfg.trainer.seed
     prep = BatchPrep(mean, std, device, channels_last)
-    train_prep = BatchPrep(mean, std, device, channels_last, build_batch_augment(d.augment))
     weights = (
         balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
     )
-    val_loader = make(val, d, False, seed, prep, None, spec)
+    if kind == "tensor":  # augmentation on whole batches, on the device
+        train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment))
+        train_loader = tensor_loader(train, d, True, seed, train_prep, weights)
+        make_eval = functools.partial(tensor_loader, d=d, train=False, seed=seed, prep=prep)
+    else:  # augmentation per PIL image, in the DataLoader's workers
+        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment)
+        make_eval = functools.partial(file_loader, d=d, train=False, seed=seed, prep=prep,
+                                      spec=spec)  # fmt: skip
+    val_loader = make_eval(val)
     return DataBundle(
         spec=spec,
         classes=found.classes,
-        train=make(train, d, True, seed, train_prep, weights, spec),
+        train=train_loader,
         val=val_loader,
-        test=val_loader if test is val else make(test, d, False, seed, prep, None, spec),
+        test=val_loader if test is val else make_eval(test),
         val_name=val_name,
         test_name=test_name,
         mean=mean,
@@ -240,14 +254,15 @@ def sample_pixels(source: ImageSource, channels, size, d) -> torch.Tensor:
     return torch.from_numpy(images)
 
 
-def tensor_loader(part: Part, d, train, seed, prep, weights, spec) -> TensorLoader:
+def tensor_loader(part: Part, d, train, seed, prep, weights=None) -> TensorLoader:
     batch = d.batch_size if train else d.eval_batch_size
     targets = torch.as_tensor(part.source.targets)
     return TensorLoader(part.images, targets, batch, train, seed, prep, weights)
 
 
-def file_loader(part: Part, d, train, seed, prep, weights, spec) -> FileLoader:
-    transform = pil_pipeline(d.augment) if train and is_random(d.augment) else None
+def file_loader(part: Part, d, train, seed, prep, weights=None, spec=None,
+                augment: Options | None = None) -> FileLoader:  # fmt: skip
+    transform = pil_pipeline(augment) if augment is not None and augment.on else None
     size = (spec.height, spec.width)
     dataset = SampleDataset(part.source, spec.channels, size, seed, transform)
     batch = d.batch_size if train else d.eval_batch_size

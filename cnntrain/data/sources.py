@@ -164,12 +164,15 @@ def open_idx_folder(folder: Path, classes: list[str]) -> Splits:
     return Splits(list(classes), splits, origin=f"{folder} (idx files)")
 
 
+def check_root(root: str) -> None:
+    """`data.root` must exist (checked before any work, and again when the data is opened)."""
+    if not Path(root).expanduser().exists():
+        raise UserError(f"data.root={root!r} does not exist; give an ImageFolder folder or archive")
+
+
 def open_image_folder(path: Path, cache_dir: Path) -> Splits:
     """An ImageFolder tree (`train/<class>/*`, plus `val/` and/or `test/`), or an archive of one."""
-    if not path.exists():
-        raise UserError(
-            f"data.root={str(path)!r} does not exist; give an ImageFolder folder or archive"
-        )
+    check_root(str(path))
     if path.is_file():
         path = unpack_archive(path, cache_dir / "archives")
     root = find_split_root(path)

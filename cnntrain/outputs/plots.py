@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import make_grid
 
+from cnntrain.evaluation import confusion_counts, per_class_accuracy
 from cnntrain.outputs.files import atomic_write
 
 DPI = 120  # ~1000-2000 px wide figures: sharp in a browser, well under 1 MB as PNG
@@ -99,21 +100,6 @@ def draw_series(ax: Axes, rows: list[dict], key: str, label: str, scale=1, color
 
 
 # ---- per-class figures ----
-
-
-def confusion_counts(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """(k, k) int64 counts: row = true class, column = predicted class."""
-    predicted = logits.argmax(1).cpu()
-    pairs = targets.cpu().long() * k + predicted  # one bin per (true, predicted) pair
-    return torch.bincount(pairs, minlength=k * k).view(k, k)
-
-
-def per_class_accuracy(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """Each class's fraction of test images predicted right (the confusion matrix's diagonal
-    over its row sums); None for a class without test images."""
-    counts = confusion_counts(logits, targets, len(classes))
-    right, total = counts.diagonal().tolist(), counts.sum(1).tolist()
-    return {c: right[i] / total[i] if total[i] else None for i, c in enumerate(classes)}
 
 
 def label_classes(ax: Axes, axis: str, classes: list[str]) -> str:

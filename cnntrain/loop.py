@@ -1,0 +1,224 @@
+"""The epoch loop: train an epoch, evaluate it, tell the callbacks; and the final test.
+
+Everything that reacts to the loop — metrics files, the console line, checkpoints, trackers,
+stopping rules, fault injection in tests — is a callback (callbacks.py) receiving its events:
+
+  on_fit_start(loop)                     after the model, data and any resumed state are ready
+  on_batch_start(loop, epoch, step)      before every training batch (no host sync)
+  on_step(loop, epoch, step, loss, lr)   every SYNC_EVERY steps, with the running mean loss
+  on_epoch_end(loop, row)                after evaluation, with the metrics row
+  on_checkpoint(loop, name, path)        after a checkpoint file is written
+  on_interrupt(loop)                     a signal stopped the run: save what resumes it
+  on_fit_end(loop, results)              after the final test, with results.json's fields
+  on_close(loop, status)                 last, always: "finished", "interrupted" or "failed"
+
+A callback asks the loop to stop with `loop.stop(reason)`; the loop ends after that epoch.
+"""
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cnntrain.callbacks import Callback
+from cnntrain.data import DataBundle
+from cnntrain.engine import Diverged, StepParts, Totals, evaluate, train_one_epoch
+from cnntrain.errors import UserError
+from cnntrain.resume import best_weights
+
+log = logging.getLogger("cnntrain")
+
+
+@dataclass
+class Progress:
+    """Where the run is: saved in every checkpoint, restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done of epoch+1 (non-zero only after an interruption)
+    totals: dict | None = None  # Totals of the unfinished epoch
+    epoch_time_s: float = 0.0  # time spent in the unfinished epoch
+    elapsed_s: float = 0.0  # training time so far (s), excluding start-up and final test
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    stopped_by: str | None = None  # why training ended early ("target_accuracy", "pruned", …)
+
+    def record(self, row: dict) -> None:
+        """Close the epoch of `row`: it joins the rows, and becomes best if it improved."""
+        self.epoch, self.step, self.totals, self.epoch_time_s = row["epoch"], 0, None, 0.0
+        self.rows.append(row)
+        if row["val/acc"] > self.best_acc:
+            self.best_acc, self.best_epoch = row["val/acc"], row["epoch"]
+
+
+class StopSignal:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second: exit at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        log.warning(
+            "%s received: stopping after this step (again to quit now)", signal.Signals(signum).name
+        )
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Loop:
+    """One run's epochs: `fit()` trains to `epochs` (or a callback's stop), `test()` evaluates
+    the best checkpoint's weights on the test split."""
+
+    def __init__(self, *, cfg, run_dir: Path, model, parts: StepParts, data: DataBundle,
+                 callbacks: dict, show_bars: bool):  # fmt: skip
+        self.cfg, self.run_dir, self.model, self.parts, self.data = cfg, run_dir, model, parts, data
+        self.callbacks = callbacks  # name → Callback, in the order they hear each event
+        self.epochs = cfg.trainer.epochs
+        self.show_bars = show_bars
+        self.progress = Progress()
+        # When per-epoch evaluation runs on the test loader itself (data.val_split=0), the best
+        # epoch's outputs are the final test's: kept, so the test set is not evaluated twice.
+        self.shared_eval = data.val is data.test
+        self.best_outputs = None
+        self.interrupted = False  # set when a signal ends the run (it exits 130/143)
+        self.batch_listeners = [c for c in callbacks.values() if overrides(c, "on_batch_start")]
+
+    @property
+    def eval_model(self):
+        return self.parts.ema.module if self.parts.ema is not None else self.parts.model
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps done so far."""
+        return self.progress.epoch * len(self.data.train) + self.progress.step
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.run_dir / "checkpoints" / name
+
+    def emit(self, event: str, *args) -> None:
+        for name, callback in list(self.callbacks.items()):
+            try:
+                getattr(callback, event)(self, *args)
+            except Exception as e:
+                if not getattr(callback, "is_tracker", False) or event == "on_fit_start":
+                    raise
+                log.warning("%s stopped tracking at %s (%s); training goes on", name, event, e)
+                del self.callbacks[name]
+
+    def stop(self, reason: str) -> None:
+        """End training after this epoch; `reason` becomes results.json's `stopped_by`."""
+        self.progress.stopped_by = reason
+
+    def fit(self) -> None:
+        self.emit("on_fit_start")
+        with StopSignal() as stop:
+            while self.progress.epoch < self.epochs and self.progress.stopped_by is None:
+                self.train_epoch(self.progress.epoch + 1, stop)
+
+    def train_epoch(self, epoch: int, stop: StopSignal) -> None:
+        p, device = self.progress, self.parts.arithmetic.device
+        totals = Totals.from_state(p.totals, device) if p.step else Totals.zeros(device)
+        began = time.perf_counter()
+        try:
+            next_step = train_one_epoch(
+                self.parts, self.data.train, epoch, totals, p.step,
+                stop_requested=stop.requested,
+                on_batch_start=lambda step: self.batch_start(epoch, step),
+                on_sync=lambda step, loss, lr: self.emit("on_step", epoch, step, loss, lr),
+                progress=self.show_bars,
+            )  # fmt: skip
+        except Diverged as e:
+            raise self.divergence(str(e)) from e
+        seconds = time.perf_counter() - began
+        p.epoch_time_s += seconds
+        p.elapsed_s += seconds
+        if next_step < len(self.data.train):  # interrupted mid-epoch
+            p.step, p.totals = next_step, totals.state_dict()
+            self.exit_interrupted(stop.signum, f"epoch {epoch}, step {next_step}")
+        self.end_epoch(epoch, totals)
+        if stop.requested():
+            self.exit_interrupted(stop.signum, f"the end of epoch {epoch}")
+
+    def batch_start(self, epoch: int, step: int) -> None:
+        for callback in self.batch_listeners:
+            callback.on_batch_start(self, epoch, step)
+
+    def end_epoch(self, epoch: int, totals: Totals) -> None:
+        p = self.progress
+        train_loss, train_acc = totals.read()
+        val = evaluate(self.eval_model, self.data.val, self.parts.arithmetic, self.show_bars, "val",
+                       keep_outputs=self.shared_eval)  # fmt: skip
+        if not math.isfinite(val["loss"]):  # finite training losses, broken weights: don't save
+            raise self.divergence(f"validation loss is not finite after epoch {epoch}")
+        row = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "val/loss": val["loss"],
+            "val/acc": val["acc"],
+            "val/split": self.data.val_name,  # what val/* measured: "test" when val_split=0
+            "lr": totals.lr,  # of the epoch's last step
+            "epoch_time_s": round(p.epoch_time_s, 3),
+            "elapsed_s": round(p.elapsed_s, 3),
+            "train/images_per_s": round(totals.count / max(p.epoch_time_s, 1e-9), 1),
+        }
+        p.record(row)
+        if p.best_epoch == epoch and self.shared_eval:
+            self.best_outputs = val
+        self.emit("on_epoch_end", row)
+
+    def divergence(self, what: str) -> UserError:
+        last = self.checkpoint_path("last.pt")
+        where = (
+            f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+        )
+        return UserError(
+            f"{what}: training diverged; {where} "
+            "(start a new run with a lower optimizer.lr or with trainer.grad_clip set)"
+        )
+
+    def exit_interrupted(self, signum: int, where: str) -> None:
+        self.interrupted = True
+        self.emit("on_interrupt")
+        log.warning("interrupted at %s; checkpoint saved", where)
+        print(f"continue with: cnntrain resume={self.run_dir}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    def test(self) -> tuple[dict, torch.nn.Module]:
+        """Evaluate the best checkpoint's weights on the test split (or reuse that evaluation).
+
+        Returns the test outputs (loss, acc, count, logits, targets) and the network, left
+        holding the best weights (the run is over: nothing trains it again).
+        """
+        net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
+        net.load_state_dict(best_weights(self.checkpoint_path("best.pt")))
+        out = self.best_outputs or evaluate(
+            net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
+        )
+        return out, net
+
+
+def overrides(callback, method: str) -> bool:
+    """Does `callback` define `method` itself (not only the base class's no-op)?"""
+    return getattr(type(callback), method) is not getattr(Callback, method)

@@ -1,0 +1,150 @@
+"""What a checkpoint holds and how a run continues from one: the state, the RNGs, the config a
+resumed run runs with (and what may change), and healing a best.pt cut short by a crash."""
+
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnntrain.errors import UserError
+from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
+
+log = logging.getLogger(__name__)
+# Keys a resumed run may change on the command line: train longer, move, show bars or not.
+RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.progress")
+# Groups a resumed run takes from its own command line, not from the saved run: they watch the
+# training (trackers, callbacks) without changing it.
+WATCHING_GROUPS = ("logger", "callbacks")
+
+
+def checkpoint_to_resume(resume: str) -> Path:
+    """The checkpoint `resume=` names: RUN_DIR/checkpoints/last.pt, or the .pt file itself."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(
+            f"resume={resume!r}: no checkpoint at {path}; give a run folder or a .pt file"
+        )
+    return path
+
+
+def may_change_on_resume(key: str) -> bool:
+    """Whether a command-line `key=value` may go with `resume=`."""
+    group = key.split(".", 1)[0]
+    return key in RESUMABLE_KEYS or group in WATCHING_GROUPS or group in ("hydra", "resume")
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config to continue `cfg.resume` with: the saved run's, changed only by those of
+    `overrides` (command-line `key=value`s) that name RESUMABLE_KEYS; this machine's paths, and
+    the trackers and callbacks of this command."""
+    saved = load_checkpoint(checkpoint_to_resume(cfg.resume))["config"]
+    changes = [
+        o.lstrip("+") for o in overrides if o.split("=", 1)[0].lstrip("+~") in RESUMABLE_KEYS
+    ]
+    resumed = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
+    resumed.paths = cfg.paths
+    for group in WATCHING_GROUPS:
+        resumed[group] = cfg.get(group) or {}
+    resumed.resume = cfg.resume
+    return resumed
+
+
+def rng_states(device: torch.device) -> dict:
+    """Every RNG a run draws from; for a GPU only the training device's generator."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    random.setstate(states["python"])
+    numpy = states["numpy"]
+    np.random.set_state((numpy[0], numpy[1].numpy(), *numpy[2:]))
+    torch.set_rng_state(states["torch"])
+    cuda = states["cuda"]
+    if isinstance(cuda, list):  # checkpoints before this format kept one state per visible GPU
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def checkpoint_state(loop) -> dict:
+    """Everything needed to continue `loop`'s run exactly, and to rebuild its model alone."""
+    parts, data = loop.parts, loop.data
+    states = {name: cb.state_dict() for name, cb in loop.callbacks.items()}
+    return {
+        "model": loop.model.state_dict(),
+        "trainable": [name for name, p in loop.model.named_parameters() if p.requires_grad],
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.arithmetic.scaler.state_dict(),
+        "ema": parts.ema.state_dict() if parts.ema is not None else None,
+        "epoch": loop.progress.epoch,
+        "progress": asdict(loop.progress),
+        "rng": rng_states(parts.arithmetic.device),
+        "config": OmegaConf.to_container(loop.cfg, resolve=True),
+        "metrics": loop.progress.rows,
+        "spec": data.spec.to_dict(),
+        "classes": data.classes,
+        "normalization": {"mean": data.mean, "std": data.std},
+        "callbacks": {name: state for name, state in states.items() if state is not None},
+    }
+
+
+def restore_trainable(model: torch.nn.Module, saved: dict) -> None:
+    """Freeze what the saved run had frozen (before the optimizer is built over the rest)."""
+    if "trainable" not in saved:
+        return
+    trainable = set(saved["trainable"])
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+
+
+def restore(saved: dict, path: Path, loop, total_steps: int) -> None:
+    """Put `saved` back into `loop`: weights, optimizer, schedule (stretched to `total_steps`
+    when the run got more epochs), loss scaler, EMA, RNGs, progress and callbacks' states."""
+    parts = loop.parts
+    check_compatible(saved, loop.model, path)
+    loop.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    parts.scheduler.resize(total_steps)
+    if saved["scaler"]:  # a disabled scaler (no fp16) saves an empty state
+        parts.arithmetic.scaler.load_state_dict(saved["scaler"])
+    if parts.ema is not None:
+        parts.ema.load_state_dict(saved["ema"])
+    set_rng_states(saved["rng"], parts.arithmetic.device)
+    loop.progress = type(loop.progress)(**saved["progress"])
+    for name, state in saved.get("callbacks", {}).items():
+        if name in loop.callbacks:
+            loop.callbacks[name].load_state_dict(state)
+
+
+def remove_torn_writes(folder: Path) -> None:
+    """Temporary files of writes a crash cut short (the files they replace are intact)."""
+    for torn in folder.glob(".*.tmp"):
+        torn.unlink()
+
+
+def best_is_intact(path: Path, epoch: int) -> bool:
+    """Does best.pt hold `epoch`? (False when the run died while writing it.)"""
+    try:
+        return load_checkpoint(path)["progress"]["epoch"] == epoch
+    except UserError:
+        return False
+
+
+def best_weights(path: Path) -> dict:
+    """The weights a checkpoint evaluates with: its EMA weights when the run had EMA."""
+    saved = load_checkpoint(path)
+    return saved["ema"]["weights"] if saved["ema"] else saved["model"]
