@@ -1,0 +1,111 @@
+"""Engine pieces on their own: EMA and its warm-up, flip TTA, Totals, and the loop's event guard."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from cnntrain.callbacks import Callback
+from cnntrain.engine import EMA, Arithmetic, Totals, evaluate
+from cnntrain.loop import Loop
+
+
+def test_ema_decay_warms_up_as_1_plus_n_over_10_plus_n_then_holds():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.5)
+    average = 0.0
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update()
+        decay = min(0.5, (1 + n) / (10 + n))  # 2/11, 3/12, … then 0.5 from n = 8
+        average = decay * average + (1 - decay) * value
+        assert ema.module.weight.item() == pytest.approx(average, rel=1e-6), n
+    assert ema.updates == 11
+
+
+def test_ema_copies_batchnorm_counters_and_round_trips_its_state():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    ema = EMA(model, decay=0.9)
+    model(torch.randn(4, 1, 5, 5))  # one BN update: num_batches_tracked 1
+    ema.update()
+    assert ema.module[1].num_batches_tracked.item() == 1
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+    other = EMA(model, decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 1
+    for a, b in zip(other.module.state_dict().values(), ema.module.state_dict().values(),
+                    strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+
+
+class ListLoader:
+    """What evaluate() needs of a loader: len() and batches()."""
+
+    def __init__(self, batches):
+        self.items = batches
+
+    def __len__(self):
+        return len(self.items)
+
+    def batches(self, epoch=0, start=0):
+        yield from self.items
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3, 4))  # not mirror-symmetric
+    x, y = torch.randn(5, 1, 2, 3), torch.tensor([0, 1, 2, 3, 0])
+    loader = ListLoader([(x, y)])
+    plain = evaluate(model, loader, Arithmetic(torch.device("cpu"), None), keep_outputs=True)
+    tta = evaluate(model, loader, Arithmetic(torch.device("cpu"), None, tta=True),
+                   keep_outputs=True)  # fmt: skip
+    expected = (model(x) + model(x.flip(-1))) / 2
+    assert torch.allclose(tta["logits"], expected)
+    assert not torch.allclose(plain["logits"], tta["logits"])
+    loss = nn.functional.cross_entropy(expected, y).item()
+    assert tta["loss"] == pytest.approx(loss, rel=1e-6) and tta["count"] == 5
+
+
+def test_totals_sum_losses_weighted_by_batch_size_and_find_the_first_bad_step():
+    totals = Totals.zeros("cpu")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    totals.add(torch.tensor(1.0), logits[:2], torch.tensor([0, 0]), step=0)  # 1 of 2 right
+    totals.add(torch.tensor(4.0), logits[2:], torch.tensor([0]), step=1)  # 1 of 1 right
+    assert totals.read() == pytest.approx(((1.0 * 2 + 4.0 * 1) / 3, 2 / 3))
+    assert int(totals.first_bad_step) == -1
+    totals.add(torch.tensor(float("nan")), logits[:1], torch.tensor([0]), step=2)
+    totals.add(torch.tensor(float("inf")), logits[:1], torch.tensor([0]), step=3)
+    assert int(totals.first_bad_step) == 2  # the first, not the latest
+    restored = Totals.from_state(totals.state_dict(), "cpu")
+    assert restored.count == 5 and torch.equal(restored.correct, totals.correct)
+
+
+class Broken(Callback):
+    def __init__(self, is_tracker: bool):
+        self.is_tracker = is_tracker
+
+    def on_epoch_end(self, loop, row):
+        raise ConnectionError("server went away")
+
+
+def loop_with(callbacks: dict) -> Loop:
+    loop = Loop.__new__(Loop)  # emit() needs only the callbacks
+    loop.callbacks = callbacks
+    return loop
+
+
+def test_a_tracker_failing_mid_run_is_dropped_with_a_warning_and_training_goes_on(caplog):
+    loop = loop_with({"mlflow": Broken(is_tracker=True)})
+    with caplog.at_level(logging.WARNING):
+        loop.emit("on_epoch_end", {"epoch": 1})
+    assert loop.callbacks == {}
+    assert "mlflow stopped tracking at on_epoch_end (server went away)" in caplog.text
+
+
+def test_any_other_callback_failing_ends_the_run():
+    loop = loop_with({"checkpoints": Broken(is_tracker=False)})
+    with pytest.raises(ConnectionError):
+        loop.emit("on_epoch_end", {"epoch": 1})

@@ -1,0 +1,77 @@
+"""Learning-rate schedules: each option's shape, and a resumed run given more epochs continues
+its schedule smoothly to the new end (no error, no jump up, no second warm-up)."""
+
+import io
+import itertools
+
+import pytest
+import torch
+
+from cnntrain.optim import build_optimizer, build_scheduler
+from tests.conftest import compose_config
+
+STEPS = 10  # optimizer steps per epoch
+
+
+def schedule(option: str, epochs: int, *overrides: str):
+    cfg = compose_config(f"scheduler={option}", "optimizer.lr=0.1", *overrides)
+    optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    return optimizer, build_scheduler(cfg.scheduler, optimizer, epochs, STEPS)
+
+
+def rates(optimizer, scheduler, steps: int) -> list[float]:
+    """The lr each of the next `steps` optimizer steps uses."""
+    used = []
+    for _ in range(steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return used
+
+
+def resumed(option: str, first_epochs: int, done: int, epochs: int, *overrides: str):
+    """A run of `first_epochs` checkpointed after `done` steps, resumed with `epochs`: the lrs of
+    the steps before and after the checkpoint."""
+    optimizer, scheduler = schedule(option, first_epochs, *overrides)
+    before = rates(optimizer, scheduler, done)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # as a checkpoint is loaded
+    optimizer, scheduler = schedule(option, epochs, *overrides)  # rebuilt for the new length
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scheduler.resize(epochs * STEPS)
+    return before, rates(optimizer, scheduler, epochs * STEPS - done)
+
+
+@pytest.mark.parametrize("option", ["cosine", "onecycle"])
+def test_a_longer_resumed_run_stretches_the_rest_of_the_schedule(option):
+    _, plan = schedule(option, 2)
+    planned = rates(plan.optimizer, plan, 2 * STEPS)
+    before, after = resumed(option, first_epochs=2, done=15, epochs=4)
+    assert before == pytest.approx(planned[:15])
+    assert after[0] == pytest.approx(planned[15])  # the next step's lr is unchanged
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))  # never up again
+    assert len(after) == 4 * STEPS - 15
+    assert after[-1] <= planned[-1] + 1e-12  # at the new last step: the end of the schedule
+    assert max(after) < max(planned) + 1e-12  # no second warm-up
+
+
+def test_a_longer_cosine_run_resumed_at_an_epoch_boundary_keeps_decaying():
+    before, after = resumed("cosine", first_epochs=2, done=2 * STEPS, epochs=4)
+    assert after[0] < before[-1] and after[-1] < 0.01  # no warm restart: down towards min_lr
+
+
+@pytest.mark.parametrize("option", ["step", "none"])
+def test_schedules_without_an_end_continue_as_a_longer_run_would(option):
+    overrides = ("scheduler.step_size=1", "scheduler.warmup_epochs=1") if option == "step" else ()
+    before, after = resumed(option, 2, 15, 4, *overrides)
+    optimizer, scheduler = schedule(option, 4, *overrides)
+    assert before + after == pytest.approx(rates(optimizer, scheduler, 4 * STEPS))
+
+
+def test_the_same_length_changes_nothing():
+    before, after = resumed("onecycle", 3, 12, 3)
+    _, plan = schedule("onecycle", 3)
+    assert before + after == pytest.approx(rates(plan.optimizer, plan, 3 * STEPS))
