@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> float:
 
 
 def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
-    """Train, test the best weights, write results.json, the plots and the report; the results.
+    """Train, test the best weights, write results.json, the plots and the report (unless
+    `trainer.plots` is false); the results.
 
     `started`: time.perf_counter() at the process's start of this run (for total_time_s)."""
     loop.fit()
@@ -112,10 +113,11 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
         "total_time_s": round(time.perf_counter() - started, 3),
     }
     write_json(loop.run_dir / "results.json", results)
-    test = data.test
-    write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
-                    test.images_at, test.prep, net, counts)  # fmt: skip
-    write_run_report(loop.run_dir)
+    if loop.cfg.trainer.plots:
+        test = data.test
+        write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
+                        test.images_at, test.prep, net, counts)  # fmt: skip
+        write_run_report(loop.run_dir)
     loop.emit("on_fit_end", results)
     return results
 

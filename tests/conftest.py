@@ -101,3 +101,19 @@ def make_image_folder(
                 img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "L").convert(mode)
                 img.save(folder / f"img {i:03d}.png")
     return root
+
+
+def train_here(*overrides: str, output_dir: Path, resume: Path | None = None) -> dict:
+    """`cnntrain *overrides` in this process (no start-up cost); its results.json.
+
+    With `resume`, continue that run as `cnntrain resume=RUN *overrides` would.
+    """
+    from cnntrain.resume import resumed_config
+    from cnntrain.train import train
+
+    if resume is None:
+        cfg = compose_config(*overrides, output_dir=output_dir)
+    else:
+        cfg = resumed_config(compose_config(f"resume={resume}", output_dir=output_dir), overrides)
+    train(cfg)
+    return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())

@@ -1,0 +1,72 @@
+"""Every registered model and every shipped recipe resumes exactly: what a model freezes or
+initialises from data comes back from the checkpoint (in-process runs, small sizes)."""
+
+import pytest
+import torch
+
+from cnntrain.models import model_names
+from tests.conftest import (
+    CONF,
+    make_image_folder,
+    needs_cifar,
+    needs_fashion,
+    read_jsonl,
+    train_here,
+)
+from tests.test_resume import TIME_FIELDS
+
+QUIET = ("logger=none", "trainer.plots=false", "trainer.epochs=1")
+FAULT = "+callbacks.fault._target_=tests.faults.Fault"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    # 24 training images: 3 steps of 8; 16 px is enough for every model (VGG pools to 1×1).
+    return make_image_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=12,
+                             mode="RGB", size=(16, 16))  # fmt: skip
+
+
+def interrupted_and_resumed(overrides: list[str], tmp_path) -> tuple:
+    """(reference run folder, interrupted-then-resumed run folder) of the same config."""
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train_here(*overrides, output_dir=reference)
+    with pytest.raises(SystemExit) as stopped:  # SIGINT during batch 0: stops after it, mid-epoch
+        train_here(*overrides, FAULT, "+callbacks.fault.at=sigint-step:1:0", output_dir=resumed)
+    assert stopped.value.code == 130
+    assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["progress"]["step"]
+    train_here(output_dir=resumed, resume=resumed)
+    return reference, resumed
+
+
+def assert_same_run(a, b) -> None:
+    last_a, last_b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (a, b))
+    assert last_a["trainable"] == last_b["trainable"]
+    for name, tensor in last_a["model"].items():
+        assert torch.equal(tensor, last_b["model"][name]), name
+    opt_a, opt_b = last_a["optimizer"]["state"], last_b["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for index, state in opt_a.items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b[index][key])), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(a / "metrics.jsonl")) == strip(read_jsonl(b / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_resumes_exactly(name, shapes, tmp_path):
+    overrides = ["data=imagefolder", f"data.root={shapes}", f"model={name}", "data.batch_size=8",
+                 *QUIET]  # fmt: skip
+    assert_same_run(*interrupted_and_resumed(overrides, tmp_path))
+
+
+RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+NEEDS = {"fashion_mnist": needs_fashion}
+
+
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(r, marks=NEEDS.get(r, needs_cifar)) for r in RECIPES]
+)
+def test_every_recipe_resumes_exactly(recipe, tmp_path):
+    overrides = [f"experiment={recipe}", "data.max_train_samples=64", "data.max_eval_samples=32",
+                 "data.batch_size=16", *QUIET]  # fmt: skip
+    assert_same_run(*interrupted_and_resumed(overrides, tmp_path))
