@@ -185,6 +185,15 @@ def test_fastnet_whitening_stem_decorrelates_patches():
     assert not model.whiten.weight.requires_grad
 
 
+def test_fastnet_trains_the_same_parameters_before_and_after_its_data_init():
+    # A resumed run skips init_from_data: its optimizer must see the same trainable set.
+    model = build_model({"name": "fastnet"}, InputSpec(3, 32, 32, 10))
+    fresh = [name for name, p in model.named_parameters() if p.requires_grad]
+    model.init_from_data(torch.randn(64, 3, 32, 32))
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == fresh
+    assert "whiten.weight" not in fresh and "whiten.bias" in fresh
+
+
 def test_fastnet_convs_start_as_the_identity_and_bn_momentum_is_an_option():
     model = build_model({"name": "fastnet", "bn_momentum": 0.1}, InputSpec(3, 32, 32, 10))
     group = model.groups[1]  # 64 → 256 channels
