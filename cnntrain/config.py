@@ -89,6 +89,16 @@ def positive_list(v) -> bool:
     )
 
 
+def freeze_choice(v) -> bool:
+    if v in ("none", "backbone"):
+        return True
+    return isinstance(v, ListConfig | list) and bool(v) and all(isinstance(x, str) and x for x in v)
+
+
+def existing_path(v) -> bool:
+    return isinstance(v, str) and Path(v).expanduser().exists()
+
+
 # (key, check, what is allowed): checked before any work; a missing optional key is skipped.
 RULES = [
     ("trainer.epochs", integer(1), "an integer ≥ 1"),
@@ -135,6 +145,10 @@ RULES = [
     ("optimizer.weight_decay", number(0), "a number ≥ 0"),
     ("optimizer.momentum", number(0, 1, hi_open=True), "a number in [0, 1)"),
     ("optimizer.norm_lr_scale", number(0, lo_open=True), "a factor > 0"),
+    ("optimizer.head_lr_scale", number(0, lo_open=True), "a factor > 0"),
+    ("model.freeze", freeze_choice, "none, backbone or a list of module names like [conv1,layer1]"),
+    ("model.init_from", optional(existing_path), "null or an existing run folder or .pt file"),
+    ("model.weights", optional(lambda v: isinstance(v, str)), "null, a weights name or a file"),
     (
         "scheduler.name",
         one_of("none", "step", "cosine", "onecycle"),

@@ -1,5 +1,7 @@
 """Every model gives (N, classes) on every input shape; the seed models are the article's."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 
 from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.errors import UserError
-from cnntrain.models import InputSpec, build_model, model_names
+from cnntrain.models import InputSpec, build_model, data_defaults, head_name, model_names
 from cnntrain.models.article import ResidualBlock
 from cnntrain.train import init_from_training_images
 
@@ -97,9 +99,22 @@ SPECS = [InputSpec(3, 32, 32, 10), InputSpec(1, 28, 28, 7), InputSpec(3, 64, 64,
     "spec", SPECS, ids=lambda s: f"{s.channels}x{s.height}x{s.width}-{s.num_classes}"
 )
 def test_model_output_is_batch_by_classes(name, spec):
+    # the channels the data pipeline gives the model (model=torchvision: grayscale as RGB)
+    channels = (data_defaults({"name": name}) or {}).get("channels") or spec.channels
+    spec = replace(spec, channels=channels)
     model = build_model({"name": name}, spec).eval()
     x = torch.randn(3, spec.channels, spec.height, spec.width)
     assert model(x).shape == (3, spec.num_classes)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_head_is_the_layer_that_gives_the_logits(name):
+    model = build_model({"name": name}, InputSpec(3, 32, 32, 7)).eval()
+    head = model.get_submodule(head_name(model))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32))) == 0
 
 
 @pytest.mark.parametrize(
