@@ -91,6 +91,16 @@ def positive_list(v) -> bool:
     )
 
 
+def freeze_choice(v) -> bool:
+    if v in ("none", "backbone"):
+        return True
+    return isinstance(v, ListConfig | list) and bool(v) and all(isinstance(x, str) and x for x in v)
+
+
+def existing_path(v) -> bool:
+    return isinstance(v, str) and Path(v).expanduser().exists()
+
+
 # results.json fields a sweeper may optimize (`optimized_metric`); test/* only if you must.
 OPTIMIZABLE = ("best_val/acc", "final_val/acc", "test/acc", "test/balanced_acc", "test/top5_acc",
                "test/loss", "train_time_s")  # fmt: skip
@@ -143,6 +153,10 @@ RULES = [
     ("optimizer.weight_decay", number(0), "a number ≥ 0"),
     ("optimizer.momentum", number(0, 1, hi_open=True), "a number in [0, 1)"),
     ("optimizer.norm_lr_scale", number(0, lo_open=True), "a factor > 0"),
+    ("optimizer.head_lr_scale", number(0, lo_open=True), "a factor > 0"),
+    ("model.freeze", freeze_choice, "none, backbone or a list of module names like [conv1,layer1]"),
+    ("model.init_from", optional(existing_path), "null or an existing run folder or .pt file"),
+    ("model.weights", optional(lambda v: isinstance(v, str)), "null, a weights name or a file"),
     ("scheduler.warmup_epochs", number(0), "a number of epochs ≥ 0"),
     ("scheduler.step_size", integer(1), "an integer ≥ 1 (epochs)"),
     ("scheduler.gamma", number(0, 1, lo_open=True), "a factor in (0, 1]"),

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnntrain.errors import UserError
+from cnntrain.models.freeze import train_mode
 
 SYNC_EVERY = 50  # steps between host reads of the running loss
 
@@ -206,7 +207,7 @@ def train_one_epoch(
     Diverged on a non-finite loss, before returning in either case: what returns is finite.
     """
     model, optimizer, a = parts.model, parts.optimizer, parts.arithmetic
-    model.train()
+    train_mode(model)  # frozen BatchNorm layers stay in eval mode (models/freeze.py)
     step = start
     with progress_bar(len(loader), f"epoch {epoch}", progress, start) as bar:
         for step, (x, y) in enumerate(loader.batches(epoch, start), start):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 from cnntrain.errors import UserError
+from cnntrain.models.head import head_parameter_names
 
 log = logging.getLogger(__name__)
 # BatchNorm*, SyncBatchNorm and InstanceNorm* all derive from _NormBase (no public base class).
@@ -24,29 +25,35 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
-    """The optimizer `optimizer_cfg` names, over the trainable parameters.
+    """The optimizer `optimizer_cfg` names, over the trainable parameters (frozen ones stay out:
+    no update, no weight decay).
 
     With `norm_lr_scale` ≠ 1, normalization layers' parameters form a second group at
     `lr × norm_lr_scale` and `weight_decay / norm_lr_scale` (the same shrinkage per step): with a
     frozen BN scale (FastNet) the shifts must move fast, as in the public CIFAR-10 speed runs.
+    With `head_lr_scale` ≠ 1, the classification head (models/head.py) forms the last group at
+    `lr × head_lr_scale`, weight decay unchanged: a new head on a pretrained body learns faster.
+    Group 0 always holds the rest (it may be empty, as with model.freeze=backbone).
     """
     options = OmegaConf.to_container(optimizer_cfg)
-    scale = options.pop("norm_lr_scale", 1.0)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay out
-    if scale == 1.0:
-        groups = [{"params": trainable}]
-    else:
+    norm_scale = options.pop("norm_lr_scale", 1.0)
+    head_scale = options.pop("head_lr_scale", 1.0)
+    lr, decay = options["lr"], options.get("weight_decay", 0.0)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = head_parameter_names(model) if head_scale != 1.0 else set()
+    norm = set()
+    if norm_scale != 1.0:
         norm = {
             id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()
         }
-        groups = [
-            {"params": [p for p in trainable if id(p) not in norm]},
-            {
-                "params": [p for p in trainable if id(p) in norm],
-                "lr": options["lr"] * scale,
-                "weight_decay": options.get("weight_decay", 0.0) / scale,
-            },
-        ]
+    groups = [{"params": [p for n, p in trainable if n not in head and id(p) not in norm]}]
+    if norm_scale != 1.0:
+        in_norm = [p for n, p in trainable if n not in head and id(p) in norm]
+        groups.append(
+            {"params": in_norm, "lr": lr * norm_scale, "weight_decay": decay / norm_scale}
+        )
+    if head_scale != 1.0:
+        groups.append({"params": [p for n, p in trainable if n in head], "lr": lr * head_scale})
     # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
     return instantiate(options, _convert_="all")(groups)
 

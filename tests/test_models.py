@@ -1,5 +1,7 @@
 """Every model gives (N, classes) on every input shape; the seed models are the article's."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 
 from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.errors import UserError
-from cnntrain.models import InputSpec, build_model, model_names
+from cnntrain.models import InputSpec, build_model, data_defaults, head_name, model_names
 from cnntrain.models.article import ResidualBlock
 from cnntrain.train import init_from_training_images
 
@@ -51,12 +53,42 @@ class ArticleCIFAR10CNN(nn.Module):
             nn.MaxPool2d(2, 2),
         )  # fmt: skip
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(512, 10),
         )  # fmt: skip
 
     def forward(self, x):
-        return self.classifier(self.features(x))
+        x = self.features(x)
+        x = x.view(x.size(0), -1)
+        x = self.classifier(x)
+        return x
+
+
+def conv(name: str, out_ch: int, in_ch: int) -> dict:
+    return {f"{name}.weight": (out_ch, in_ch, 3, 3), f"{name}.bias": (out_ch,)}
+
+
+def bn(name: str, ch: int) -> dict:
+    shapes = {"weight": (ch,), "bias": (ch,), "running_mean": (ch,), "running_var": (ch,)}
+    return {f"{name}.{k}": v for k, v in shapes.items()} | {f"{name}.num_batches_tracked": ()}
+
+
+def linear(name: str, out_features: int, in_features: int) -> dict:
+    return {f"{name}.weight": (out_features, in_features), f"{name}.bias": (out_features,)}
+
+
+# The article's state-dict keys and shapes, typed out: the contract a cnntrain checkpoint keeps.
+ARTICLE_KEYS = {
+    "simplecnn": conv("conv1", 32, 3) | bn("bn1", 32) | conv("conv2", 64, 32) | bn("bn2", 64)
+    | conv("conv3", 128, 64) | bn("bn3", 128) | linear("fc1", 256, 2048) | linear("fc2", 10, 256),
+    "cifar10cnn": conv("features.0", 64, 3) | bn("features.1", 64)
+    | conv("features.3", 64, 64) | bn("features.4", 64)
+    | conv("features.7", 128, 64) | bn("features.8", 128)
+    | conv("features.10", 128, 128) | bn("features.11", 128)
+    | conv("features.14", 256, 128) | bn("features.15", 256)
+    | conv("features.17", 256, 256) | bn("features.18", 256)
+    | linear("classifier.0", 512, 4096) | linear("classifier.3", 10, 512),
+}  # fmt: skip
 
 
 SPECS = [InputSpec(3, 32, 32, 10), InputSpec(1, 28, 28, 7), InputSpec(3, 64, 64, 100)]
@@ -67,9 +99,22 @@ SPECS = [InputSpec(3, 32, 32, 10), InputSpec(1, 28, 28, 7), InputSpec(3, 64, 64,
     "spec", SPECS, ids=lambda s: f"{s.channels}x{s.height}x{s.width}-{s.num_classes}"
 )
 def test_model_output_is_batch_by_classes(name, spec):
+    # the channels the data pipeline gives the model (model=torchvision: grayscale as RGB)
+    channels = (data_defaults({"name": name}) or {}).get("channels") or spec.channels
+    spec = replace(spec, channels=channels)
     model = build_model({"name": name}, spec).eval()
     x = torch.randn(3, spec.channels, spec.height, spec.width)
     assert model(x).shape == (3, spec.num_classes)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_head_is_the_layer_that_gives_the_logits(name):
+    model = build_model({"name": name}, InputSpec(3, 32, 32, 7)).eval()
+    head = model.get_submodule(head_name(model))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32))) == 0
 
 
 @pytest.mark.parametrize(
@@ -91,10 +136,28 @@ def test_state_dict_loads_strictly_into_the_articles_class(name, article_class):
     torch.testing.assert_close(theirs(x), ours(x))
 
 
+@pytest.mark.parametrize(
+    ("name", "article_class"), [("simplecnn", ArticleSimpleCNN), ("cifar10cnn", ArticleCIFAR10CNN)]
+)
+def test_state_dict_has_the_articles_exact_keys_and_shapes(name, article_class):
+    ours = build_model({"name": name}, InputSpec(3, 32, 32, 10)).state_dict()
+    theirs = article_class().state_dict()
+    for state in (ours, theirs):  # in the article's order, too
+        assert [(k, tuple(t.shape)) for k, t in state.items()] == list(ARTICLE_KEYS[name].items())
+
+
+def test_cifar10cnn_takes_channels_last_input():
+    model = build_model({"name": "cifar10cnn"}, InputSpec(3, 32, 32, 10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    channels_last = model.to(memory_format=torch.channels_last)
+    out = channels_last(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, model(x))
+
+
 def test_flatten_size_follows_the_input_shape():
     for side in (28, 32, 64):  # the article's "dimension mismatch" mistake cannot happen
         model = build_model({"name": "cifar10cnn"}, InputSpec(3, side, side, 10))
-        assert model.classifier[1].in_features == 256 * (side // 8) ** 2
+        assert model.classifier[0].in_features == 256 * (side // 8) ** 2
 
 
 def test_residual_block_projects_only_when_the_shape_changes():
@@ -135,6 +198,15 @@ def test_fastnet_whitening_stem_decorrelates_patches():
     cov = torch.cov(out[:, :12].permute(1, 0, 2, 3).reshape(12, -1))
     torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
     assert not model.whiten.weight.requires_grad
+
+
+def test_fastnet_trains_the_same_parameters_before_and_after_its_data_init():
+    # A resumed run skips init_from_data: its optimizer must see the same trainable set.
+    model = build_model({"name": "fastnet"}, InputSpec(3, 32, 32, 10))
+    fresh = [name for name, p in model.named_parameters() if p.requires_grad]
+    model.init_from_data(torch.randn(64, 3, 32, 32))
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == fresh
+    assert "whiten.weight" not in fresh and "whiten.bias" in fresh
 
 
 def test_fastnet_convs_start_as_the_identity_and_bn_momentum_is_an_option():

@@ -71,8 +71,9 @@ class CIFAR10CNN(nn.Module):
             *double_conv_block(128, 256),  # features.14-20
         )
         h, w = (pooled_side(s, 3, "cifar10cnn") for s in image_size)  # 32×32 → 4×4
+        # The article's module list exactly (classifier.0 and classifier.3 hold the weights); it
+        # flattens in forward, with torch.flatten, which unlike view also takes channels-last maps.
         self.classifier = nn.Sequential(
-            nn.Flatten(),
             nn.Linear(256 * h * w, 512),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
@@ -80,7 +81,8 @@ class CIFAR10CNN(nn.Module):
         )
 
     def forward(self, x):  # x: (N, C, H, W) → (N, classes)
-        return self.classifier(self.features(x))
+        x = torch.flatten(self.features(x), 1)  # (N, 256·H/8·W/8)
+        return self.classifier(x)
 
 
 class ResidualBlock(nn.Module):

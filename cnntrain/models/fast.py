@@ -48,6 +48,9 @@ class FastNet(nn.Module):
         # and its negation so the GELU after it loses nothing: 8C output channels (24 for RGB).
         patch_dims = 4 * in_channels
         self.whiten = nn.Conv2d(in_channels, 2 * patch_dims, kernel_size=2)  # H → H-1
+        # Frozen from the start, not in init_from_data: a resumed run skips the data-dependent
+        # init, and its optimizer must see the same trainable parameters as the saved one.
+        self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()
         groups, in_ch = [], 2 * patch_dims
         for width in widths:
@@ -60,7 +63,7 @@ class FastNet(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the stem to whiten 2×2 patches of `images` (N, C, H, W, normalized) and freeze it."""
+        """Set the (frozen) stem to whiten 2×2 patches of `images` (N, C, H, W, normalized)."""
         c = images.shape[1]
         patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, H-1, W-1, 2, 2)
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * 4)  # rows laid out (C, 2, 2)
@@ -70,7 +73,6 @@ class FastNet(nn.Module):
         # One filter per eigenvector, scaled to give unit variance: (4C, C, 2, 2) conv weights.
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, 2, 2)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
-        self.whiten.weight.requires_grad_(False)
 
     def forward(self, x):  # (N, C, H, W)
         x = self.act(self.whiten(x))  # (N, 8C, H-1, W-1)

@@ -2,21 +2,39 @@
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
 from cnntrain.errors import UserError
+from cnntrain.models.freeze import freeze
 from cnntrain.spec import InputSpec
 
 ModelBuilder = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelBuilder] = {}
+# Keys every model takes (defaults in conf/config.yaml under `model:`), not builder options:
+# freeze is applied by build_model, init_from by the training run (models/transfer.py).
+SHARED_KEYS = ("freeze", "init_from")
 
 
-def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: make `builder(spec, **options)` available as `model.name: <name>`."""
+@dataclass(frozen=True)
+class Entry:
+    builder: ModelBuilder
+    check: Callable[..., None] | None  # check(**options): refuse bad values before any work
+    data_defaults: Callable[..., dict] | None  # data_defaults(**options): what the data must be
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, check=None, data_defaults=None) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: make `builder(spec, **options)` available as `model.name: <name>`.
+
+    `check` and `data_defaults`, if given, are called with every option of the builder (the
+    config's values, the builder's defaults for the others).
+    """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _REGISTRY[name] = builder
+        _REGISTRY[name] = Entry(builder, check, data_defaults)
         return builder
 
     return add
@@ -28,21 +46,47 @@ def model_names() -> list[str]:
 
 def check_model_options(model_cfg) -> tuple[ModelBuilder, dict]:
     """The builder for `model_cfg.name` and its options; a UserError for unknown names/options."""
-    options = dict(model_cfg)
+    entry, options, _ = registered(model_cfg)
+    return entry.builder, options
+
+
+def registered(model_cfg) -> tuple[Entry, dict, dict]:
+    """The registry entry of `model_cfg.name`, its builder options as given, and all of them
+    with the builder's defaults filled in (checked by the entry's `check`)."""
+    options = {k: v for k, v in dict(model_cfg).items() if k not in SHARED_KEYS}
     name = options.pop("name", None)
     if name not in _REGISTRY:
         raise UserError(
             f"model.name={name!r} is not a known model; use one of: {', '.join(model_names())}"
         )
-    builder = _REGISTRY[name]
+    entry = _REGISTRY[name]
     try:
-        inspect.signature(builder).bind(None, **options)
+        bound = inspect.signature(entry.builder).bind(None, **options)
     except TypeError as e:  # an unknown or missing option, named by Python's message
         raise UserError(f"model {name!r}: {e}; check the keys under model.") from e
-    return builder, options
+    bound.apply_defaults()
+    every = dict(list(bound.arguments.items())[1:])  # all but the first argument, spec
+    if entry.check is not None:
+        entry.check(**every)
+    return entry, options, every
+
+
+def data_defaults(model_cfg) -> dict | None:
+    """What the model needs of the data, for the keys `data.*` leaves null; None: nothing.
+
+    A dict with `channels` (int), `image_size` ((H, W) px), `mean` and `std` (per channel), each
+    None where the data's own value (or the training split's statistics) is right.
+    """
+    entry, _, every = registered(model_cfg)
+    return None if entry.data_defaults is None else entry.data_defaults(**every)
 
 
 def build_model(model_cfg, spec: InputSpec) -> nn.Module:
-    """Build the registered model `model_cfg.name`; every other key of `model_cfg` is an option."""
-    builder, options = check_model_options(model_cfg)
-    return builder(spec, **options)
+    """Build the registered model `model_cfg.name`; the keys but SHARED_KEYS are its options.
+
+    `model.freeze` (none | backbone | [module-name prefixes]) is applied to the built network.
+    """
+    entry, options, _ = registered(model_cfg)
+    model = entry.builder(spec, **options)
+    freeze(model, dict(model_cfg).get("freeze") or "none")
+    return model
