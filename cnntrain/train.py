@@ -24,7 +24,7 @@ from cnntrain.engine import EMA, Arithmetic, StepParts, autocast_dtype, select_d
 from cnntrain.evaluation import class_counts, class_weights, split_metrics
 from cnntrain.loop import Loop
 from cnntrain.memory import peak_memory, reset_peak_memory
-from cnntrain.models import build_model
+from cnntrain.models import build_model, init_from
 from cnntrain.optim import build_optimizer, build_scheduler
 from cnntrain.outputs.checkpoint import load_checkpoint
 from cnntrain.outputs.files import write_json
@@ -55,6 +55,8 @@ def train(cfg: DictConfig) -> float:
     model = build_model(cfg.model, data.spec)
     if saved is None:
         init_from_training_images(model, data.train, cfg.trainer.seed)
+        if cfg.model.init_from:  # after the data init: the other run's tensors win
+            init_from(model, cfg.model.init_from, cfg.model)
     else:
         restore_trainable(model, saved)
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format

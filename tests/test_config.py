@@ -34,8 +34,9 @@ def test_every_data_option_composes(option):
     cfg = compose_config(f"data={option}", *extra, output_dir="unused")
     assert cfg.data.name == option
     assert OmegaConf.missing_keys(cfg) == set()
-    if cfg.data.mean is not None:  # known datasets carry their training-split statistics
-        assert len(cfg.data.mean) == len(cfg.data.std)
+    if cfg.data.stats is not None:  # known datasets carry their training-split statistics
+        assert len(cfg.data.stats.mean) == len(cfg.data.stats.std)
+    assert cfg.data.mean is None and cfg.data.std is None  # the user's, when set
 
 
 @pytest.mark.parametrize("option", options("model"))

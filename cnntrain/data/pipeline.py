@@ -27,6 +27,7 @@ from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLo
 from cnntrain.data.sources import ImageSource, Splits, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
 from cnntrain.errors import UserError
+from cnntrain.models import data_defaults
 from cnntrain.spec import InputSpec
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     d = cfg.data
     augment = read_options(d.augment)  # parsed once, for whichever path trains
     found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
-    channels, size = input_shape(d, found)
+    wanted = data_defaults(cfg.model) or {}  # e.g. pretrained weights' size, RGB and statistics
+    channels, size = input_shape(d, found, wanted)
     if augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
         check_cutout_fits(augment.cutout, *size)
     kind = choose_loader(d, found, channels, size)
@@ -69,7 +71,7 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
         for name in found.splits
     }
     train, val, test, val_name, test_name = partition(parts, d)
-    mean, std = normalization(d, train, found, cfg.paths, channels, size)
+    mean, std = normalization(d, train, found, cfg.paths, channels, size, wanted)
     spec = InputSpec(channels, size[0], size[1], len(found.classes))
     seed = cfg.trainer.seed
     prep = BatchPrep(mean, std, device, channels_last)
@@ -103,20 +105,21 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
 def input_spec(cfg) -> tuple[InputSpec, list[str]]:
     """The model's input spec and class names, from the data's metadata alone (no decoding)."""
     found = open_splits(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)
-    channels, size = input_shape(cfg.data, found)
+    channels, size = input_shape(cfg.data, found, data_defaults(cfg.model) or {})
     return InputSpec(channels, size[0], size[1], len(found.classes)), found.classes
 
 
-def input_shape(d, found: Splits) -> tuple[int, tuple[int, int]]:
-    """(channels, (H, W)): from `data.channels` / `data.image_size`, else from the data itself."""
+def input_shape(d, found: Splits, wanted: dict) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)): `data.channels` / `data.image_size`, else what the model wants
+    (`wanted`, e.g. pretrained weights' crop size and RGB), else the data's own."""
     train = found.splits["train"]
     if train.arrays is not None:
         shape = train.arrays.shape  # (N, H, W) or (N, H, W, C)
         data_channels, data_size = (1 if len(shape) == 3 else shape[3]), shape[1:3]
     else:
         data_channels, data_size = sniff_files(train.files[:: max(1, len(train) // 16)])
-    channels = d.channels or data_channels
-    size = d.image_size or data_size
+    channels = d.channels or wanted.get("channels") or data_channels
+    size = d.image_size or wanted.get("image_size") or data_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     if channels not in (1, 3):
         raise UserError(f"data.channels={channels} is not supported; use 1 (grayscale) or 3 (RGB)")
@@ -216,16 +219,16 @@ def cap(part: Part, limit: int | None, seed: int) -> Part:
     return part if len(chosen) == len(indices) else select(part, chosen)
 
 
-def normalization(d, train: Part, found: Splits, paths, channels, size):
-    """(mean, std) per channel: `data.mean`/`data.std`, else computed on the training split only."""
+def normalization(d, train: Part, found: Splits, paths, channels, size, wanted: dict):
+    """(mean, std) per channel, the first given of: `data.mean`/`data.std`; what the model wants
+    (pretrained weights' statistics, in `wanted`); the dataset's known `data.stats`; else computed
+    on the training split only (cached)."""
     if d.mean is not None and d.std is not None:
-        if len(d.mean) != channels or len(d.std) != channels:
-            raise UserError(
-                f"data.mean has {len(d.mean)} values but the images have {channels} channel(s); "
-                "for your own images use data=imagefolder (statistics from its training split) "
-                "or data.mean=null data.std=null"
-            )
-        return list(d.mean), list(d.std)
+        return fitting(d.mean, d.std, channels, "data.mean")
+    if wanted.get("mean") is not None:
+        return list(wanted["mean"]), list(wanted["std"])
+    if d.get("stats"):
+        return fitting(d.stats.mean, d.stats.std, channels, "data.stats.mean")
     # The training split is fixed by the data and these settings, so they key the cache.
     split = f"stats:{d.val_split}:{d.split_seed}:{d.max_train_samples}"
     key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
@@ -241,6 +244,17 @@ def normalization(d, train: Part, found: Splits, paths, channels, size):
     path.write_text(json.dumps({"mean": mean, "std": std}))
     log.info("normalization from the training split: mean %s, std %s", fmt(mean), fmt(std))
     return mean, std
+
+
+def fitting(mean, std, channels: int, key: str) -> tuple[list[float], list[float]]:
+    """`mean`, `std` as lists, refused unless one value per channel."""
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(
+            f"{key} has {len(mean)} values but the images have {channels} channel(s); "
+            "for your own images use data=imagefolder (statistics from its training split) "
+            "or data.mean=null data.std=null data.stats=null"
+        )
+    return list(mean), list(std)
 
 
 def fmt(values) -> str:
