@@ -5,7 +5,6 @@ validation split from train, cap sample counts, take normalization statistics fr
 split only, and build the tensor path or the DataLoader path (`data.loader`).
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from cnntrain.data import decode
 from cnntrain.data.augment import build_batch_augment, check_cutout_fits, is_random, pil_pipeline
+from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.sources import ImageSource, Splits, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
@@ -216,17 +216,22 @@ def normalization(d, train: Part, found: Splits, paths, channels, size):
     split = f"stats:{d.val_split}:{d.split_seed}:{d.max_train_samples}"
     key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
     path = Path(paths.cache_dir).expanduser() / "stats" / f"{key}.json"
-    if path.exists():
-        stats = json.loads(path.read_text())
-        return stats["mean"], stats["std"]
+    stats = build_once(
+        path,
+        load=load_json,
+        build=lambda: training_stats(train, channels, size, d),
+        save=save_json,
+    )
+    return stats["mean"], stats["std"]
+
+
+def training_stats(train: Part, channels, size, d) -> dict[str, list[float]]:
     images = (
         train.images if train.images is not None else sample_pixels(train.source, channels, size, d)
     )
     mean, std = decode.channel_stats(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"mean": mean, "std": std}))
     log.info("normalization from the training split: mean %s, std %s", fmt(mean), fmt(std))
-    return mean, std
+    return {"mean": mean, "std": std}
 
 
 def fmt(values) -> str:
