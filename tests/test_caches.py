@@ -1,5 +1,5 @@
 """Caches: built once however many processes start together, reused while the files are unchanged,
-rebuilt when they change or are corrupt, and written atomically."""
+rebuilt when they change or are corrupt, written atomically, and decoding only the chosen images."""
 
 import errno
 import hashlib
@@ -14,12 +14,14 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock
 
 from cnntrain.data import decode, load_data, sources
 from cnntrain.data.sources import open_image_folder
+from cnntrain.data.splits import seeded_subset, stratified_split
 from cnntrain.errors import UserError
 from tests.conftest import REPO, compose_config, make_image_folder
 
@@ -38,9 +40,9 @@ def config(root, cache, *overrides):
     )
 
 
-def make_archive(tmp_path: Path, per_class=12) -> Path:
-    """A .tar.gz of an ImageFolder with train/ and test/ (val is carved from train)."""
-    make_image_folder(tmp_path / "pack" / "shapes", splits=("train", "test"), per_class=per_class)
+def make_archive(tmp_path: Path) -> Path:
+    """A .tar.gz of an ImageFolder with train/ and test/, 2 classes × 12 images each."""
+    make_image_folder(tmp_path / "pack" / "shapes", splits=("train", "test"))
     archive = tmp_path / "shapes.tar.gz"
     with tarfile.open(archive, "w:gz") as t:
         t.add(tmp_path / "pack" / "shapes", arcname="shapes")
@@ -91,9 +93,13 @@ def count_decodes(monkeypatch):
 
 def test_an_archive_is_unpacked_once_into_the_cache(tmp_path, monkeypatch):
     archive, cache = make_archive(tmp_path), tmp_path / "cache"
-    unpacked = []
-    real = sources.extract
-    monkeypatch.setattr(sources, "extract", lambda *args: unpacked.append(args) or real(*args))
+    unpacked, real = [], sources.extract
+
+    def counted(archive, folder):
+        unpacked.append(folder)
+        return real(archive, folder)
+
+    monkeypatch.setattr(sources, "extract", counted)
     first = open_image_folder(archive, cache)
     again = open_image_folder(archive, cache)
     assert len(unpacked) == 1 and first.origin == again.origin
@@ -224,11 +230,10 @@ def test_an_unpack_killed_midway_publishes_nothing_and_blocks_nobody(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=CHILD_TIMEOUT)
-    assert scratch.is_dir() and scratch.name.startswith(".")  # only a scratch name: not visible
-    assert [p.name for p in into.iterdir() if not p.name.startswith(".")] == [
-        f"{scratch.name.split('.')[1]}.lock"
-    ]
-    lock = FileLock(into / f"{scratch.name.split('.')[1]}.lock")
+    entry = scratch.name.split(".")[1]  # the scratch folder is .<entry>.<pid>.partial
+    assert scratch.is_dir() and not (into / entry).exists()  # built, but not visible
+    assert [p.name for p in into.iterdir() if not p.name.startswith(".")] == [f"{entry}.lock"]
+    lock = FileLock(into / f"{entry}.lock")
     lock.acquire(timeout=5)  # the kernel released the dead holder's lock
     lock.release()
     found = open_image_folder(archive, tmp_path / "cache")
@@ -401,3 +406,76 @@ def test_corrupt_statistics_are_computed_again(tmp_path, caplog):
     assert "is unreadable" in caplog.text
     assert (again.mean, again.std) == (first.mean, first.std)
     assert json.loads(stats.read_text()) == {"mean": first.mean, "std": first.std}
+
+
+def chosen_files(root: Path, *, val_split, max_train, max_eval, split_seed=0):
+    """The files the caps choose, drawn as the README says: a stratified, seeded validation
+    split of train, then seeded subsets of each split, over the files as listed."""
+    found = open_image_folder(root, root.parent / "unused-cache")
+    train, test = found.splits["train"], found.splits["test"]
+    train_idx, val_idx = stratified_split(train.targets, val_split, split_seed)
+    pick = lambda idx, limit, seed: idx[seeded_subset(np.arange(len(idx)), limit, seed)]  # noqa: E731
+    return {
+        "train": [train.files[i] for i in pick(train_idx, max_train, split_seed)],
+        "val": [train.files[i] for i in pick(val_idx, max_eval, split_seed + 1)],
+        "test": [test.files[i] for i in pick(np.arange(len(test)), max_eval, split_seed + 2)],
+    }
+
+
+CAPS = ("data.val_split=0.25", "data.max_train_samples=10", "data.max_eval_samples=6")
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_capped_runs_decode_only_the_images_they_use_and_the_same_as_before(
+    tmp_path, count_decodes, loader
+):
+    root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=40)
+    data = load_data(config(root, tmp_path / "cache", f"data.loader={loader}", *CAPS), CPU)
+    expected = chosen_files(root, val_split=0.25, max_train=10, max_eval=6)
+    for name, part in zip(expected, (data.train, data.val, data.test), strict=True):
+        pixels = [decode.decode_file(f, 1, (20, 24)) for f in expected[name]]
+        assert torch.equal(part.images_at(range(part.count)), torch.from_numpy(np.stack(pixels)))
+    # Read: the chosen train and val files, then the chosen test files; none of the other 138.
+    read = [sorted(files) for files in count_decodes[:2]]
+    assert read == [sorted(expected["train"] + expected["val"]), sorted(expected["test"])]
+    assert {f for files in count_decodes for f in files} <= {
+        f for v in expected.values() for f in v
+    }
+
+
+def test_each_choice_is_its_own_entry_and_serves_only_its_images(tmp_path, count_decodes):
+    root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=40)
+    cache = tmp_path / "cache"
+    for max_train in (10, 12, 10):
+        cfg = config(
+            root, cache, "data.loader=tensor", *CAPS, f"data.max_train_samples={max_train}"
+        )
+        data = load_data(cfg, CPU)
+        files = chosen_files(root, val_split=0.25, max_train=max_train, max_eval=6)["train"]
+        pixels = torch.from_numpy(np.stack([decode.decode_file(f, 1, (20, 24)) for f in files]))
+        assert torch.equal(data.train.images, pixels)
+    assert len(count_decodes) == 3  # train+val (10), test, train+val (12); then all cached
+    assert len(list((cache / "decoded").glob("*.pt"))) == 3
+
+
+def test_an_unreadable_chosen_file_is_dropped_and_unchosen_ones_are_never_read(
+    tmp_path, caplog, count_decodes
+):
+    root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=40)
+    expected = chosen_files(root, val_split=0.25, max_train=10, max_eval=6)
+    chosen_bad = Path(expected["train"][3])
+    every = {str(p) for p in (root / "train").rglob("*.png")}
+    unchosen = sorted(every - set(expected["train"]) - set(expected["val"]))
+    chosen_bad.write_bytes(b"")
+    Path(unchosen[0]).write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        data = load_data(config(root, tmp_path / "cache", "data.loader=tensor", *CAPS), CPU)
+    (warning,) = [m for m in caplog.messages if "unreadable" in m]
+    assert warning.startswith("skipped 1 unreadable image file(s) in train/") and (
+        str(chosen_bad) in warning
+    )
+    assert data.train.count == 9 and data.val.count == 6  # one short of its cap, no stand-in
+    assert unchosen[0] not in {f for files in count_decodes for f in files}
+    survivors = [f for f in expected["train"] if f != str(chosen_bad)]
+    pixels = torch.from_numpy(np.stack([decode.decode_file(f, 1, (20, 24)) for f in survivors]))
+    assert torch.equal(data.train.images, pixels)

@@ -87,9 +87,12 @@ def decode_source(source: ImageSource, channels, size, workers) -> tuple[np.ndar
     return (np.stack(good) if good else empty), bad
 
 
-def cache_key(origin: str, fingerprint: str, split: str, channels: int, size) -> str:
-    text = json.dumps([CACHE_FORMAT, origin, fingerprint, split, channels, list(size)])
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+def cache_key(origin: str, fingerprint: str, split: str, channels: int, size, chosen=None) -> str:
+    """Key of the decoded `split` (or of its files `chosen`, an index array, when not all)."""
+    fields = [CACHE_FORMAT, origin, fingerprint, split, channels, list(size)]
+    if chosen is not None:
+        fields.append(hashlib.blake2b(np.asarray(chosen, np.int64).tobytes()).hexdigest())
+    return hashlib.blake2b(json.dumps(fields).encode(), digest_size=10).hexdigest()
 
 
 def load_cached(path: Path) -> dict | None:
