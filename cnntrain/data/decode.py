@@ -3,7 +3,6 @@
 import hashlib
 import json
 import logging
-import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -12,7 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.sources import ImageSource
+from cnntrain.outputs.files import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the decoding below changes meaning
@@ -86,15 +87,16 @@ def decode_source(source: ImageSource, channels, size, workers) -> tuple[np.ndar
     return (np.stack(good) if good else empty), bad
 
 
-def cache_key(origin: str, fingerprint: str, split: str, channels: int, size) -> str:
-    text = json.dumps([CACHE_FORMAT, origin, fingerprint, split, channels, list(size)])
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+def cache_key(origin: str, fingerprint: str, split: str, channels: int, size, chosen=None) -> str:
+    """Key of the decoded `split` (or of its files `chosen`, an index array, when not all)."""
+    fields = [CACHE_FORMAT, origin, fingerprint, split, channels, list(size)]
+    if chosen is not None:
+        fields.append(hashlib.blake2b(np.asarray(chosen, np.int64).tobytes()).hexdigest())
+    return hashlib.blake2b(json.dumps(fields).encode(), digest_size=10).hexdigest()
 
 
 def load_cached(path: Path) -> dict | None:
-    """The cached split at `path`, or None if absent; a corrupt file is reported and removed."""
-    if not path.exists():
-        return None
+    """The cached split at `path`, or None if it is corrupt (reported; the rebuild replaces it)."""
     try:
         entry = torch.load(path, weights_only=True, mmap=True)
         if zlib.crc32(entry["images"].numpy()) != entry["crc32"]:
@@ -102,20 +104,21 @@ def load_cached(path: Path) -> dict | None:
         return entry
     except (RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
         log.warning("decoded-image cache %s is unreadable (%s); decoding again", path, e)
-        path.unlink(missing_ok=True)
         return None
 
 
-def save_cached(path: Path, entry: dict) -> None:
-    """Write atomically: a crash mid-write leaves no half file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only or full cache disk costs speed next time, not this run
-        tmp.unlink(missing_ok=True)
-        log.warning("could not cache decoded images at %s (%s)", path, e)
+def save_cached(path: Path, entry: dict) -> dict:
+    atomic_write(path, lambda tmp: torch.save(entry, tmp))
+    return entry
+
+
+def decode_entry(source: ImageSource, channels, size, workers, folder: Path) -> dict:
+    """The cache entry of `source`: its pixels, the indices of its unreadable files, a CRC32."""
+    log.info("decoding %d images (cached for the next run in %s)", len(source), folder)
+    images, bad = decode_source(source, channels, size, workers)
+    images = torch.from_numpy(images)
+    bad = torch.tensor(bad, dtype=torch.int64)
+    return {"images": images, "bad": bad, "crc32": zlib.crc32(images.numpy())}
 
 
 def decoded_split(source: ImageSource, key: str, cache_dir: Path, channels, size, workers):
@@ -127,14 +130,12 @@ def decoded_split(source: ImageSource, key: str, cache_dir: Path, channels, size
     if source.arrays is not None:
         return torch.from_numpy(decode_source(source, channels, size, workers)[0]), []
     path = cache_dir / "decoded" / f"{key}.pt"
-    entry = load_cached(path)
-    if entry is None:
-        log.info("decoding %d images (cached for the next run in %s)", len(source), path.parent)
-        images, bad = decode_source(source, channels, size, workers)
-        images = torch.from_numpy(images)
-        entry = {"images": images, "bad": torch.tensor(bad, dtype=torch.int64)}
-        entry["crc32"] = zlib.crc32(images.numpy())
-        save_cached(path, entry)
+    entry = build_once(
+        path,
+        load=load_cached,
+        build=lambda: decode_entry(source, channels, size, workers, path.parent),
+        save=save_cached,
+    )
     return entry["images"], entry["bad"].tolist()
 
 
@@ -157,11 +158,15 @@ def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, s
     if source.arrays is not None:
         return []
     path = cache_dir / "decoded" / f"{key}.unreadable.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    log.info("checking %d image files once (cached in %s)", len(source), path.parent)
+    return build_once(
+        path,
+        load=load_json,
+        build=lambda: scan_unreadable(source, channels, size, workers, path.parent),
+        save=save_json,
+    )
+
+
+def scan_unreadable(source: ImageSource, channels, size, workers, folder: Path) -> list[int]:
+    log.info("checking %d image files once (cached in %s)", len(source), folder)
     flags = decode_files(source.files, channels, size, workers, keep=False)
-    bad = [i for i, px in enumerate(flags) if px is None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(bad))
-    return bad
+    return [i for i, px in enumerate(flags) if px is None]

@@ -1,12 +1,12 @@
 """load_data: from `cfg.data` to train / val / test loaders on the training device.
 
-Steps: find the dataset (sources), decide channels and size, drop unreadable files, carve the
-validation split from train, cap sample counts, take normalization statistics from the training
-split only, and build the tensor path or the DataLoader path (`data.loader`).
+Steps: find the dataset (sources), decide channels and size, carve the validation split from train
+and cap sample counts (seeded, over the files as listed), decode or check only the chosen files and
+drop unreadable ones, take normalization statistics from the training split only, and build the
+tensor path or the DataLoader path (`data.loader`).
 """
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from cnntrain.data.augment import (
     pil_pipeline,
     read_options,
 )
+from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.sources import ImageSource, Splits, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
@@ -57,6 +58,14 @@ class Part:
     images: torch.Tensor | None = None  # (N, C, H, W) uint8
 
 
+@dataclass
+class Choice:
+    """The files of one split that a loader uses, before any is decoded."""
+
+    split: str  # "train", "val" or "test"
+    indices: np.ndarray  # (n,) sorted indices into found.splits[split]
+
+
 def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBundle:
     d = cfg.data
     augment = read_options(d.augment)  # parsed once, for whichever path trains
@@ -66,11 +75,8 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     if augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
         check_cutout_fits(augment.cutout, *size)
     kind = choose_loader(d, found, channels, size)
-    parts = {
-        name: readable_part(found, name, d, cfg.paths, channels, size, kind)
-        for name in found.splits
-    }
-    train, val, test, val_name, test_name = partition(parts, d)
+    chosen, val_name, test_name = partition(found, d)
+    train, val, test = readable_parts(found, chosen, d, cfg.paths, channels, size, kind)
     mean, std = normalization(d, train, found, cfg.paths, channels, size, wanted)
     spec = InputSpec(channels, size[0], size[1], len(found.classes))
     seed = cfg.trainer.seed
@@ -153,10 +159,26 @@ def choose_loader(d, found: Splits, channels, size) -> str:
     return kind
 
 
-def readable_part(found: Splits, split: str, d, paths, channels, size, kind) -> Part:
-    """The split minus unreadable files (per `data.on_bad_image`); decoded on the tensor path."""
+def readable_parts(found: Splits, chosen, d, paths, channels, size, kind) -> list[Part]:
+    """A Part per Choice; each split's chosen files are decoded or checked once, together."""
+    readable = {}
+    for split in dict.fromkeys(c.split for c in chosen):
+        indices = np.unique(np.concatenate([c.indices for c in chosen if c.split == split]))
+        readable[split] = readable_part(found, split, indices, d, paths, channels, size, kind)
+    parts = {id(c): narrow(*readable[c.split], c.indices) for c in chosen}
+    return [parts[id(c)] for c in chosen]  # a Choice serving two roles gives one Part
+
+
+def readable_part(found: Splits, split, indices, d, paths, channels, size, kind):
+    """(Part, kept): files `indices` of `split` minus unreadable ones (per `data.on_bad_image`),
+    decoded on the tensor path, and the indices of the files kept.
+
+    The cache entry is the whole split's when every file is chosen, else keyed by the choice.
+    """
     source = found.splits[split]
-    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
+    chosen = None if len(indices) == len(source) else indices
+    source = source if chosen is None else source.subset(indices)
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size, chosen)
     cache = Path(paths.cache_dir).expanduser()
     workers = max(1, d.num_workers)
     if kind == "tensor":
@@ -165,8 +187,15 @@ def readable_part(found: Splits, split: str, d, paths, channels, size, kind) -> 
         images, bad = None, decode.unreadable_files(source, key, cache, channels, size, workers)
     if bad:
         report_unreadable(source, bad, split, d.on_bad_image)
-        source = source.subset(np.setdiff1d(np.arange(len(source)), bad))
-    return Part(source, images)
+        keep = np.setdiff1d(np.arange(len(source)), bad)
+        source, indices = source.subset(keep), indices[keep]
+    return Part(source, images), indices
+
+
+def narrow(part: Part, kept: np.ndarray, indices: np.ndarray) -> Part:
+    """The rows of `part`, whose files are `kept`, that are among `indices` (in data order)."""
+    rows = np.flatnonzero(np.isin(kept, indices))
+    return part if len(rows) == len(kept) else select(part, rows)
 
 
 def report_unreadable(source: ImageSource, bad: list[int], split: str, policy: str) -> None:
@@ -184,17 +213,24 @@ def select(part: Part, indices: np.ndarray) -> Part:
     return Part(part.source.subset(indices), images)
 
 
-def partition(parts: dict[str, Part], d):
-    """(train, val, test, val_name, test_name): val carved from train unless the data has one."""
-    train, seed = parts["train"], d.split_seed
-    if "val" in parts:
-        val = parts["val"]
+def partition(found: Splits, d) -> tuple[tuple[Choice, Choice, Choice], str, str]:
+    """((train, val, test), val_name, test_name): val carved from train unless the data has one.
+
+    The validation split and the sample caps are seeded draws over the files as listed, made
+    before any file is decoded, so a capped run decodes only its own images. Their readability
+    is checked afterwards: a chosen file that cannot be read is dropped (`data.on_bad_image=skip`,
+    with the warning) or refused (`error`), and its split is that many images short of its cap
+    (no replacement is drawn: finding one would mean reading files the run does not use).
+    """
+    train, seed = Choice("train", np.arange(len(found.splits["train"]))), d.split_seed
+    if "val" in found.splits:
+        val = Choice("val", np.arange(len(found.splits["val"])))
     elif d.val_split > 0:
-        train_idx, val_idx = stratified_split(train.source.targets, d.val_split, seed)
-        train, val = select(train, train_idx), select(train, val_idx)
+        train_idx, val_idx = stratified_split(found.splits["train"].targets, d.val_split, seed)
+        train, val = Choice("train", train_idx), Choice("train", val_idx)
     else:
         val = None
-    test = parts.get("test")
+    test = Choice("test", np.arange(len(found.splits["test"]))) if "test" in found.splits else None
     if val is None and test is None:
         raise UserError("data.val_split=0 but the data has no val/ or test/ split to evaluate on")
     val_name, test_name = "val", "test"
@@ -210,13 +246,14 @@ def partition(parts: dict[str, Part], d):
     shared = val is test  # one split serves both: one cap, one loader
     val = cap(val, d.max_eval_samples, seed + 1)
     test = val if shared else cap(test, d.max_eval_samples, seed + 2)
-    return train, val, test, val_name, test_name
+    return (train, val, test), val_name, test_name
 
 
-def cap(part: Part, limit: int | None, seed: int) -> Part:
-    indices = np.arange(len(part.source))
-    chosen = seeded_subset(indices, limit, seed)
-    return part if len(chosen) == len(indices) else select(part, chosen)
+def cap(choice: Choice, limit: int | None, seed: int) -> Choice:
+    chosen = seeded_subset(np.arange(len(choice.indices)), limit, seed)
+    if len(chosen) == len(choice.indices):
+        return choice
+    return Choice(choice.split, choice.indices[chosen])
 
 
 def normalization(d, train: Part, found: Splits, paths, channels, size, wanted: dict):
@@ -233,17 +270,22 @@ def normalization(d, train: Part, found: Splits, paths, channels, size, wanted: 
     split = f"stats:{d.val_split}:{d.split_seed}:{d.max_train_samples}"
     key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
     path = Path(paths.cache_dir).expanduser() / "stats" / f"{key}.json"
-    if path.exists():
-        stats = json.loads(path.read_text())
-        return stats["mean"], stats["std"]
+    stats = build_once(
+        path,
+        load=load_json,
+        build=lambda: training_stats(train, channels, size, d),
+        save=save_json,
+    )
+    return stats["mean"], stats["std"]
+
+
+def training_stats(train: Part, channels, size, d) -> dict[str, list[float]]:
     images = (
         train.images if train.images is not None else sample_pixels(train.source, channels, size, d)
     )
     mean, std = decode.channel_stats(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"mean": mean, "std": std}))
     log.info("normalization from the training split: mean %s, std %s", fmt(mean), fmt(std))
-    return mean, std
+    return {"mean": mean, "std": std}
 
 
 def fitting(mean, std, channels: int, key: str) -> tuple[list[float], list[float]]:

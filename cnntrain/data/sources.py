@@ -14,6 +14,7 @@ How a known dataset (`data.name`) is looked for, first match wins:
 
 import gzip
 import hashlib
+import logging
 import shutil
 import tarfile
 import zipfile
@@ -25,10 +26,15 @@ from PIL import Image
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from cnntrain.data.cache import build_once, publish_folder, scratch_folder
 from cnntrain.errors import UserError
 
+log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 SPLIT_NAMES = ("train", "val", "test")
+# 2: unpacked folders are published whole; format 1 could leave one cut short when runs started
+# together (a poisoned cache), so its folders are never reused.
+UNPACK_FORMAT = 2
 
 
 @dataclass
@@ -228,27 +234,35 @@ def fingerprint(splits: dict[str, ImageSource]) -> str:
 
 
 def unpack_archive(archive: Path, into: Path) -> Path:
-    """Unpack `archive` once into `into/<stem>-<hash>/`; later calls reuse that folder."""
+    """Unpack `archive` once into `into/<stem>-<hash>/`; later calls, and concurrent ones, reuse it.
+
+    One process unpacks into its own scratch folder and renames it into place whole; the others
+    wait for it, so no run ever sees a partly unpacked folder.
+    """
     st = archive.stat()
-    key = hashlib.blake2b(
-        f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=6
-    )
+    text = f"{UNPACK_FORMAT}\0{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    key = hashlib.blake2b(text.encode(), digest_size=6)
     stem = archive.name.split(".")[0]
     target = into / f"{stem}-{key.hexdigest()}"
-    if target.is_dir():
-        return target
-    tmp = into / f".{target.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    return build_once(
+        target,
+        load=lambda folder: folder if folder.is_dir() else None,
+        build=lambda: extract(archive, scratch_folder(target)),
+        save=publish_folder,
+    )
+
+
+def extract(archive: Path, folder: Path) -> Path:
+    """Unpack `archive` into the empty `folder`; on failure remove it and say so."""
+    log.info("unpacking %s into %s (once)", archive, folder.parent)
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(tmp)
+                z.extractall(folder)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")  # no absolute paths, links or devices
+                t.extractall(folder, filter="data")  # no absolute paths, links or devices
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"could not unpack {archive}: {e}; is it a complete .tar.gz/.zip?") from e
-    tmp.rename(target)  # atomic: a crash mid-unpack leaves only the .partial folder
-    return target
+    return folder
