@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -68,6 +69,11 @@ def run(cfg: DictConfig) -> float:
 hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")(run)
 # Here rather than in main(): a sweep worker process imports this module, never runs main().
 register_resolvers()
+# conf/hydra/launcher/submitit_*.yaml keep the plugin's own names (the commands its users know),
+# so Hydra merges the plugin's schema into them, which checks their keys, and warns that it does.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema"
+)
 
 
 def main() -> None:
