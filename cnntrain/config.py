@@ -40,8 +40,12 @@ def run_dir(resume: str | None, log_dir: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers named in conf/hydra/default.yaml; call before Hydra composes the config."""
-    OmegaConf.register_new_resolver("run_token", run_token, replace=True)
+    """Resolvers named in conf/hydra/default.yaml; call before Hydra composes the config.
+
+    `run_token` is cached in the config, like Hydra's `${now:}`: launchers that run jobs in other
+    processes (joblib, submitit) compose each job's config there anew, with the sweep config's
+    cache copied in, so every job resolves the sweep folder the launching process chose."""
+    OmegaConf.register_new_resolver("run_token", run_token, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver(
         "unless_resuming", lambda resume, value: None if resume else value, replace=True

@@ -58,7 +58,10 @@ class Progress:
 
 
 class StopSignal:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second: exit at once."""
+    """First SIGINT/SIGTERM, or SIGUSR1/SIGUSR2 (what Slurm and submitit send before a preemption
+    or a time limit): finish the current step, checkpoint, exit. A second: exit at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.signum = None
@@ -66,7 +69,7 @@ class StopSignal:
     def __enter__(self):
         self.previous = {}
         if threading.current_thread() is threading.main_thread():  # signals need the main thread
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in self.SIGNALS:
                 self.previous[s] = signal.signal(s, self.handle)
         return self
 

@@ -12,12 +12,17 @@ production code has no failpoints. FAULT is one of:
   sigint-step:E:S      SIGINT just before training batch S of epoch E (a graceful stop)
   sigint2-step:E:S     two SIGINTs there (the second must end the run at once)
   sigterm-step:E:S     SIGTERM just before training batch S of epoch E
+  preempt-step:E:S     SIGUSR2 (submitit's preemption signal) just before training batch S of
+                       epoch E, unless the run was resumed: a requeued job is not preempted again
   nan-step:E:S         the weights turn NaN just before training batch S of epoch E
   nan-sigint-step:E:S  both: NaN weights and a SIGINT before batch S of epoch E
+  hang-in-job:J:E      in sweep job J, hang after epoch E's checkpoints/last.pt until killed,
+                       unless the run was resumed (a sweep killed while that job runs)
 """
 
 import os
 import signal
+import time
 
 import torch
 
@@ -33,8 +38,10 @@ class Fault(Callback):
         self.kind, *self.params = at.split(":")
         self.saves = 0  # writes of checkpoints/NAME so far
         self.previous = None  # NAME's bytes before the latest write (None: there was no file)
+        self.resumed = False
 
     def on_fit_start(self, loop) -> None:
+        self.resumed = loop.progress.epoch > 0 or loop.progress.step > 0
         if self.kind == "kill-in-save":  # what a crash mid-write leaves under the final name
             path = loop.checkpoint_path(self.params[0])
             self.previous = path.read_bytes() if path.exists() else None
@@ -54,6 +61,8 @@ class Fault(Callback):
             os.kill(os.getpid(), signal.SIGINT)
         elif self.kind == "sigterm-step":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.kind == "preempt-step" and not self.resumed:
+            os.kill(os.getpid(), signal.SIGUSR2)
         if self.kind in ("nan-step", "nan-sigint-step"):
             with torch.no_grad():
                 next(loop.model.parameters()).fill_(float("nan"))
@@ -65,6 +74,8 @@ class Fault(Callback):
             die()
 
     def on_checkpoint(self, loop, name: str, path) -> None:
+        if self.kind == "hang-in-job":
+            self.hang_in_job(loop, name)
         if self.kind != "kill-in-save" or name != self.params[0]:
             return
         self.saves += 1
@@ -78,3 +89,12 @@ class Fault(Callback):
                 path.write_bytes(self.previous)
             die()
         self.previous = written
+
+    def hang_in_job(self, loop, name: str) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        job, epoch = (int(p) for p in self.params)
+        here = HydraConfig.get().job.num == job and loop.progress.epoch == epoch
+        if here and name == "last.pt" and not self.resumed:
+            while True:
+                time.sleep(1)

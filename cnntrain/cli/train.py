@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,7 @@ from cnntrain.errors import UserError
 from cnntrain.outputs.console import config_tree, console
 from cnntrain.outputs.files import write_text
 from cnntrain.resume import RESUMABLE_KEYS, WATCHING_GROUPS, may_change_on_resume, resumed_config
+from cnntrain.sweep_jobs import sweep_job
 from cnntrain.train import train
 
 
@@ -40,14 +42,18 @@ def check_resume_arguments(args: list[str]) -> None:
             )
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
+    """Hydra's task function: one run, or one job of a sweep. A plain module-level function (the
+    decorated `hydra_main` wraps it) so that launchers running jobs in other processes (joblib,
+    submitit) send it by name."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if multirun:
+            with sweep_job(cfg) as job_cfg:
+                return train(job_cfg)
         if cfg.resume:
             cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
-        if not multirun:
-            console.print(config_tree(cfg))
+        console.print(config_tree(cfg))
         return train(cfg)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -60,10 +66,19 @@ def hydra_main(cfg: DictConfig) -> float:
         return math.nan
 
 
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")(run)
+# Here rather than in main(): a sweep worker process imports this module, never runs main().
+register_resolvers()
+# conf/hydra/launcher/submitit_*.yaml keep the plugin's own names (the commands its users know),
+# so Hydra merges the plugin's schema into them, which checks their keys, and warns that it does.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema"
+)
+
+
 def main() -> None:
     """The `cnntrain` console script."""
     check_resume_arguments(sys.argv[1:])
-    register_resolvers()
     args = sys.argv[1:]
     # -m sweeps, --help, --cfg…: Hydra's own; each sweep job still validates in train().
     if os.environ.get("HYDRA_FULL_ERROR") != "1" and not any(a.startswith("-") for a in args):

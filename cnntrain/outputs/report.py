@@ -13,7 +13,7 @@ from cnntrain.errors import UserError
 from cnntrain.outputs.files import write_text
 from cnntrain.outputs.metrics import read_rows
 from cnntrain.outputs.plots import PLOT_NAMES, plot_curves, plot_sweep_param
-from cnntrain.outputs.sweep import sweep_rows
+from cnntrain.outputs.sweep import FINISHED, sweep_rows
 
 CAPTIONS = {
     "curves": "Loss, accuracy and learning rate per epoch.",
@@ -336,16 +336,53 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         plot_sweep_param(key, values, val_acc, test_acc, path)
         figures.append(figure(path, f"Validation and test accuracy against {key}."))
     completed = sum(r["status"] == "completed" for r in rows)
+    pruned = sum(r["status"] == "pruned" for r in rows)
+    counts = f"{len(rows)} jobs, {completed} completed" + (f", {pruned} pruned" if pruned else "")
     body = [
         f"<h1>sweep {esc(sweep_dir.name)}</h1>\n",
-        f'<p class="subtitle">{esc(sweep_dir)} — {len(rows)} jobs, {completed} completed</p>\n',
+        f'<p class="subtitle">{esc(sweep_dir)} — {counts}</p>\n',
         section("jobs, best first (by validation accuracy)", jobs_table(rows)),
+        search_section(sweep_dir),
         section("swept settings", "".join(figures)) if figures else "",
         section("job folders", job_folders(sweep_dir, rows)),
     ]
     path = sweep_dir / "report.html"
     write_text(path, page(f"sweep {sweep_dir.name}", "".join(body)))
     return path
+
+
+STUDY_FIGURES = {  # plots/<name>.png an Optuna sweep draws (hydra_plugins/cnntrain_optuna_sweeper)
+    "optuna_history": "Each trial's objective in the order the trials ran, and the best so far.",
+    "optuna_importances": "How much each searched parameter mattered to the objective "
+    "(PED-ANOVA over the completed trials).",
+    "optuna_parallel_coordinate": "Every completed trial as a line through its parameter "
+    "values, coloured by its objective.",
+}
+
+
+def search_section(sweep_dir: Path) -> str:
+    """An Optuna sweep's best.yaml (best parameters and value, trials by outcome) and the
+    study's own figures; nothing for other sweeps."""
+    best = read_yaml(sweep_dir / "best.yaml")
+    if not isinstance(best, dict):
+        return ""
+    value = best.get("best_value")
+    pairs = [
+        ("objective", f"{best.get('direction', '?')} {best.get('optimized_metric', '?')}"),
+        ("best value", f"{value:.4f}" if is_number(value) else "—"),
+        ("best trial", f"{best.get('best_trial', '—')} (job {best.get('best_job', '—')})"),
+        *((f"best {key}", param) for key, param in (best.get("best_params") or {}).items()),
+        *((f"trials {state}", n) for state, n in (best.get("trials") or {}).items()),
+        ("study", best.get("study_name", "—")),
+        ("storage", best.get("storage", "—")),
+    ]
+    plots = sweep_dir / "plots"
+    figures = "".join(
+        figure(plots / f"{name}.png", caption)
+        for name, caption in STUDY_FIGURES.items()
+        if (plots / f"{name}.png").is_file()
+    )
+    return section("search (Optuna): best.yaml", key_value_table(pairs) + figures)
 
 
 def jobs_table(rows: list[dict]) -> str:
@@ -363,7 +400,7 @@ def jobs_table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    marks = ["" if r["status"] == "completed" else "failed" for r in rows]
+    marks = ["" if r["status"] in FINISHED else "failed" for r in rows]
     return table(header, cells, text_columns={2, 7}, row_classes=marks)
 
 

@@ -23,17 +23,24 @@ COLUMNS = (
 )
 
 
+# Overrides a sweeper adds to wire a job to its trial (cnntrain/pruning.py): not settings.
+WIRING = "++callbacks.optuna_pruning."
+FINISHED = ("completed", "pruned")  # statuses of jobs that ran to their end
+
+
 def job_row(job_dir: Path) -> dict:
-    """One job's overrides and results (status `failed`/`incomplete` when it has none)."""
+    """One job's overrides and results: status `completed`, `pruned` (an Optuna sweep stopped
+    it early), or `failed: …`/`incomplete` when it has no results."""
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    row = {"job": job_dir.name, "overrides": " ".join(overrides), "status": "incomplete"}
+    settings = [o for o in overrides if not o.startswith(WIRING)]
+    row = {"job": job_dir.name, "overrides": " ".join(settings), "status": "incomplete"}
     results_file = job_dir / "results.json"
     if results_file.exists():
         r = json.loads(results_file.read_text())
         row.update({k: r.get(k) for k in ("test/acc", "best_epoch", "train_time_s")})
         row["val/acc"] = r.get("best_val/acc")
-        row["status"] = "completed"
+        row["status"] = "pruned" if r.get("stopped_by") == "pruned" else "completed"
     elif (job_dir / "error.txt").exists():
         row["status"] = "failed: " + (job_dir / "error.txt").read_text().strip()
     return row
