@@ -38,7 +38,7 @@ def test_mixup_blends_neighbours_with_beta_weights_and_soft_targets_that_sum_to_
     mix, n = batch_mix(mixup=1.0), 8
     x, y = torch.rand(n, 3, 6, 6), distinct_labels(n)
     weights = []
-    for batch in range(600):
+    for batch in range(300):
         mixed, soft = mix(x, y, epoch=1, batch=batch)
         assert soft.shape == (n, CLASSES)
         torch.testing.assert_close(soft.sum(1), torch.ones(n))
@@ -46,20 +46,20 @@ def test_mixup_blends_neighbours_with_beta_weights_and_soft_targets_that_sum_to_
         torch.testing.assert_close(soft[torch.arange(n), y.roll(1)], (1 - lam).expand(n))
         torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.roll(1, 0))
         weights.append(float(lam))
-    assert ks_uniform(torch.tensor(weights), 0, 1) < KS / math.sqrt(600)  # Beta(1, 1)
+    assert ks_uniform(torch.tensor(weights), 0, 1) < KS / math.sqrt(300)  # Beta(1, 1)
 
 
 def test_mixup_weights_follow_beta_alpha_alpha():
     mix, y = batch_mix(mixup=2.0), distinct_labels(4)
-    lam = torch.tensor([float(mix(torch.rand(4, 1, 2, 2), y, 0, b)[1][0, 0]) for b in range(800)])
+    lam = torch.tensor([float(mix(torch.rand(4, 1, 2, 2), y, 0, b)[1][0, 0]) for b in range(400)])
     beta_2_2_cdf = 3 * lam**2 - 2 * lam**3  # Beta(2, 2)'s CDF
-    assert ks_uniform(beta_2_2_cdf, 0, 1) < KS / math.sqrt(800)
+    assert ks_uniform(beta_2_2_cdf, 0, 1) < KS / math.sqrt(400)
 
 
 def test_cutmix_pastes_one_box_whose_area_is_the_neighbours_share():
     mix, n, (h, w) = batch_mix(cutmix=1.0), 6, (12, 16)
     x, y = torch.rand(n, 3, h, w), distinct_labels(n)
-    for batch in range(200):
+    for batch in range(100):
         mixed, soft = mix(x, y, epoch=2, batch=batch)
         pasted = (mixed != x).any(1)  # (N, H, W): where the neighbour shows
         assert torch.equal(mixed[pasted.unsqueeze(1).expand_as(x)],
@@ -75,11 +75,11 @@ def test_cutmix_pastes_one_box_whose_area_is_the_neighbours_share():
 def test_both_on_pick_one_of_them_per_batch_with_even_odds():
     mix, x, y = batch_mix(mixup=0.5, cutmix=1.0), torch.rand(4, 1, 8, 8), distinct_labels(4)
     cutmix = 0
-    for batch in range(400):
+    for batch in range(300):
         mixed, _ = mix(x, y, epoch=0, batch=batch)
         changed = (mixed != x).any(1)[0]
         cutmix += int(not changed.all())  # MixUp changes every pixel, CutMix a box
-    assert abs(cutmix / 400 - 0.5) < Z * math.sqrt(0.25 / 400)
+    assert abs(cutmix / 300 - 0.5) < Z * math.sqrt(0.25 / 300)
 
 
 def test_mixing_is_a_function_of_seed_epoch_and_batch_and_leaves_the_global_rng_alone():
@@ -118,7 +118,7 @@ class Batches:
 
 def lenet_parts(accumulate: int, steps_per_epoch: int, **options) -> StepParts:
     torch.manual_seed(0)
-    model = build_model({"name": "lenet5"}, InputSpec(1, 16, 16, CLASSES))  # no BN, no dropout
+    model = build_model({"name": "lenet5"}, InputSpec(1, 8, 8, CLASSES))  # no BN, no dropout
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = Cosine(optimizer, total_steps=2 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                        warmup_epochs=0.5)  # fmt: skip
@@ -128,7 +128,7 @@ def lenet_parts(accumulate: int, steps_per_epoch: int, **options) -> StepParts:
 
 def test_batch_64_times_2_takes_the_steps_of_batch_128():
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(256, 1, 16, 16, generator=g), torch.randint(CLASSES, (256,), generator=g)
+    x, y = torch.randn(256, 1, 8, 8, generator=g), torch.randint(CLASSES, (256,), generator=g)
     big, small = lenet_parts(1, 2), lenet_parts(2, 2)
     for epoch in (1, 2):  # 2 optimizer steps per epoch each, through the warm-up and the decay
         for parts, size in ((big, 128), (small, 64)):
@@ -139,12 +139,12 @@ def test_batch_64_times_2_takes_the_steps_of_batch_128():
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
     moved = sum((p - q).abs().sum() for p, q in zip(big.model.parameters(),
                 lenet_parts(1, 2).model.parameters(), strict=True))  # fmt: skip
-    assert moved > 1  # the weights did train
+    assert moved > 0.1  # the weights did train (far beyond the tolerance above)
 
 
 def test_an_epoch_that_does_not_divide_steps_on_its_remainder_and_stops_only_between_steps():
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(320, 1, 16, 16, generator=g), torch.randint(CLASSES, (320,), generator=g)
+    x, y = torch.randn(320, 1, 8, 8, generator=g), torch.randint(CLASSES, (320,), generator=g)
     parts = lenet_parts(2, 3, ema=None)
     totals = Totals.zeros(CPU)
     seen = []
@@ -171,7 +171,7 @@ OPTION_SETS = {
                                          "data.augment.random_erasing=0.5",
                                          "data.augment.mixup=0.2", "data.augment.cutmix=1.0",
                                          "loss.label_smoothing=0.1"],
-    "trivialaugment-accumulate": ["data.augment.policy=trivialaugment", "trainer.accumulate=2"],
+    # trivialaugment, accumulation and all mixing on both paths: the resume test below
     "autoaugment-cutmix": ["data.augment.policy=autoaugment",
                            "data.augment.autoaugment_policy=cifar10", "data.augment.cutmix=1.0"],
     "augmix-mixup-accumulate": ["data.augment.policy=augmix", "data.augment.mixup=0.4",
