@@ -123,6 +123,7 @@ RULES = [
         optional(number(0, 1, lo_open=True)),
         "null or a fraction in (0, 1]",
     ),
+    ("trainer.accumulate", integer(1), "an integer ≥ 1 (batches per optimizer step)"),
     ("trainer.grad_clip", optional(number(0, lo_open=True)), "null or a number > 0"),
     (
         "trainer.ema",

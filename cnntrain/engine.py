@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cnntrain.data.augment import BatchMix
 from cnntrain.errors import UserError
 from cnntrain.models.freeze import train_mode
 
@@ -173,6 +174,29 @@ class StepParts:
     arithmetic: Arithmetic
     grad_clip: float | None = None
     ema: EMA | None = None
+    accumulate: int = 1  # batches per optimizer step (`trainer.accumulate`)
+    mix: BatchMix | None = None  # MixUp / CutMix of each training batch
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of `batches` batches: one per `accumulate` of them, the last
+    on the remainder when they do not divide evenly."""
+    return -(-batches // accumulate)
+
+
+def group_of(step: int, batches: int, accumulate: int) -> tuple[int, bool]:
+    """(size, last): how many batches the optimizer step of batch `step` sums, and whether this
+    batch ends it."""
+    start = step - step % accumulate
+    end = min(batches, start + accumulate)
+    return end - start, step + 1 == end
+
+
+def micro_step_context(model: nn.Module, last: bool):
+    """A non-final batch of a group runs under the model's `no_sync()` when it has one
+    (DistributedDataParallel: no gradient all-reduce until the group's last batch)."""
+    no_sync = getattr(model, "no_sync", None)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
 
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -201,42 +225,60 @@ def train_one_epoch(
 ) -> int:
     """Train over `loader` from batch `start`; add into `totals`; return the next batch index.
 
-    `on_batch_start(step)` runs before each batch (no host sync); every SYNC_EVERY steps the
+    Every `parts.accumulate` batches make one optimizer step: each batch's loss is scaled by
+    1 / (the batches in its group), so the step sees their mean gradient (the last group of an
+    epoch may be smaller); clipping, the schedule and the EMA move once per optimizer step.
+    `on_batch_start(step)` runs before each batch (no host sync); every SYNC_EVERY batches the
     running mean loss is read once and passed on with the lr as `on_sync(step, loss, lr)`.
-    Returns early (after finishing the current step) when `stop_requested()` turns true. Raises
-    Diverged on a non-finite loss, before returning in either case: what returns is finite.
+    Returns early, at the end of the current optimizer step, when `stop_requested()` turns true
+    (so `start` is always a group's first batch). Raises Diverged on a non-finite loss, before
+    returning in either case: what returns is finite.
     """
-    model, optimizer, a = parts.model, parts.optimizer, parts.arithmetic
+    model, a = parts.model, parts.arithmetic
     train_mode(model)  # frozen BatchNorm layers stay in eval mode (models/freeze.py)
-    step = start
-    with progress_bar(len(loader), f"epoch {epoch}", progress, start) as bar:
+    batches, step = len(loader), start
+    with progress_bar(batches, f"epoch {epoch}", progress, start) as bar:
         for step, (x, y) in enumerate(loader.batches(epoch, start), start):
             on_batch_start(step)
-            with a.autocast():
-                logits = model(x)  # (B, classes)
-                loss = parts.loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            a.scaler.scale(loss).backward()
-            if parts.grad_clip:
-                a.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
-            a.scaler.step(optimizer)
-            a.scaler.update()
-            totals.lr = optimizer.param_groups[0]["lr"]
-            parts.scheduler.step()
-            if parts.ema is not None:
-                parts.ema.update()
-            totals.add(loss, logits, y, step)
+            size, last = group_of(step, batches, parts.accumulate)
+            target, counted = y, y
+            if parts.mix is not None:  # class probabilities; accuracy against the larger share
+                x, target = parts.mix(x, y, epoch, step)
+                counted = target.argmax(1)
+            if step % parts.accumulate == 0:
+                parts.optimizer.zero_grad(set_to_none=True)
+            with micro_step_context(model, last):
+                with a.autocast():
+                    logits = model(x)  # (B, classes)
+                    loss = parts.loss_fn(logits.float(), target)
+                a.scaler.scale(loss / size).backward()  # / 1 is exact: no accumulation, no change
+            if last:
+                optimizer_step(parts, totals)
+            totals.add(loss, logits, counted, step)
             bar.update()
             if (step + 1) % SYNC_EVERY == 0:
                 check_finite(totals, epoch)
                 running = totals.loss.item() / totals.count
                 bar.set_postfix(loss=f"{running:.3f}")
                 on_sync(step, running, totals.lr)
-            if stop_requested():
+            if last and stop_requested():
                 break
     check_finite(totals, epoch)
     return step + 1
+
+
+def optimizer_step(parts: StepParts, totals: Totals) -> None:
+    """Clip, step, schedule and average: once per group of `parts.accumulate` batches."""
+    optimizer, a = parts.optimizer, parts.arithmetic
+    if parts.grad_clip:
+        a.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip)
+    a.scaler.step(optimizer)
+    a.scaler.update()
+    totals.lr = optimizer.param_groups[0]["lr"]
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update()
 
 
 def check_finite(totals: Totals, epoch: int) -> None:

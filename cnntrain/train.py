@@ -19,8 +19,16 @@ from omegaconf import DictConfig
 from cnntrain.callbacks import build_callbacks
 from cnntrain.config import validate
 from cnntrain.data import DataBundle, load_data
+from cnntrain.data.augment import batch_mix, read_options
 from cnntrain.data.splits import seeded_subset
-from cnntrain.engine import EMA, Arithmetic, StepParts, autocast_dtype, select_device
+from cnntrain.engine import (
+    EMA,
+    Arithmetic,
+    StepParts,
+    autocast_dtype,
+    optimizer_steps,
+    select_device,
+)
 from cnntrain.evaluation import class_counts, class_weights, split_metrics
 from cnntrain.loop import Loop
 from cnntrain.memory import peak_memory, reset_peak_memory
@@ -68,7 +76,8 @@ def train(cfg: DictConfig) -> float:
     if saved is not None:
         log.info("resuming %s from epoch %d, step %d", run_dir, saved["progress"]["epoch"],
                  saved["progress"]["step"])  # fmt: skip
-        restore(saved, resume_path, loop, cfg.trainer.epochs * len(data.train))
+        steps = optimizer_steps(len(data.train), cfg.trainer.accumulate)
+        restore(saved, resume_path, loop, cfg.trainer.epochs * steps)
     log_start(cfg, data, model, arithmetic, run_dir)
     counts = class_counts(data.train.targets, data.classes)
     log_class_balance(counts)
@@ -144,12 +153,23 @@ def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> St
     if cfg.loss.class_weights == "auto":
         targets = data.train.targets.cpu()
         weights = class_weights(targets, data.spec.num_classes).to(arithmetic.device)
+    # Class indices or, with MixUp / CutMix, class probabilities (N, classes); label smoothing
+    # then mixes each target with the uniform distribution, as for indices.
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.loss.label_smoothing)
     optimizer = build_optimizer(cfg.optimizer, model)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, len(data.train))
+    steps_per_epoch = optimizer_steps(len(data.train), trainer.accumulate)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
     step_model = torch.compile(model) if trainer.compile else model
     ema = EMA(model, trainer.ema) if trainer.ema else None
-    return StepParts(step_model, optimizer, scheduler, loss_fn, arithmetic, trainer.grad_clip, ema)
+    mix = batch_mix(read_options(cfg.data.augment), data.spec.num_classes, trainer.seed)
+    if mix is not None:
+        log.info("MixUp/CutMix on: train/acc counts a mixed image's label of larger weight")
+    if trainer.accumulate > 1:
+        log.info("%d batches of %d per optimizer step (%d images), %d steps per epoch",
+                 trainer.accumulate, cfg.data.batch_size, trainer.accumulate * cfg.data.batch_size,
+                 steps_per_epoch)  # fmt: skip
+    return StepParts(step_model, optimizer, scheduler, loss_fn, arithmetic, trainer.grad_clip, ema,
+                     trainer.accumulate, mix)  # fmt: skip
 
 
 def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Path) -> None:

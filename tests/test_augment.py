@@ -34,6 +34,15 @@ OFF = {
     "translate": 0,
     "color_jitter": {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0},
     "cutout": 0,
+    "policy": "none",
+    "num_ops": 2,
+    "magnitude": 9,
+    "num_magnitude_bins": 31,
+    "autoaugment_policy": "imagenet",
+    "augmix": {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0},
+    "random_erasing": 0,
+    "mixup": 0,
+    "cutmix": 0,
 }
 ARTICLE = {
     "hflip": True,

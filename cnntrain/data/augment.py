@@ -1,4 +1,5 @@
-"""Training-set augmentation (`data.augment`): per PIL image (DataLoader path) or per batch."""
+"""Training-set augmentation (`data.augment`): per PIL image (DataLoader path) or per batch;
+and MixUp / CutMix on device batches, after either path (BatchMix)."""
 
 import functools
 import math
@@ -7,12 +8,20 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from cnntrain.data.splits import mix
 from cnntrain.errors import UserError
 
 PADDING_MODES = ("constant", "reflect", "edge")  # torchvision's padding_mode names
 JITTER = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's arguments, in its order
 GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 PIXELS = "a whole number of px ≥ 0 (0 = off)"
+POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment", "augmix")
+AUTOAUGMENT_POLICIES = tuple(p.value for p in v2.AutoAugmentPolicy)  # imagenet, cifar10, svhn
+# RandomErasing's defaults: the erased area as a fraction of the image, its aspect ratio (h / w).
+ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)
+ERASING_TRIES = 10  # RandomErasing draws up to 10 rectangles and erases the first that fits
+GAMMA_TRIES = 8  # candidates per Gamma draw (Draws.gamma)
+MIX_STREAM = 1  # salts BatchMix's seeds apart from the tensor path's per-batch augmentation seeds
 
 
 class AugmentError(UserError, ValueError):
@@ -30,6 +39,15 @@ class Options:
     translate: float  # fraction of the side; shift ~ U(-translate, translate) × side
     jitter: dict  # {"brightness": strength, ...}: the ColorJitter options that are on (> 0)
     cutout: int  # side of the zeroed square in px; 0 = off
+    policy: str  # one of POLICIES
+    num_ops: int  # randaugment: ops per image
+    magnitude: int  # randaugment: the magnitude bin of every op
+    num_magnitude_bins: int  # randaugment, trivialaugment
+    autoaugment_policy: str  # autoaugment: one of AUTOAUGMENT_POLICIES
+    augmix: dict  # augmix: AugMix's severity, mixture_width, chain_depth, alpha
+    random_erasing: float  # probability per image; 0 = off
+    mixup: float  # Beta(α, α) of MixUp on training batches; 0 = off
+    cutmix: float  # Beta(α, α) of CutMix; 0 = off
 
     @property
     def affine(self) -> bool:
@@ -41,7 +59,13 @@ class Options:
 
     @property
     def on(self) -> bool:
-        return bool(self.moves_pixels or self.jitter or self.cutout)
+        """Does any per-image option change the images? (MixUp / CutMix act on batches later.)"""
+        extra = self.policy != "none" or self.random_erasing
+        return bool(self.moves_pixels or self.jitter or self.cutout or extra)
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
 
 
 def read_options(cfg) -> Options:
@@ -60,6 +84,13 @@ def read_options(cfg) -> Options:
     # ColorJitter's bound: a hue turn of ±0.5 already reaches every hue.
     check("color_jitter.hue", jitter["hue"], in_range(0, 0.5), "a number in [0, 0.5] (0 = off)")
     check("cutout", cfg["cutout"], is_count, PIXELS)
+    read_policy_options(cfg)
+    check(
+        "random_erasing", cfg["random_erasing"], in_range(0, 1), "a probability in [0, 1] (0 = off)"
+    )
+    for key in ("mixup", "cutmix"):
+        check(key, cfg[key], in_range(0, math.inf), "a Beta concentration α ≥ 0 (0 = off)")
+    augmix = cfg["augmix"]
     return Options(
         hflip=cfg["hflip"],
         crop_padding=cfg["crop_padding"],
@@ -68,7 +99,39 @@ def read_options(cfg) -> Options:
         translate=float(cfg["translate"]),
         jitter={name: float(jitter[name]) for name in JITTER if jitter[name] > 0},
         cutout=cfg["cutout"],
+        policy=cfg["policy"],
+        num_ops=cfg["num_ops"],
+        magnitude=cfg["magnitude"],
+        num_magnitude_bins=cfg["num_magnitude_bins"],
+        autoaugment_policy=cfg["autoaugment_policy"],
+        augmix={key: augmix[key] for key in ("severity", "mixture_width", "chain_depth")}
+        | {"alpha": float(augmix["alpha"])},
+        random_erasing=float(cfg["random_erasing"]),
+        mixup=float(cfg["mixup"]),
+        cutmix=float(cfg["cutmix"]),
     )
+
+
+def read_policy_options(cfg) -> None:
+    """Refuse bad `data.augment.policy` options: those torchvision's policies would refuse, and
+    a magnitude bin outside the table."""
+    check("policy", cfg["policy"], POLICIES.__contains__, "one of " + ", ".join(POLICIES))
+    check("num_ops", cfg["num_ops"], is_count, "a whole number of ops ≥ 0")
+    bins = cfg["num_magnitude_bins"]
+    check("num_magnitude_bins", bins, integer_in(2, math.inf), "a whole number of bins ≥ 2")
+    check("magnitude", cfg["magnitude"], integer_in(0, bins - 1),
+          f"a bin in 0..{bins - 1} (num_magnitude_bins - 1)")  # fmt: skip
+    names = "one of " + ", ".join(AUTOAUGMENT_POLICIES)
+    check("autoaugment_policy", cfg["autoaugment_policy"], AUTOAUGMENT_POLICIES.__contains__, names)
+    augmix = cfg["augmix"]
+    depth = lambda v: v == -1 or integer_in(1, math.inf)(v)  # noqa: E731
+    for key, valid, allowed in [
+        ("severity", integer_in(1, 10), "a whole number in 1..10"),
+        ("mixture_width", integer_in(1, math.inf), "a whole number of chains ≥ 1"),
+        ("chain_depth", depth, "-1 (1 to 3 ops per chain, drawn) or a whole number ≥ 1"),
+        ("alpha", lambda v: in_range(0, math.inf)(v) and v > 0, "a concentration > 0"),
+    ]:
+        check(f"augmix.{key}", augmix[key], valid, allowed)
 
 
 def check(key: str, value, valid, allowed: str) -> None:
@@ -78,6 +141,10 @@ def check(key: str, value, valid, allowed: str) -> None:
 
 def is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def integer_in(lo: int, hi: float):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
 def in_range(lo: float, hi: float):
@@ -126,9 +193,28 @@ def random_erasing(height: int, width: int, side: int) -> v2.RandomErasing:
     return v2.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0)
 
 
+def policy_transform(o: Options) -> v2.Transform | None:
+    """torchvision's own transform for `data.augment.policy`, or None.
+
+    AugMix's geometry is nearest-neighbour here (torchvision's default for it is bilinear; the
+    other policies' default is nearest), so that both data paths run the same kernels."""
+    if o.policy == "randaugment":
+        return v2.RandAugment(num_ops=o.num_ops, magnitude=o.magnitude,
+                              num_magnitude_bins=o.num_magnitude_bins)  # fmt: skip
+    if o.policy == "trivialaugment":
+        return v2.TrivialAugmentWide(num_magnitude_bins=o.num_magnitude_bins)
+    if o.policy == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(o.autoaugment_policy))
+    if o.policy == "augmix":
+        return v2.AugMix(**o.augmix, interpolation=v2.InterpolationMode.NEAREST)
+    return None
+
+
 def pil_augment(o: Options) -> list:
     """The transforms from a PIL image to an augmented (C, H, W) uint8 tensor, to compose;
-    they draw from torch's global RNG."""
+    they draw from torch's global RNG. Order: crop → flip → rotation/translation → colour jitter
+    → policy → to tensor → cutout → random erasing (torchvision's classification reference:
+    crop/flip, policy, to tensor, erasing)."""
     steps = []
     if o.crop_padding:
         crop = functools.partial(
@@ -143,9 +229,15 @@ def pil_augment(o: Options) -> list:
         steps.append(v2.RandomRotation(o.rotation))
     if o.jitter:
         steps.append(v2.ColorJitter(**o.jitter))
+    policy = policy_transform(o)
+    if policy is not None:
+        steps.append(policy)
     steps.append(v2.PILToTensor())
     if o.cutout:
         steps.append(AtImageSize(functools.partial(random_erasing, side=o.cutout)))
+    if o.random_erasing:
+        steps.append(v2.RandomErasing(p=o.random_erasing, scale=ERASING_SCALE, ratio=ERASING_RATIO,
+                                      value=0))  # fmt: skip
     return steps
 
 
@@ -159,21 +251,27 @@ def pil_pipeline(options: Options) -> v2.Compose:
 
 def batch_augment(options: Options) -> "BatchAugment | None":
     """The batch form of `options`, or None when every option is off."""
-    return BatchAugment(options) if options.on else None
+    if not options.on:
+        return None
+    from cnntrain.data.policies import batch_policy  # policies.py builds on this module's kernels
+
+    return BatchAugment(options, batch_policy(options))
 
 
 class BatchAugment:
     """Augments a float batch (N, C, H, W) in [0, 1] on any device, every parameter drawn per image
     from `generator` (on the batch's device) only: same generator state, same output.
 
-    Order as the PIL pipeline: crop → hflip → rotation/translation → colour jitter → cutout.
+    Order as the PIL pipeline: crop → hflip → rotation/translation → colour jitter → policy →
+    cutout → random erasing.
     """
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, policy=None):
         self.o = options
         self.jitter = [
             (JITTER_OPS[name], *factor_range(name, s)) for name, s in options.jitter.items()
         ]
+        self.policy = policy  # policy(x, draw) → x (policies.py), or None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -183,8 +281,12 @@ class BatchAugment:
             x = gather_pixels(x, *self.pixel_sources(h, w, draw))
         if self.jitter:
             x = jitter_colors(x, self.jitter, draw)
+        if self.policy is not None:
+            x = self.policy(x, draw)
         if self.o.cutout:
             x = cut_out(x, self.o.cutout, draw)
+        if self.o.random_erasing:
+            x = erase_rectangles(x, self.o.random_erasing, draw)
         return x.contiguous(memory_format=layout)
 
     def pixel_sources(self, h: int, w: int, draw: "Draws"):
@@ -235,6 +337,35 @@ class Draws:
         """(N,) bool, each True with probability p."""
         return self.uniform(0, 1) < p
 
+    def below(self, high: torch.Tensor) -> torch.Tensor:
+        """(N,) int64, image i's uniform in [0, high[i]): a bound per image."""
+        return (self.uniform(0, 1) * high).floor_().long().clamp_(max=high - 1)
+
+    def gamma(self, alpha: float, *trailing: int) -> torch.Tensor:
+        """(N, *trailing) float32 ~ Gamma(alpha, 1), from uniforms only: Marsaglia and Tsang's
+        method with GAMMA_TRIES candidates per number, the first accepted kept (each is accepted
+        with probability > 0.95, so all are rejected with probability < 1e-10); alpha < 1 as
+        Gamma(alpha + 1)·U^(1/alpha)."""
+        a = alpha + 1 if alpha < 1 else alpha
+        d = a - 1 / 3
+        c = 1 / math.sqrt(9 * d)
+        u1, u2, u3 = (self.uniform(0, 1, *trailing, GAMMA_TRIES) for _ in range(3))
+        z = (-2 * torch.log1p(-u1)).sqrt() * torch.cos(2 * math.pi * u2)  # Box–Muller: N(0, 1)
+        v = (1 + c * z) ** 3
+        accept = (v > 0) & (
+            torch.log1p(-u3) < 0.5 * z * z + d - d * v + d * v.clamp(min=1e-30).log()
+        )
+        first = accept.int().argmax(-1, keepdim=True)  # the first accepted candidate (0 if none)
+        g = (d * v).gather(-1, first).squeeze(-1).clamp_(min=1e-30)
+        if alpha < 1:
+            g = g * (1 - self.uniform(0, 1, *trailing)).pow(1 / alpha)
+        return g
+
+    def dirichlet(self, alpha: float, k: int) -> torch.Tensor:
+        """(N, k) float32, each row ~ Dirichlet(alpha, …, alpha): normalized Gamma draws."""
+        g = self.gamma(alpha, k)
+        return g / g.sum(1, keepdim=True)
+
 
 def is_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -246,19 +377,44 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def affine_sources(h: int, w: int, angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor):
     """Source (rows, cols) of each output pixel, two (N, H, W) int64 possibly outside the image,
     under torchvision's affine(angle (N,) degrees clockwise, translate (tx, ty) (N,) px) about the
-    image centre (W/2, H/2): its inverse matrix (_get_inverse_affine_matrix) at pixel centres, and
-    floor to the pixel whose square holds the point, as Pillow's nearest filter does.
+    image centre (W/2, H/2).
 
     RandomRotation turns counter-clockwise instead; its angle ~ U(-deg, deg) has the same law."""
-    n = angle.shape[0]
-    rad = torch.deg2rad(angle).view(n, 1, 1)
+    return matrix_sources(h, w, rotation_matrix(angle, tx, ty, center=(w / 2, h / 2)))
+
+
+def rotation_matrix(
+    angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, center
+) -> torch.Tensor:
+    """(N, 2, 3): torchvision's inverse affine matrix (_get_inverse_affine_matrix, scale 1, no
+    shear) from output to input points, for a clockwise turn by angle (N,) degrees about
+    center (x, y) px, then a shift by (tx, ty) (N,) px."""
+    rad = torch.deg2rad(angle)
     cos, sin = rad.cos(), rad.sin()
-    # Pixel centres relative to the centre, less the shift: (1, 1, W) - (N, 1, 1) → (N, 1, W).
-    x = torch.arange(w, device=angle.device).view(1, 1, w) + (0.5 - w / 2) - tx.view(n, 1, 1)
-    y = torch.arange(h, device=angle.device).view(1, h, 1) + (0.5 - h / 2) - ty.view(n, 1, 1)
-    cols = (cos * x + sin * y).add_(w / 2).floor_().long()
-    rows = (cos * y - sin * x).add_(h / 2).floor_().long()
+    cx, cy = center
+    x0, y0 = -cx - tx, -cy - ty  # the shift and the centre undone first
+    rows = [cos, sin, cos * x0 + sin * y0 + cx, -sin, cos, cos * y0 - sin * x0 + cy]
+    return torch.stack(rows, 1).view(-1, 2, 3)
+
+
+def matrix_sources(h: int, w: int, matrix: torch.Tensor):
+    """Source (rows, cols), two (N, H, W) int64 possibly outside the image, of each output pixel
+    under the inverse affine `matrix` (N, 2, 3) in Pillow's convention: pixel (i, j) is the unit
+    square at [j, j+1) × [i, i+1), the map is taken at its centre and floored to the pixel whose
+    square holds the point, as Pillow's nearest filter does."""
+    n = matrix.shape[0]
+    a, b, c, d, e, f = matrix.reshape(n, 6, 1, 1).unbind(1)  # each (N, 1, 1)
+    x = torch.arange(w, device=matrix.device).view(1, 1, w) + 0.5
+    y = torch.arange(h, device=matrix.device).view(1, h, 1) + 0.5
+    cols = (a * x + b * y + c).floor_().long()
+    rows = (d * x + e * y + f).floor_().long()
     return rows, cols
+
+
+def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) under the inverse affine `matrix` (N, 2, 3), nearest neighbour, fill 0."""
+    _, _, h, w = x.shape
+    return gather_pixels(x, *clamp_to_image(*matrix_sources(h, w, matrix), h, w))
 
 
 def clamp_to_image(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int):
@@ -391,11 +547,71 @@ def subset_step(x, ops, factors, chosen) -> torch.Tensor:
 
 def cut_out(x: torch.Tensor, side: int, draw: Draws) -> torch.Tensor:
     """Zero a side × side square placed uniformly fully inside each image (RandomErasing's draw)."""
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
     check_cutout_fits(side, h, w)
-    top = draw.integers(h - side + 1).view(n, 1, 1)
-    left = draw.integers(w - side + 1).view(n, 1, 1)
-    rows = torch.arange(h, device=x.device).view(1, h, 1) - top  # (N, H, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w) - left  # (N, 1, W)
-    square = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)  # (N, H, W)
-    return x.masked_fill(square.unsqueeze(1), 0)
+    top, left = draw.integers(h - side + 1), draw.integers(w - side + 1)
+    return x.masked_fill(box_mask(h, w, top, left, side, side).unsqueeze(1), 0)
+
+
+def box_mask(h: int, w: int, top, left, height, width) -> torch.Tensor:
+    """(N, H, W) bool: True inside each image's box of `height` × `width` px at (`top`, `left`),
+    each (N,) int64 or an int."""
+    n = top.shape[0]
+    rows = torch.arange(h, device=top.device).view(1, h, 1) - top.view(n, 1, 1)  # (N, H, 1)
+    cols = torch.arange(w, device=top.device).view(1, 1, w) - left.view(n, 1, 1)  # (N, 1, W)
+    height, width = (torch.as_tensor(s, device=top.device).view(-1, 1, 1) for s in (height, width))
+    return (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+
+
+def erase_rectangles(x: torch.Tensor, p: float, draw: Draws) -> torch.Tensor:
+    """torchvision's RandomErasing(p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0) per image:
+    with probability p, up to ERASING_TRIES rectangles of area ~ U(scale)·H·W and log aspect
+    ~ U(log ratio), rounded to px; the first that fits strictly inside is zeroed at a uniform
+    place, and none when none fits."""
+    n, _, h, w = x.shape
+    area = draw.uniform(*ERASING_SCALE, ERASING_TRIES) * (h * w)  # (N, tries) px²
+    aspect = draw.uniform(*(math.log(r) for r in ERASING_RATIO), ERASING_TRIES).exp()
+    heights, widths = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+    fits = (heights < h) & (widths < w)
+    first = fits.int().argmax(1, keepdim=True)  # (N, 1): the first try that fits
+    height, width = heights.gather(1, first).view(n), widths.gather(1, first).view(n)
+    erased = draw.chance(p) & fits.any(1)
+    top, left = draw.below(h - height + 1), draw.below(w - width + 1)
+    box = box_mask(h, w, top, left, height, width) & erased.view(n, 1, 1)
+    return x.masked_fill(box.unsqueeze(1), 0)
+
+
+# --- MixUp / CutMix: on device batches, after either data path ----------------------------------
+
+
+def batch_mix(options: Options, num_classes: int, seed: int) -> "BatchMix | None":
+    """The MixUp / CutMix of `options`, or None when both are off."""
+    return BatchMix(options, num_classes, seed) if options.mixes else None
+
+
+class BatchMix:
+    """MixUp and CutMix (`data.augment.mixup`, `cutmix`: Beta(α, α)) on a training batch:
+    torchvision's v2.MixUp and v2.CutMix themselves; with both on, one of them per batch with
+    p 0.5 (v2.RandomChoice, as torchvision's classification reference). Each image is mixed with
+    its neighbour in the (shuffled) batch; the targets become class probabilities (N, classes).
+
+    Their draws come from torch's CPU generator seeded per (seed, epoch, batch), inside a forked RNG
+    state: a resumed run mixes every batch as an uninterrupted one, and nothing else's draws move.
+    """
+
+    def __init__(self, options: Options, num_classes: int, seed: int):
+        mixes = []
+        if options.mixup:
+            mixes.append(v2.MixUp(alpha=options.mixup, num_classes=num_classes))
+        if options.cutmix:
+            mixes.append(v2.CutMix(alpha=options.cutmix, num_classes=num_classes))
+        self.transform = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+        self.seed = seed
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int):
+        """(mixed images (N, C, H, W), soft targets (N, classes) float32) of batch `batch`."""
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix(self.seed, epoch, batch, MIX_STREAM))
+            x, soft = self.transform(x, y)
+        return x.contiguous(memory_format=layout), soft

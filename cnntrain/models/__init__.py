@@ -1,6 +1,6 @@
 """Models: the registry (registry.py) and the modules that fill it; importing this fills it."""
 
-from cnntrain.models import article, classic, fast, torchvision  # noqa: F401  (each registers)
+from cnntrain.models import article, classic, fast, timm, torchvision  # noqa: F401  (each registers)
 from cnntrain.models.freeze import train_mode
 from cnntrain.models.head import head_name, head_parameter_names
 from cnntrain.models.registry import (

@@ -154,7 +154,7 @@ def torchvision_classifier(spec: InputSpec, arch: str = "resnet18", weights=None
             arch, num_classes=spec.num_classes, **RANDOM_INIT_OPTIONS.get(arch, {})
         )
         if chosen is not None:
-            load_state_dict_file(model, chosen, arch)
+            load_state_dict_file(model, chosen, f"torchvision's {arch}")
     check_input_size(model, spec, arch, chosen)
     return model
 
@@ -214,15 +214,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_state_dict_file(model: nn.Module, path: Path, arch: str) -> None:
-    """Load every tensor of `path` into `model`; only the head may differ (another class count)."""
+def load_state_dict_file(model: nn.Module, path: Path, network: str) -> None:
+    """Load every tensor of `path` into `model` (`network`, e.g. "torchvision's resnet18", for
+    the message); only the head may differ (another class count)."""
     saved = read_state_dict(path)
     match = match_tensors(model.state_dict(), saved, model)
     misfits = [name for name in match.skipped + match.new if name not in match.head]
     misfits += match.unused
     if misfits:
         raise UserError(
-            f"model.weights={str(path)!r} does not fit torchvision's {arch}: {len(misfits)} "
+            f"model.weights={str(path)!r} does not fit {network}: {len(misfits)} "
             f"tensors missing, extra or of another shape (first: {', '.join(misfits[:3])})"
         )
     model.load_state_dict({name: saved[name] for name in match.loaded}, strict=False)

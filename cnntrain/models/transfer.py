@@ -69,9 +69,10 @@ def checkpoint_of(source, what: str = "model.init_from") -> Path:
 
 
 def architecture(model_cfg) -> str:
-    """What must agree for tensors to mean the same: the model name (and torchvision's arch)."""
+    """What must agree for tensors to mean the same: the model name (and torchvision's or timm's
+    arch)."""
     name = model_cfg.get("name")
-    return f"torchvision {model_cfg.get('arch')}" if name == "torchvision" else str(name)
+    return f"{name} {model_cfg.get('arch')}" if name in ("torchvision", "timm") else str(name)
 
 
 @torch.no_grad()
