@@ -25,6 +25,8 @@ from torch import nn
 from bench.common import REPO, machine
 from cnntrain.models.article import CIFAR10CNN
 
+LAYOUTS = ("nchw", "channels_last")
+MEASURES = ("train_images_per_s", "eval_images_per_s")
 AVX2_LIMITS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}  # fmt: skip
 ONE_CONV = (  # a training step of one convolution per layout, to see which kernels oneDNN picks
@@ -35,13 +37,18 @@ ONE_CONV = (  # a training step of one convolution per layout, to see which kern
 )
 
 
-def images_per_s(step, batch: int, steps: int, warmup: int) -> float:
+def images_per_s(step, batch: int, steps: int, warmup: int) -> dict:
+    """Images/s over `steps` timed steps after `warmup`, and at the median step's time (which
+    other processes sharing the cores now and then disturb less)."""
     for _ in range(warmup):
         step()
-    began = time.perf_counter()
+    times = []
     for _ in range(steps):
+        began = time.perf_counter()
         step()
-    return round(batch * steps / (time.perf_counter() - began), 1)
+        times.append(time.perf_counter() - began)
+    return {"mean": round(batch * steps / sum(times), 1),
+            "median_step": round(batch / statistics.median(times), 1)}  # fmt: skip
 
 
 def measure(channels_last: bool, batch: int, steps: int, warmup: int) -> dict:
@@ -96,15 +103,18 @@ def vs_avx2(args) -> dict:
     for _ in range(args.repeats):
         for name, extra in sides.items():
             runs[name].append(child(args, extra))
-    out = {}
-    for name, extra in sides.items():
-        figures = {layout: {key: statistics.median(r[layout][key] for r in runs[name])
-                            for key in ("train_images_per_s", "eval_images_per_s")}
-                   for layout in ("nchw", "channels_last")}  # fmt: skip
-        out[name] = {"median": figures, "runs": [{k: r[k] for k in figures} for r in runs[name]],
-                     "torch_capability": runs[name][0]["machine"]["torch_cpu"]["capability"],
-                     "env": extra, **onednn_isa({**os.environ, **extra})}  # fmt: skip
-    return out
+    return {name: {"median": median_over_runs(runs[name]),
+                   "runs": [{layout: r[layout] for layout in LAYOUTS} for r in runs[name]],
+                   "torch_capability": runs[name][0]["machine"]["torch_cpu"]["capability"],
+                   "env": extra, **onednn_isa({**os.environ, **extra})}
+            for name, extra in sides.items()}  # fmt: skip
+
+
+def median_over_runs(runs: list[dict]) -> dict:
+    """Per layout and kind of step, the median over runs of the median-step images/s."""
+    return {layout: {kind: round(statistics.median(r[layout][kind]["median_step"] for r in runs), 1)
+                     for kind in MEASURES}
+            for layout in LAYOUTS}  # fmt: skip
 
 
 def main() -> None:
@@ -121,7 +131,7 @@ def main() -> None:
         figures = vs_avx2(args)
     else:
         figures = {layout: measure(layout == "channels_last", args.batch, args.steps, args.warmup)
-                   for layout in ("nchw", "channels_last")}  # fmt: skip
+                   for layout in LAYOUTS}  # fmt: skip
     print(json.dumps({"bench": "step_speed", **settings, **figures, "machine": machine("cpu")}))
 
 

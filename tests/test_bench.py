@@ -67,6 +67,14 @@ def test_parse_importtime_reads_real_output():
     assert top == sorted((r["self_ms"] for r in rows), reverse=True)[:3]
 
 
+def test_import_summary_sums_self_time_per_package():
+    rows = [{"module": m, "self_ms": ms, "cumulative_ms": 9.0} for m, ms in
+            [("torch", 1.0), ("torch._dynamo", 2.0), ("torch._dynamo.guards", 3.0), ("json", 0.5),
+             ("hydra.conf", 1.5)]]  # fmt: skip
+    packages = import_summary(rows, "torch", top=3)["top_packages_self_ms"]
+    assert packages == {"torch._dynamo": 5.0, "hydra.conf": 1.5, "torch": 1.0}
+
+
 @needs_fashion
 def test_fashion_loop_reads_the_shared_idx_files_through_torchvisions_layout(tmp_path):
     from torchvision.datasets import FashionMNIST
