@@ -9,6 +9,8 @@ import time
 import torch
 from torch import nn
 
+from bench.common import machine
+
 
 def clock(device: torch.device) -> float:
     """time.perf_counter() once the device has finished its queued work (CUDA runs async)."""
@@ -41,7 +43,8 @@ def train(*, model, optimizer, scheduler, train_loader, test_loader, epochs: int
     """Train `epochs` epochs (or until test accuracy ≥ stop_at), testing after each.
 
     Returns the figures of the JSON line: whole-process wall time since `started`, training time
-    (optimisation steps only), training images/s, test accuracy per epoch, what the loop ran in.
+    (optimisation steps only), training images/s, test accuracy per epoch, what the loop ran in
+    and on (machine()).
     """
     criterion = nn.CrossEntropyLoss()
     history, train_time, images = [], 0.0, 0
@@ -74,4 +77,5 @@ def train(*, model, optimizer, scheduler, train_loader, test_loader, epochs: int
         "precision": "float32",
         "channels_last": False,
         "peak_device_memory_mb": None if peak is None else round(peak, 1),
+        "machine": machine(str(device)),
     }
