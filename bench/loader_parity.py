@@ -10,7 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import cnntrain, machine, mean, results, std
+from bench.common import cnntrain, machine, mean, results, run_choices, std
 
 
 def main() -> None:
@@ -32,10 +32,12 @@ def main() -> None:
             accs.append(results(run)["test/acc"])
             walls.append(round(wall, 2))
         figures[loader] = {"test_acc": accs, "mean": round(mean(accs), 4),
-                           "std": round(std(accs), 4), "wall_s": walls}  # fmt: skip
+                           "std": round(std(accs), 4), "wall_s": walls,
+                           **run_choices(run)}  # fmt: skip
     diff = figures["tensor"]["mean"] - figures["dataloader"]["mean"]
     print(json.dumps({"bench": "loader_parity", "recipe": recipe, **figures,
-                      "difference": round(diff, 4), "machine": machine()}))  # fmt: skip
+                      "difference": round(diff, 4),
+                      "machine": machine(figures["tensor"]["device"])}))  # fmt: skip
 
 
 if __name__ == "__main__":

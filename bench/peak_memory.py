@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import cnntrain, machine, results
+from bench.common import cnntrain, machine, results, run_choices
 
 CASES = {
     "seed_cifar10 tensor": ["experiment=seed_cifar10", "data.loader=tensor"],
@@ -27,8 +27,9 @@ def main() -> None:
         wall, run = cnntrain([*overrides, *short], work)
         r = results(run)
         figures[name] = {k: r[k] for k in r if k.startswith("peak_")} | {"wall_s": round(wall, 2)}
+        figures[name] |= run_choices(run)
     print(json.dumps({"bench": "peak_memory", "overrides": short, "runs": figures,
-                      "machine": machine()}))  # fmt: skip
+                      "machine": machine(r["device"])}))  # fmt: skip
 
 
 if __name__ == "__main__":

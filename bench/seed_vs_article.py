@@ -8,13 +8,21 @@ whole-process wall time, training images/s, test accuracy (per seed and mean ± 
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bench.common import REPO, cnntrain, machine, mean, metrics, results, std, timed
+from bench.common import (
+    bench_script,
+    cnntrain,
+    machine,
+    mean,
+    results,
+    run_choices,
+    std,
+    train_images_per_s,
+)
 from cnntrain.data.sources import open_splits
 
 
@@ -39,14 +47,12 @@ def main() -> None:
     ours, theirs = [], []
     for seed in args.seeds:  # alternate, so drifts of the machine hit both alike
         wall, run = cnntrain([*recipe, f"trainer.seed={seed}"], work)
-        r, rows = results(run), metrics(run)
-        images = sum(row["train/images_per_s"] * row["epoch_time_s"] for row in rows)
-        ours.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": r["test/acc"],
-                     "train_images_per_s": round(images / r["train_time_s"], 1)})  # fmt: skip
-        wall, out = timed([sys.executable, str(REPO / "bench" / "article_loop.py"), "--root", root,
-                           "--train-samples", str(args.train_samples), "--epochs", str(args.epochs),
-                           "--seed", str(seed)], cwd=REPO)  # fmt: skip
-        a = json.loads(out.strip().splitlines()[-1])
+        ours.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": results(run)["test/acc"],
+                     "train_images_per_s": train_images_per_s(run),
+                     **run_choices(run)})  # fmt: skip
+        wall, a = bench_script("article_loop", ["--root", root, "--epochs", str(args.epochs),
+                                                "--train-samples", str(args.train_samples),
+                                                "--seed", str(seed)])  # fmt: skip
         theirs.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": a["test_acc"],
                        "train_images_per_s": a["train_images_per_s"]})  # fmt: skip
     summary = {}
@@ -64,7 +70,7 @@ def main() -> None:
         "epochs": args.epochs,
         **summary,
         "speedup_wall": round(summary["article"]["wall_s"] / summary["cnntrain"]["wall_s"], 2),
-        "machine": machine(),
+        "machine": machine(ours[0]["device"]),
     }))  # fmt: skip
 
 

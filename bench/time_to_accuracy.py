@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import cnntrain, machine, metrics, results
+from bench.common import cnntrain, machine, metrics, results, run_choices
 
 
 def first_reaching(rows: list[dict], target: float) -> dict | None:
@@ -43,8 +43,8 @@ def main() -> None:
         "train_time_s": r["train_time_s"],
         "wall_s": round(wall, 2),
         "train_images_per_s": rows[-1]["train/images_per_s"],
-        "precision": r["precision"],
-        "machine": machine(),
+        **run_choices(run),
+        "machine": machine(r["device"]),
     }))  # fmt: skip
 
 
