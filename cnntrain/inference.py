@@ -12,8 +12,7 @@ from cnntrain.data.decode import to_pixels
 from cnntrain.errors import UserError
 from cnntrain.models.registry import build_architecture
 from cnntrain.models.transfer import checkpoint_of
-from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
-from cnntrain.resume import evaluated_weights
+from cnntrain.outputs.checkpoint import check_compatible, evaluated_weights, load_checkpoint
 from cnntrain.spec import InputSpec
 
 # What a checkpoint must carry to be used without its run's data (written since this format).

@@ -30,7 +30,7 @@ from cnntrain.callbacks import Callback
 from cnntrain.data import DataBundle
 from cnntrain.engine import Diverged, StepParts, Totals, evaluate, train_one_epoch
 from cnntrain.errors import UserError
-from cnntrain.resume import best_weights
+from cnntrain.outputs.checkpoint import best_weights
 
 log = logging.getLogger("cnntrain")
 
@@ -113,7 +113,7 @@ class Loop:
 
     @property
     def global_step(self) -> int:
-        """Optimizer steps done so far."""
+        """Training batches done so far (optimizer steps × trainer.accumulate)."""
         return self.progress.epoch * len(self.data.train) + self.progress.step
 
     def checkpoint_path(self, name: str) -> Path:

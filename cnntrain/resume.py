@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from cnntrain.config import compose_config, resume_folder
 from cnntrain.errors import UserError
 from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
 
@@ -42,17 +46,35 @@ def may_change_on_resume(key: str) -> bool:
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config to continue `cfg.resume` with: the saved run's, changed only by those of
     `overrides` (command-line `key=value`s) that name RESUMABLE_KEYS; this machine's paths, and
-    the trackers and callbacks of this command."""
+    the trackers and callbacks of this command. Keys this version has and the saved run did not
+    (it was started by an older cnntrain) take today's defaults for the run's own command line."""
     saved = load_checkpoint(checkpoint_to_resume(cfg.resume))["config"]
     changes = [
         o.lstrip("+") for o in overrides if o.split("=", 1)[0].lstrip("+~") in RESUMABLE_KEYS
     ]
-    resumed = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
+    base = composed_like(resume_folder(cfg.resume)) or OmegaConf.create()
+    resumed = OmegaConf.merge(base, OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
     resumed.paths = cfg.paths
     for group in WATCHING_GROUPS:
         resumed[group] = cfg.get(group) or {}
     resumed.resume = cfg.resume
     return resumed
+
+
+def composed_like(run_folder: Path) -> DictConfig | None:
+    """The config the run's own command line (`.hydra/overrides.yaml`) composes to with today's
+    config files; None when that file is gone or its overrides no longer compose."""
+    path = run_folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    overrides = [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith("hydra.")]
+    try:
+        base = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        log.warning("resume: %s no longer composes (%s); using the saved config alone", path, e)
+        return None
+    OmegaConf.set_struct(base, False)  # the saved run may hold keys this version dropped
+    return base
 
 
 def rng_states(device: torch.device) -> dict:
@@ -142,13 +164,3 @@ def best_is_intact(path: Path, epoch: int) -> bool:
         return load_checkpoint(path)["progress"]["epoch"] == epoch
     except UserError:
         return False
-
-
-def best_weights(path: Path) -> dict:
-    """The weights the checkpoint at `path` evaluates with (evaluated_weights)."""
-    return evaluated_weights(load_checkpoint(path))
-
-
-def evaluated_weights(saved: dict) -> dict:
-    """The weights a loaded checkpoint evaluates with: its EMA weights when the run had EMA."""
-    return saved["ema"]["weights"] if saved.get("ema") else saved["model"]

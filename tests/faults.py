@@ -16,6 +16,9 @@ production code has no failpoints. FAULT is one of:
                        epoch E, unless the run was resumed: a requeued job is not preempted again
   nan-step:E:S         the weights turn NaN just before training batch S of epoch E
   nan-sigint-step:E:S  both: NaN weights and a SIGINT before batch S of epoch E
+  barrier:N:DIR        at the start of training, wait (60 s at most, then fail) until N runs
+                       have reached this point, each leaving a file in DIR: proof that N runs
+                       (sweep jobs) train at the same time
   hang-in-job:J:E      in sweep job J, hang after epoch E's checkpoints/last.pt until killed,
                        unless the run was resumed (a sweep killed while that job runs)
 """
@@ -23,6 +26,7 @@ production code has no failpoints. FAULT is one of:
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +35,16 @@ from cnntrain.callbacks import Callback
 
 def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for_peers(count: int, folder: Path, timeout_s: float = 60.0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"barrier: {count} runs never trained at the same time")
+        time.sleep(0.05)
 
 
 class Fault(Callback):
@@ -42,6 +56,8 @@ class Fault(Callback):
 
     def on_fit_start(self, loop) -> None:
         self.resumed = loop.progress.epoch > 0 or loop.progress.step > 0
+        if self.kind == "barrier":
+            wait_for_peers(int(self.params[0]), Path(":".join(self.params[1:])))
         if self.kind == "kill-in-save":  # what a crash mid-write leaves under the final name
             path = loop.checkpoint_path(self.params[0])
             self.previous = path.read_bytes() if path.exists() else None

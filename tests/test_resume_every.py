@@ -5,12 +5,15 @@ import pytest
 import torch
 
 from cnntrain.models import model_names
+from cnntrain.outputs.checkpoint import save_checkpoint
 from tests.conftest import (
     CONF,
     make_image_folder,
     needs_cifar,
     needs_fashion,
     read_jsonl,
+    run_cli,
+    run_folders,
     train_here,
 )
 from tests.test_resume import TIME_FIELDS
@@ -70,3 +73,21 @@ def test_every_recipe_resumes_exactly(recipe, tmp_path):
     overrides = [f"experiment={recipe}", "data.max_train_samples=64", "data.max_eval_samples=32",
                  "data.batch_size=16", *QUIET]  # fmt: skip
     assert_same_run(*interrupted_and_resumed(overrides, tmp_path))
+
+
+@pytest.mark.slow
+def test_a_run_started_by_an_older_version_resumes_with_todays_defaults(shapes, tmp_path):
+    """Its checkpoint's config lacks keys added since: they take today's defaults for the run's
+    own command line (.hydra/overrides.yaml), inside the real `cnntrain` app."""
+    overrides = ["data=imagefolder", f"data.root={shapes}", "model=simplecnn", *QUIET,
+                 "data.batch_size=8"]  # fmt: skip
+    run_cli(*overrides, cwd=tmp_path)
+    (run,) = run_folders(tmp_path)
+    path = run / "checkpoints" / "last.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["trainer"]["accumulate"], saved["config"]["data"]["augment"]["policy"]
+    save_checkpoint(path, {k: v for k, v in saved.items() if k != "format"})
+    run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
+    resumed = torch.load(path, weights_only=True)["config"]
+    assert resumed["trainer"]["accumulate"] == 1 and resumed["data"]["augment"]["policy"] == "none"
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]

@@ -5,7 +5,6 @@ import difflib
 import logging
 import re
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -14,11 +13,10 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.logging import RichHandler
 
-from cnntrain.config import unknown_keys, validate
+from cnntrain.config import CONF_DIR, unknown_keys, validate
 from cnntrain.errors import UserError
 
-# The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
-CONF_PATH = Path(__file__).resolve().parent.parent / "conf"
+CONF_PATH = CONF_DIR
 
 
 def fail(message: str, status: int = 2):

@@ -4,9 +4,9 @@ run and sweep job side by side.
 Per epoch the metrics row's numbers under their own names (`train/loss`, `val/acc`, `lr`, …) and
 `epoch`; every SYNC_EVERY steps the running training loss and lr (`step/train_loss`, `step/lr`);
 at the end the run's hyper-parameters (the flat config) with its final metrics in the same run,
-and the confusion matrix, feature maps and misclassified images. Every value sits at the global
-optimizer step, so a resumed run purges what the killed one wrote after its checkpoint
-(`purge_step`) and TensorBoard reads exactly one value per step.
+and the confusion matrix, feature maps and misclassified images. Every value sits at the number
+of training batches so far (loop.global_step), so a resumed run purges what the killed one wrote
+after its checkpoint (`purge_step`) and TensorBoard reads exactly one value per step.
 """
 
 from pathlib import Path
@@ -45,7 +45,7 @@ class TensorBoardLogger(Callback):
             ) from e
 
     def on_step(self, loop, epoch: int, step: int, loss: float, lr: float) -> None:
-        at = (epoch - 1) * len(loop.data.train) + step + 1  # optimizer steps done
+        at = (epoch - 1) * len(loop.data.train) + step + 1  # training batches done
         self.writer.add_scalar("step/train_loss", loss, at)
         self.writer.add_scalar("step/lr", lr, at)
 

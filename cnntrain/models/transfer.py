@@ -9,8 +9,7 @@ from torch import nn
 
 from cnntrain.errors import UserError
 from cnntrain.models.head import head_parameter_names
-from cnntrain.outputs.checkpoint import load_checkpoint
-from cnntrain.resume import evaluated_weights
+from cnntrain.outputs.checkpoint import evaluated_weights, load_checkpoint
 
 log = logging.getLogger("cnntrain")
 

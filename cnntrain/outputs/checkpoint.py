@@ -51,3 +51,13 @@ def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
                 f"checkpoint {path} does not fit this model: {key} is {tuple(saved[key].shape)} "
                 f"there, {tuple(tensor.shape)} here (another class count or input size?)"
             )
+
+
+def evaluated_weights(saved: dict) -> dict:
+    """The weights a loaded checkpoint evaluates with: its EMA weights when the run had EMA."""
+    return saved["ema"]["weights"] if saved.get("ema") else saved["model"]
+
+
+def best_weights(path: Path) -> dict:
+    """The weights the checkpoint at `path` evaluates with (evaluated_weights)."""
+    return evaluated_weights(load_checkpoint(path))
