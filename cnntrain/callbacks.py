@@ -1,11 +1,14 @@
 """Callbacks: what reacts to the epoch loop's events (loop.py lists them). The built-in ones write
-the metrics files, print the epoch line, stop at a target accuracy and write checkpoints; the
-trackers (cnntrain/loggers/) and any `callbacks.<name>._target_` of the config join them."""
+the metrics files, print the epoch line, stop at a target accuracy, tell the model the epoch,
+average the weights (Lookahead) and write checkpoints; the trackers (cnntrain/loggers/) and any
+`callbacks.<name>._target_` of the config join them."""
 
 import logging
 
+import torch
 from hydra.utils import instantiate
 
+from cnntrain.engine import optimizer_steps
 from cnntrain.outputs.checkpoint import save_checkpoint
 from cnntrain.outputs.metrics import MetricsLog
 from cnntrain.resume import best_is_intact, checkpoint_state, remove_torn_writes
@@ -22,6 +25,7 @@ class Callback:
     def on_fit_start(self, loop) -> None: ...
     def on_batch_start(self, loop, epoch: int, step: int) -> None: ...
     def on_step(self, loop, epoch: int, step: int, loss: float, lr: float) -> None: ...
+    def on_train_epoch_end(self, loop, epoch: int) -> None: ...
     def on_epoch_end(self, loop, row: dict) -> None: ...
     def on_checkpoint(self, loop, name: str, path) -> None: ...
     def on_interrupt(self, loop) -> None: ...
@@ -74,6 +78,74 @@ class TargetAccuracy(Callback):
             loop.stop("target_accuracy")
 
 
+class ModelEpoch(Callback):
+    """Tells the model's modules that train differently by epoch — those with a
+    `set_epoch(epoch)` method, like FastNet (its whitening bias) — which epoch comes next: before
+    the first, after each, and on resume (from the progress, so a resumed run agrees)."""
+
+    def on_fit_start(self, loop) -> None:
+        self.modules = [m for m in loop.model.modules() if callable(getattr(m, "set_epoch", None))]
+        self.tell(loop.progress.epoch + 1)
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        self.tell(row["epoch"] + 1)
+
+    def tell(self, epoch: int) -> None:
+        for module in self.modules:
+            module.set_epoch(epoch)
+
+
+class Lookahead(Callback):
+    """`trainer.lookahead`: airbench's Lookahead weight averaging. From epoch `after_epochs` + 1,
+    every `every` optimizer steps the average a of the weights w moves toward them and they are
+    reset to it: a ← a + (1 − ρ)(w − a), w ← a, with ρ = decay^every · (t / T)^power after step
+    t of the run's T (little averaging early, strong at the end); its first such step only takes
+    a = w. At the end of each epoch w ← a, so evaluation, checkpoints and the final weights are the
+    average. It covers every floating-point tensor of the model's state (BatchNorm's statistics
+    too); the average is saved in checkpoints, so a resumed run continues it exactly."""
+
+    def __init__(self, every: int, decay: float, power: float, after_epochs: int):
+        self.every, self.decay, self.power, self.after_epochs = every, decay, power, after_epochs
+        self.average: dict[str, torch.Tensor] | None = None  # state-dict name → its average
+
+    def on_fit_start(self, loop) -> None:
+        floats = {k: v for k, v in loop.model.state_dict().items() if v.is_floating_point()}
+        self.names, self.weights = list(floats), list(floats.values())
+        if self.average is not None:  # resumed: onto the training device, in the model's order
+            self.average = {k: self.average[k].to(v.device) for k, v in floats.items()}
+        self.steps_per_epoch = optimizer_steps(len(loop.data.train), loop.parts.accumulate)
+
+    def on_batch_start(self, loop, epoch: int, step: int) -> None:
+        # After an optimizer step of this epoch (its last step is on_train_epoch_end's).
+        if step and step % loop.parts.accumulate == 0:
+            self.after_step(loop, epoch, step // loop.parts.accumulate)
+
+    def on_train_epoch_end(self, loop, epoch: int) -> None:
+        self.after_step(loop, epoch, self.steps_per_epoch)
+        if self.average is not None:
+            torch._foreach_copy_(self.weights, list(self.average.values()))
+
+    @torch.no_grad()
+    def after_step(self, loop, epoch: int, done_in_epoch: int) -> None:
+        done = (epoch - 1) * self.steps_per_epoch + done_in_epoch  # steps of the run so far
+        if epoch <= self.after_epochs or done % self.every:
+            return
+        if self.average is None:
+            self.average = {k: w.clone() for k, w in zip(self.names, self.weights, strict=True)}
+            return
+        total = loop.epochs * self.steps_per_epoch
+        rho = self.decay**self.every * (done / total) ** self.power
+        average = list(self.average.values())
+        torch._foreach_lerp_(average, self.weights, 1 - rho)
+        torch._foreach_copy_(self.weights, average)
+
+    def state_dict(self) -> dict:
+        return {"average": self.average}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average = state["average"]
+
+
 class Checkpoints(Callback):
     """checkpoints/last.pt every `every` epochs, at the last epoch, on an early stop and on a
     signal; checkpoints/best.pt whenever validation accuracy improves (written after last.pt, so
@@ -112,6 +184,9 @@ def build_callbacks(cfg) -> dict[str, Callback]:
     callbacks = {"metrics_files": MetricsFiles(), "epoch_line": EpochLine()}
     if cfg.trainer.target_accuracy is not None:
         callbacks["target_accuracy"] = TargetAccuracy(cfg.trainer.target_accuracy)
+    callbacks["model_epoch"] = ModelEpoch()
+    if cfg.trainer.get("lookahead") is not None:
+        callbacks["lookahead"] = Lookahead(**cfg.trainer.lookahead)
     for group in ("logger", "callbacks"):
         for name, spec in (cfg.get(group) or {}).items():
             callbacks[name] = instantiate(spec)

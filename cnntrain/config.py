@@ -116,6 +116,18 @@ def freeze_choice(v) -> bool:
     return isinstance(v, ListConfig | list) and bool(v) and all(isinstance(x, str) and x for x in v)
 
 
+def lookahead_options(v) -> bool:
+    if v is None:
+        return True
+    checks = {"every": integer(1), "decay": number(0, 1, lo_open=True), "power": number(0),
+              "after_epochs": integer(0)}  # fmt: skip
+    return (
+        isinstance(v, DictConfig | dict)
+        and v.keys() == checks.keys()
+        and all(check(v[key]) for key, check in checks.items())
+    )
+
+
 def existing_path(v) -> bool:
     return isinstance(v, str) and Path(v).expanduser().exists()
 
@@ -145,7 +157,16 @@ RULES = [
         optional(number(0, 1, lo_open=True, hi_open=True)),
         "null or a decay in (0, 1)",
     ),
-    ("trainer.tta", boolean, "true or false"),
+    (
+        "trainer.tta",
+        lambda v: boolean(v) or v == "flip_translate",
+        "true (flip), false or flip_translate (flip × three 1 px shifts)",
+    ),
+    (
+        "trainer.lookahead",
+        lookahead_options,
+        "null or {every: steps ≥ 1, decay: (0, 1], power: ≥ 0, after_epochs: epochs ≥ 0}",
+    ),
     ("trainer.checkpoint_every", integer(1), "an integer ≥ 1 (epochs)"),
     ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("trainer.plots", boolean, "true or false"),
@@ -185,6 +206,8 @@ RULES = [
     ("scheduler.div_factor", number(1), "a number ≥ 1"),
     ("scheduler.final_div_factor", number(1), "a number ≥ 1"),
     ("scheduler.anneal_strategy", one_of("cos", "linear"), "cos or linear"),
+    ("scheduler.start_factor", number(0, 1, lo_open=True), "a fraction of the lr in (0, 1]"),
+    ("scheduler.end_factor", number(0, 1, lo_open=True), "a fraction of the lr in (0, 1]"),
     ("loss.label_smoothing", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
     ("loss.class_weights", optional(one_of("auto")), "null or auto"),
 ]

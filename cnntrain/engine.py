@@ -71,11 +71,11 @@ def autocast_dtype(precision, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class Arithmetic:
-    """How steps compute: autocast dtype, fp16 loss scaling, flip-TTA at evaluation."""
+    """How steps compute: autocast dtype, fp16 loss scaling, test-time views at evaluation."""
 
     device: torch.device
     dtype: torch.dtype | None
-    tta: bool = False
+    tta: bool | str = False  # trainer.tta: model_logits' views
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self):
@@ -287,9 +287,18 @@ def check_finite(totals: Totals, epoch: int) -> None:
         raise Diverged(epoch, bad)
 
 
-def model_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """(B, classes) float32 logits of a batch (B, C, H, W); with flip TTA, the mean of those of
-    each image and of its left-right mirror."""
+def model_logits(model: nn.Module, x: torch.Tensor, tta: bool | str = False) -> torch.Tensor:
+    """(B, classes) float32 logits of a batch (B, C, H, W), averaged over test-time views.
+
+    tta=True: the mean of those of each image and of its left-right mirror. "flip_translate"
+    (airbench's level 2): that pair's mean weighted 1/2, and 1/4 each the pair's mean of the
+    image moved 1 px diagonally either way (down-right and up-left, reflect-padded): six views."""
+    if tta == "flip_translate":
+        h, w = x.shape[-2:]
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H+2, W+2)
+        moved = [padded[..., :h, :w], padded[..., 2:, 2:]]
+        shifted = sum(model_logits(model, m, True) for m in moved) / 2
+        return (model_logits(model, x, True) + shifted) / 2
     logits = model(x).float()
     if tta:  # a mirrored image is as likely as the image itself
         logits = (logits + model(x.flip(-1)).float()) / 2

@@ -6,6 +6,7 @@ stopping rules, fault injection in tests — is a callback (callbacks.py) receiv
   on_fit_start(loop)                     after the model, data and any resumed state are ready
   on_batch_start(loop, epoch, step)      before every training batch (no host sync)
   on_step(loop, epoch, step, loss, lr)   every SYNC_EVERY steps, with the running mean loss
+  on_train_epoch_end(loop, epoch)        after the epoch's last training step, before evaluation
   on_epoch_end(loop, row)                after evaluation, with the metrics row
   on_checkpoint(loop, name, path)        after a checkpoint file is written
   on_interrupt(loop)                     a signal stopped the run: save what resumes it
@@ -159,6 +160,7 @@ class Loop:
         if next_step < len(self.data.train):  # interrupted mid-epoch
             p.step, p.totals = next_step, totals.state_dict()
             self.exit_interrupted(stop.signum, f"epoch {epoch}, step {next_step}")
+        self.emit("on_train_epoch_end", epoch)
         self.end_epoch(epoch, totals)
         if stop.requested():
             self.exit_interrupted(stop.signum, f"the end of epoch {epoch}")

@@ -198,3 +198,15 @@ class OneCycle(Schedule):
         if self.anneal_strategy == "linear":
             return start + (end - start) * done
         return end + (start - end) * (1 + math.cos(math.pi * done)) / 2
+
+
+class Triangle(OneCycle):
+    """airbench's linear warm-up and decay: from lr × `start_factor` up to lr over `pct_start` of
+    the run, then down to lr × `end_factor` at its last step (a linear one-cycle, in factors)."""
+
+    name = "triangle"
+
+    def __init__(self, optimizer, *, start_factor, pct_start, end_factor, **schedule):
+        super().__init__(optimizer, pct_start=pct_start, div_factor=1 / start_factor,
+                         final_div_factor=start_factor / end_factor, anneal_strategy="linear",
+                         **schedule)  # fmt: skip

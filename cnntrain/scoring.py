@@ -82,7 +82,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
         "checkpoint": str(trained.checkpoint.resolve()),
         "model": cfg.model.name,
         "classes": trained.classes,
-        "tta": bool(cfg.trainer.tta),
+        "tta": cfg.trainer.tta,  # false, true (flip) or flip_translate
         "device": str(device),
         "precision": str(arithmetic.dtype or torch.float32).removeprefix("torch."),
         "eval_time_s": round(time.perf_counter() - started, 3),

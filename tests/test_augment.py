@@ -450,7 +450,7 @@ HUE = "a number in [0, 0.5] (0 = off)"
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("hflip", "yes", "true or false"),
+        ("hflip", "yes", "true, false or alternate"),
         ("crop_padding", -1, PIXELS),
         ("crop_padding", 2.5, PIXELS),
         ("crop_padding_mode", "wrap", "one of constant, reflect, edge"),

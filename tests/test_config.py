@@ -1,5 +1,6 @@
 """Every option of every config group composes, and builds what it describes."""
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -16,7 +17,7 @@ def options(group: str) -> list[str]:
 def test_groups_have_the_documented_options():
     assert options("data") == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
-    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step", "triangle"]
     assert set(options("model")) == set(model_names())  # one YAML per registered model
     assert {"seed_cifar10", "smoke", "fashion_mnist", "cifar10_94"} <= set(options("experiment"))
 
@@ -84,11 +85,15 @@ def test_warmup_ramps_linearly_then_hands_over():
     assert lrs[4] == pytest.approx(0.1) and lrs[-1] < 0.01  # then cosine down towards 0
 
 
-def test_onecycle_of_the_fast_recipe_warms_up_from_0_2_of_peak_then_anneals_to_0():
+def test_triangle_of_the_fast_recipe_warms_up_from_0_2_of_peak_then_ends_at_0_07_of_it():
     lrs = lr_per_step("experiment=cifar10_94", epochs=10, steps_per_epoch=10)
     peak = max(lrs)
-    assert peak == pytest.approx(1.304, rel=1e-3) and lrs.index(peak) == 19  # 20% of 100 steps
-    assert lrs[0] == pytest.approx(0.2 * peak) and lrs[-1] < 1e-4 * peak
+    assert peak == pytest.approx(1.5) and lrs.index(peak) == 22  # 23% of 100 steps
+    assert lrs[0] == pytest.approx(0.2 * peak) and lrs[-1] == pytest.approx(0.07 * peak)
+    rises, falls = np.diff(lrs[:23]), np.diff(lrs[22:])  # linear both ways
+    assert rises == pytest.approx(np.full(22, rises[0])) and falls == pytest.approx(
+        np.full(77, falls[0])
+    )
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

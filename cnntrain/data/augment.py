@@ -22,6 +22,7 @@ ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)
 ERASING_TRIES = 10  # RandomErasing draws up to 10 rectangles and erases the first that fits
 GAMMA_TRIES = 8  # candidates per Gamma draw (Draws.gamma)
 MIX_STREAM = 1  # salts BatchMix's seeds apart from the tensor path's per-batch augmentation seeds
+FLIP_STREAM = 2  # salts AlternatingFlip's draw apart from the others
 
 
 class AugmentError(UserError, ValueError):
@@ -32,7 +33,7 @@ class AugmentError(UserError, ValueError):
 class Options:
     """`data.augment`, checked: geometry in px and degrees, jitter strengths as ColorJitter's."""
 
-    hflip: bool
+    hflip: bool | str  # True: mirror with p=0.5; "alternate": AlternatingFlip (the loaders')
     crop_padding: int  # px on each side; 0 = off
     crop_padding_mode: str
     rotation: float  # degrees; angle ~ U(-rotation, rotation)
@@ -54,8 +55,12 @@ class Options:
         return bool(self.rotation or self.translate)
 
     @property
+    def random_flip(self) -> bool:
+        return self.hflip is True
+
+    @property
     def moves_pixels(self) -> bool:
-        return bool(self.crop_padding or self.hflip or self.affine)
+        return bool(self.crop_padding or self.random_flip or self.affine)
 
     @property
     def on(self) -> bool:
@@ -71,7 +76,12 @@ class Options:
 def read_options(cfg) -> Options:
     """`cfg` (a DictConfig or dict shaped like conf/config.yaml's data.augment), validated."""
     jitter = cfg["color_jitter"]
-    check("hflip", cfg["hflip"], lambda v: isinstance(v, bool), "true or false")
+    check(
+        "hflip",
+        cfg["hflip"],
+        lambda v: isinstance(v, bool) or v == "alternate",
+        "true, false or alternate",
+    )
     check("crop_padding", cfg["crop_padding"], is_count, PIXELS)
     modes = "one of " + ", ".join(PADDING_MODES)
     check("crop_padding_mode", cfg["crop_padding_mode"], PADDING_MODES.__contains__, modes)
@@ -164,6 +174,37 @@ def check_cutout_fits(side: int, height: int, width: int) -> None:
         )
 
 
+# --- Alternating flip: both paths, per image and epoch, before the other options ---------------
+
+
+def alternating_flip(options: Options, seed: int, count: int) -> "AlternatingFlip | None":
+    """The AlternatingFlip of a training split of `count` images, or None (hflip not alternate)."""
+    return AlternatingFlip(seed, count) if options.hflip == "alternate" else None
+
+
+class AlternatingFlip:
+    """`data.augment.hflip=alternate`, airbench's derandomized flip: a random half of the images
+    is mirrored in epoch 1, and every image's mirroring toggles from each epoch to the next, so
+    each image is seen both ways in any two epochs in a row (a random flip repeats itself half the
+    time). Whether image `index` of the split is mirrored in `epoch` (from 1) is a function of
+    (seed, index, epoch) only: the same on both data paths, in any batch, after any restart."""
+
+    def __init__(self, seed: int, count: int):
+        generator = torch.Generator().manual_seed(mix(seed, FLIP_STREAM))
+        self.first = torch.rand(count, generator=generator) < 0.5  # (count,) mirrored in epoch 1
+
+    def mirrored(self, index, epoch: int) -> torch.Tensor:
+        """Bool of index's shape: for the split's image `index` (an int) or images (an int64
+        tensor, on any device)."""
+        if isinstance(index, torch.Tensor) and index.device != self.first.device:
+            self.first = self.first.to(index.device)  # moved once: the loaders' batches stay there
+        return self.first[index] ^ (epoch % 2 == 0)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The images `index` (n,) of the split, x (n, C, H, W), as seen in `epoch`."""
+        return torch.where(self.mirrored(index, epoch).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 # --- DataLoader path: torchvision transforms on one PIL image -----------------------------------
 
 
@@ -221,7 +262,7 @@ def pil_augment(o: Options) -> list:
             random_crop, padding=o.crop_padding, padding_mode=o.crop_padding_mode
         )
         steps.append(AtImageSize(crop))
-    if o.hflip:
+    if o.random_flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if o.translate:
         steps.append(v2.RandomAffine(degrees=o.rotation, translate=(o.translate, o.translate)))
@@ -305,7 +346,7 @@ class BatchAugment:
             tx = draw.uniform(-t * w, t * w).round()  # whole px, as RandomAffine
             ty = draw.uniform(-t * h, t * h).round()
             rows, cols, inside = clamp_to_image(*affine_sources(h, w, angle, tx, ty), h, w)
-        if o.hflip:
+        if o.random_flip:
             cols = torch.where(draw.chance(0.5).view(n, 1, 1), w - 1 - cols, cols)
         if o.crop_padding:
             # The crop's top-left corner in the padded image is in [0, 2p]: a shift of ±p px.

@@ -37,10 +37,12 @@ class BatchPrep:
 
 
 class TensorLoader:
-    def __init__(self, images, targets, batch_size, train, seed, prep: BatchPrep, weights=None):
+    def __init__(self, images, targets, batch_size, train, seed, prep: BatchPrep, weights=None,
+                 flip=None):  # fmt: skip
         self.images = images.to(prep.device)  # (N, C, H, W) uint8
         self.targets = targets.to(prep.device)  # (N,) int64
         self.train, self.seed, self.prep, self.weights = train, seed, prep, weights
+        self.flip = flip  # an AlternatingFlip (training), or None
         self.bounds = batch_bounds(len(targets), batch_size, drop_last=train)
         self.generator = torch.Generator(prep.device)
 
@@ -65,7 +67,8 @@ class TensorLoader:
             generator = None
             if self.train:
                 generator = self.generator.manual_seed(mix(self.seed, epoch, b))
-            yield self.prep(self.images[idx], generator), self.targets[idx]
+            x = self.images[idx] if self.flip is None else self.flip(self.images[idx], idx, epoch)
+            yield self.prep(x, generator), self.targets[idx]
 
 
 class SampleDataset(Dataset):
@@ -75,9 +78,11 @@ class SampleDataset(Dataset):
     same augmentation in any worker, after any restart, however the workers were scheduled.
     """
 
-    def __init__(self, source: ImageSource, channels, size, seed: int, transform=None):
-        """`transform`: PIL image → (C, H, W) uint8 tensor, random; None = PILToTensor only."""
+    def __init__(self, source: ImageSource, channels, size, seed: int, transform=None, flip=None):
+        """`transform`: PIL image → (C, H, W) uint8 tensor, random; None = PILToTensor only.
+        `flip`: an AlternatingFlip, applied to the image first (as on the tensor path)."""
         self.source, self.channels, self.size, self.seed = source, channels, size, seed
+        self.flip = flip
         self.random = transform is not None
         self.transform = transform if self.random else v2.PILToTensor()
 
@@ -87,6 +92,8 @@ class SampleDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
         img = conform(self.source.open(i), self.channels, self.size)
+        if self.flip is not None and self.flip.mirrored(i, epoch):
+            img = v2.functional.horizontal_flip(img)
         if not self.random:
             return self.transform(img), int(self.source.targets[i])
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched

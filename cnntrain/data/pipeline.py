@@ -18,6 +18,7 @@ from PIL import Image
 from cnntrain.data import decode
 from cnntrain.data.augment import (
     Options,
+    alternating_flip,
     batch_augment,
     check_cutout_fits,
     pil_pipeline,
@@ -84,12 +85,13 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     weights = (
         balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
     )
+    flip = alternating_flip(augment, seed, len(train.source))
     if kind == "tensor":  # augmentation on whole batches, on the device
         train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment))
-        train_loader = tensor_loader(train, d, True, seed, train_prep, weights)
+        train_loader = tensor_loader(train, d, True, seed, train_prep, weights, flip)
         make_eval = functools.partial(tensor_loader, d=d, train=False, seed=seed, prep=prep)
     else:  # augmentation per PIL image, in the DataLoader's workers
-        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment)
+        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment, flip)
         make_eval = functools.partial(file_loader, d=d, train=False, seed=seed, prep=prep,
                                       spec=spec)  # fmt: skip
     val_loader = make_eval(val)
@@ -362,16 +364,16 @@ def sample_pixels(source: ImageSource, channels, size, d) -> torch.Tensor:
     return torch.from_numpy(images)
 
 
-def tensor_loader(part: Part, d, train, seed, prep, weights=None) -> TensorLoader:
+def tensor_loader(part: Part, d, train, seed, prep, weights=None, flip=None) -> TensorLoader:
     batch = d.batch_size if train else d.eval_batch_size
     targets = torch.as_tensor(part.source.targets)
-    return TensorLoader(part.images, targets, batch, train, seed, prep, weights)
+    return TensorLoader(part.images, targets, batch, train, seed, prep, weights, flip)
 
 
 def file_loader(part: Part, d, train, seed, prep, weights=None, spec=None,
-                augment: Options | None = None) -> FileLoader:  # fmt: skip
+                augment: Options | None = None, flip=None) -> FileLoader:  # fmt: skip
     transform = pil_pipeline(augment) if augment is not None and augment.on else None
     size = (spec.height, spec.width)
-    dataset = SampleDataset(part.source, spec.channels, size, seed, transform)
+    dataset = SampleDataset(part.source, spec.channels, size, seed, transform, flip)
     batch = d.batch_size if train else d.eval_batch_size
     return FileLoader(dataset, batch, train, seed, prep, d.num_workers, weights)

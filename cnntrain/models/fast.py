@@ -9,6 +9,7 @@ max-pool and a bias-free linear head whose logits are scaled down so a high lear
 import torch
 from torch import nn
 
+from cnntrain.errors import UserError
 from cnntrain.models.registry import register
 from cnntrain.spec import InputSpec
 
@@ -41,16 +42,32 @@ class ConvGroup(nn.Module):
         return self.act(self.bn2(self.conv2(x)))
 
 
+class WhiteningConv(nn.Conv2d):
+    """The 2×2 stem. Its weight is frozen from the start (init_from_data sets it; not frozen there
+    because a resumed run skips the data-dependent init, and its optimizer must see the same
+    trainable parameters as the saved one). Its bias learns until `bias_frozen` (airbench freezes
+    it after a few epochs), then is cut out of the graph: no gradient, so the optimizer skips it —
+    not requires_grad, so the trainable set and the optimizer's groups never change."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=2)
+        self.weight.requires_grad_(False)
+        self.bias_frozen = False
+
+    def forward(self, x):
+        bias = self.bias.detach() if self.bias_frozen else self.bias
+        return self._conv_forward(x, self.weight, bias)
+
+
 class FastNet(nn.Module):
-    def __init__(self, in_channels, num_classes, widths, logit_scale, bn_momentum):
+    def __init__(self, in_channels, num_classes, widths, logit_scale, bn_momentum,
+                 whiten_bias_epochs=None):  # fmt: skip
         super().__init__()
         # 2×2 patches of C channels span 4C dimensions; the stem keeps each whitened direction
         # and its negation so the GELU after it loses nothing: 8C output channels (24 for RGB).
         patch_dims = 4 * in_channels
-        self.whiten = nn.Conv2d(in_channels, 2 * patch_dims, kernel_size=2)  # H → H-1
-        # Frozen from the start, not in init_from_data: a resumed run skips the data-dependent
-        # init, and its optimizer must see the same trainable parameters as the saved one.
-        self.whiten.weight.requires_grad_(False)
+        self.whiten = WhiteningConv(in_channels, 2 * patch_dims)  # H → H-1
+        self.whiten_bias_epochs = whiten_bias_epochs  # then its bias is frozen (None: never)
         self.act = nn.GELU()
         groups, in_ch = [], 2 * patch_dims
         for width in widths:
@@ -74,6 +91,11 @@ class FastNet(nn.Module):
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, 2, 2)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Before training epoch `epoch` (from 1; callbacks.ModelEpoch calls it, also on resume)."""
+        limit = self.whiten_bias_epochs
+        self.whiten.bias_frozen = limit is not None and epoch > limit
+
     def forward(self, x):  # (N, C, H, W)
         x = self.act(self.whiten(x))  # (N, 8C, H-1, W-1)
         x = self.groups(x)  # (N, widths[-1], ~H/8, ~W/8)
@@ -81,8 +103,22 @@ class FastNet(nn.Module):
         return self.head(x) * self.logit_scale  # (N, classes)
 
 
-@register("fastnet")
+def check_options(whiten_bias_epochs, **_) -> None:
+    bad = whiten_bias_epochs is not None and (
+        not isinstance(whiten_bias_epochs, int) or isinstance(whiten_bias_epochs, bool)
+        or whiten_bias_epochs < 0
+    )  # fmt: skip
+    if bad:
+        raise UserError(
+            f"model.whiten_bias_epochs={whiten_bias_epochs!r} is not valid; use null (the bias "
+            "always learns) or a number of epochs ≥ 0 after which it is frozen"
+        )
+
+
+@register("fastnet", check=check_options)
 def fastnet(
-    spec: InputSpec, widths=(64, 256, 256), logit_scale: float = 1 / 9, bn_momentum: float = 0.4
-) -> nn.Module:
-    return FastNet(spec.channels, spec.num_classes, tuple(widths), logit_scale, bn_momentum)
+    spec: InputSpec, widths=(64, 256, 256), logit_scale: float = 1 / 9, bn_momentum: float = 0.4,
+    whiten_bias_epochs: int | None = None,
+) -> nn.Module:  # fmt: skip
+    return FastNet(spec.channels, spec.num_classes, tuple(widths), logit_scale, bn_momentum,
+                   whiten_bias_epochs)  # fmt: skip

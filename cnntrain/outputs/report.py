@@ -275,7 +275,10 @@ def write_eval_report(eval_dir: Path) -> Path:
         *test_pairs(r),
         ("data", r.get("data", "—")),
         ("checkpoint", r.get("checkpoint", "—")),
-        ("flip TTA", "on" if r.get("tta") else "off"),
+        (
+            "test-time views",
+            {True: "flip", "flip_translate": "flip × 1 px shifts"}.get(r.get("tta"), "off"),
+        ),
         ("device", r.get("device", "—")),
         ("precision", r.get("precision", "—")),
         ("evaluation time", duration(r.get("eval_time_s"))),
