@@ -12,6 +12,9 @@ production code has no failpoints. FAULT is one of:
   sigint-step:E:S      SIGINT just before training batch S of epoch E (a graceful stop)
   sigint2-step:E:S     two SIGINTs there (the second must end the run at once)
   sigterm-step:E:S     SIGTERM just before training batch S of epoch E
+  kill-rank-step:R:E:S SIGKILL just before training batch S of epoch E, on rank R only (torchrun)
+  sigterm-job-step:E:S rank 0 sends SIGTERM to the launcher (torchrun's agent, its parent) just
+                       before batch S of epoch E: a job stopped as Slurm or a user stops it
   nan-step:E:S         the weights turn NaN just before training batch S of epoch E
 """
 
@@ -27,6 +30,10 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
 class Fault(Callback):
     def __init__(self, at: str):
         self.kind, *self.params = at.split(":")
@@ -34,7 +41,7 @@ class Fault(Callback):
         self.previous = None  # NAME's bytes before this write
 
     def at_step(self, epoch: int, step: int) -> bool:
-        return [epoch, step] == [int(p) for p in self.params]
+        return [epoch, step] == [int(p) for p in self.params[-2:]]
 
     def on_batch_start(self, loop, epoch: int, step: int) -> None:
         if not self.kind.endswith("-step") or not self.at_step(epoch, step):
@@ -48,6 +55,10 @@ class Fault(Callback):
             os.kill(os.getpid(), signal.SIGINT)
         elif self.kind == "sigterm-step":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.kind == "kill-rank-step" and rank() == int(self.params[0]):
+            die()
+        elif self.kind == "sigterm-job-step" and rank() == 0:
+            os.kill(os.getppid(), signal.SIGTERM)
         elif self.kind == "nan-step":
             with torch.no_grad():
                 next(loop.model.parameters()).fill_(float("nan"))

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnntrain.config import unknown_keys, validate
+from cnntrain.distributed import rank_prefix
 from cnntrain.errors import UserError
 
 # The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
@@ -18,8 +19,9 @@ CONF_PATH = Path(__file__).resolve().parent.parent / "conf"
 
 
 def fail(message: str, status: int = 2):
-    """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead)."""
-    print(f"cnntrain: error: {message}", file=sys.stderr, flush=True)
+    """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead);
+    marked `[rank N]` on the ranks other than 0 of a torchrun job."""
+    print(f"{rank_prefix()}cnntrain: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
 
