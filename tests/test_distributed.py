@@ -286,7 +286,8 @@ def machine(node: int, port: int, overrides: list[str], cwd: Path) -> subprocess
 @pytest.mark.slow
 def test_two_machines_on_loopback_are_one_run(image_root, tmp_path):
     port = free_port()
-    nodes = [machine(n, port, args(image_root, "trainer.epochs=1"), tmp_path) for n in range(2)]
+    overrides = args(image_root, "trainer.epochs=1", "data.max_train_samples=32")
+    nodes = [machine(n, port, overrides, tmp_path) for n in range(2)]
     try:
         codes = [node.wait(timeout=TIMEOUT) for node in nodes]
     finally:
