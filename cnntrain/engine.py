@@ -246,6 +246,15 @@ def check_finite(totals: Totals, epoch: int) -> None:
         raise Diverged(epoch, bad)
 
 
+def model_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """(B, classes) float32 logits of a batch (B, C, H, W); with flip TTA, the mean of those of
+    each image and of its left-right mirror."""
+    logits = model(x).float()
+    if tta:  # a mirrored image is as likely as the image itself
+        logits = (logits + model(x.flip(-1)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -269,9 +278,7 @@ def evaluate(
     with progress_bar(len(loader), desc, progress) as bar:
         for x, y in loader.batches():
             with arithmetic.autocast():
-                logits = model(x).float()
-                if arithmetic.tta:  # a mirrored image is as likely as the image itself
-                    logits = (logits + model(x.flip(-1)).float()) / 2
+                logits = model_logits(model, x, arithmetic.tta)
             loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
             correct, images = (logits.argmax(1) == y).sum(), (y != distributed.IGNORED).sum()
             sums += torch.stack([loss.double(), correct.double(), images.double()])

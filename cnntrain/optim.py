@@ -98,9 +98,9 @@ class Schedule(lr_scheduler.LRScheduler):
     def planned_step(self, step: int) -> float:
         if not self.stretches:
             return float(step)
-        start, planned = self.anchor
-        left = self.total_steps - start
-        return planned + (step - start) * (self.planned_steps - planned) / max(1, left)
+        start, planned = self.anchor  # then the last step of the run is the plan's last step
+        left = self.total_steps - 1 - start
+        return planned + (step - start) * (self.planned_steps - 1 - planned) / max(1, left)
 
     def get_lr(self) -> list[float]:
         step = self.planned_step(self.last_epoch)

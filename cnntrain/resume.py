@@ -162,6 +162,10 @@ def best_is_intact(path: Path, epoch: int) -> bool:
 
 
 def best_weights(path: Path) -> dict:
-    """The weights a checkpoint evaluates with: its EMA weights when the run had EMA."""
-    saved = load_checkpoint(path)
-    return saved["ema"]["weights"] if saved["ema"] else saved["model"]
+    """The weights the checkpoint at `path` evaluates with (evaluated_weights)."""
+    return evaluated_weights(load_checkpoint(path))
+
+
+def evaluated_weights(saved: dict) -> dict:
+    """The weights a loaded checkpoint evaluates with: its EMA weights when the run had EMA."""
+    return saved["ema"]["weights"] if saved.get("ema") else saved["model"]

@@ -16,6 +16,7 @@ production code has no failpoints. FAULT is one of:
   sigterm-job-step:E:S rank 0 sends SIGTERM to the launcher (torchrun's agent, its parent) just
                        before batch S of epoch E: a job stopped as Slurm or a user stops it
   nan-step:E:S         the weights turn NaN just before training batch S of epoch E
+  nan-sigint-step:E:S  both: NaN weights and a SIGINT before batch S of epoch E
 """
 
 import os
@@ -38,7 +39,12 @@ class Fault(Callback):
     def __init__(self, at: str):
         self.kind, *self.params = at.split(":")
         self.saves = 0  # writes of checkpoints/NAME so far
-        self.previous = None  # NAME's bytes before this write
+        self.previous = None  # NAME's bytes before the latest write (None: there was no file)
+
+    def on_fit_start(self, loop) -> None:
+        if self.kind == "kill-in-save":  # what a crash mid-write leaves under the final name
+            path = loop.checkpoint_path(self.params[0])
+            self.previous = path.read_bytes() if path.exists() else None
 
     def at_step(self, epoch: int, step: int) -> bool:
         return [epoch, step] == [int(p) for p in self.params[-2:]]
@@ -59,9 +65,11 @@ class Fault(Callback):
             die()
         elif self.kind == "sigterm-job-step" and rank() == 0:
             os.kill(os.getppid(), signal.SIGTERM)
-        elif self.kind == "nan-step":
+        if self.kind in ("nan-step", "nan-sigint-step"):
             with torch.no_grad():
                 next(loop.model.parameters()).fill_(float("nan"))
+        if self.kind == "nan-sigint-step":
+            os.kill(os.getpid(), signal.SIGINT)
 
     def on_epoch_end(self, loop, row: dict) -> None:
         if self.kind == "kill-after-row" and row["epoch"] == int(self.params[0]):

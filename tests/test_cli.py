@@ -24,6 +24,7 @@ from tests.test_models import ArticleCIFAR10CNN
 
 pytestmark = pytest.mark.slow
 SMALL = ("trainer.epochs=2", "data.max_train_samples=512", "data.max_eval_samples=256")
+QUIET = ("logger=none", "trainer.plots=false")  # for runs whose plots and trackers go unchecked
 METRIC_FIELDS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s"}
 RESULT_FIELDS = {"test/acc", "test/loss", "best_epoch", "epochs", "train_time_s", "params"}
 
@@ -91,6 +92,7 @@ def test_fashion_mnist_run_learns(tmp_path):
         "data.max_train_samples=2048",
         "data.max_eval_samples=512",
         "data.val_split=0",
+        *QUIET,
         cwd=tmp_path,
     )
     (run,) = run_folders(tmp_path)
@@ -108,9 +110,8 @@ def test_unseen_image_folder_trains_without_options(tmp_path):
     root = make_image_folder(
         tmp_path / "my images", classes=("round thing", "square thing"), per_class=24
     )
-    run_cli(
-        "data=imagefolder", f"data.root={root}", "model=simplecnn", "trainer.epochs=3", cwd=tmp_path
-    )
+    run_cli("data=imagefolder", f"data.root={root}", "model=simplecnn", "trainer.epochs=3",
+            *QUIET, cwd=tmp_path)  # fmt: skip
     (run,) = run_folders(tmp_path)
     results = json.loads((run / "results.json").read_text())
     assert results["classes"] == ["round thing", "square thing"] and results["test/split"] == "val"
@@ -125,6 +126,7 @@ def test_same_seed_same_run_on_cpu(tmp_path):
         "data.max_train_samples=256",
         "data.max_eval_samples=128",
         "data.augment.rotation=10",
+        *QUIET,
     )
     run_cli(*args, cwd=tmp_path)
     run_cli(*args, cwd=tmp_path)
@@ -149,20 +151,29 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path):
 
 
 @needs_cifar
-def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary(tmp_path):
-    proc = run_cli("-m", "experiment=smoke", "optimizer=sgd,adam", cwd=tmp_path)
+def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary_and_failed_jobs(tmp_path):
+    # lr=-1 is refused by each of its jobs: recorded with its reason, the others still run.
+    proc = run_cli("-m", "experiment=smoke", "optimizer=sgd,adam", "optimizer.lr=0.01,-1",
+                   "logger=none", cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode != 0 and "2 job(s) did not complete" in proc.stderr
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "plots"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "plots"]
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["rank"] for r in rows] == ["1", "2"]
-    assert {r["overrides"] for r in rows} == {
-        "experiment=smoke optimizer=sgd",
-        "experiment=smoke optimizer=adam",
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    completed, failed = rows[:2], rows[2:]
+    assert {r["overrides"] for r in completed} == {
+        "experiment=smoke optimizer=sgd optimizer.lr=0.01 logger=none",
+        "experiment=smoke optimizer=adam optimizer.lr=0.01 logger=none",
     }
-    accs = [float(r["val/acc"]) for r in rows]
-    assert accs == sorted(accs, reverse=True) and all(r["status"] == "completed" for r in rows)
-    for r in rows:
+    assert all(r["status"] == "completed" for r in completed)
+    accs = [float(r["val/acc"]) for r in completed]
+    assert accs == sorted(accs, reverse=True)
+    for r in failed:
+        assert "optimizer.lr=-1" in r["overrides"]
+        assert r["status"] == "failed: optimizer.lr=-1 is not valid; use a learning rate > 0"
+        assert not (sweep / r["job"] / "results.json").exists()
+    for r in completed:
         job = json.loads((sweep / r["job"] / "results.json").read_text())
         assert float(r["test/acc"]) == job["test/acc"]
     assert "sweep, best first" in proc.stdout

@@ -96,14 +96,17 @@ def test_without_a_val_split_one_capped_test_loader_serves_both_evaluations(tmp_
 
 def test_evaluation_batches_are_deterministic_and_unaugmented(tmp_path):
     root = make_image_folder(tmp_path / "f")
-    cfg = folder_config(root, "data.augment.rotation=30", "data.augment.crop_padding=4")
+    augmented = ("data.augment.rotation=30", "data.augment.crop_padding=4")
     for loader in ("tensor", "dataloader"):
-        data = load_data(folder_config(root, f"data.loader={loader}"), CPU)
-        first = [x for x, _ in data.val.batches()]
-        again = [x for x, _ in data.val.batches(epoch=5)]
-        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    data = load_data(cfg, CPU)
-    assert not torch.equal(next(data.train.batches(1))[0], next(data.train.batches(2))[0])
+        data = load_data(folder_config(root, *augmented, f"data.loader={loader}"), CPU)
+        first = torch.cat([x for x, _ in data.val.batches()])
+        again = torch.cat([x for x, _ in data.val.batches(epoch=5)])
+        assert torch.equal(first, again), loader
+        # The images as stored, only normalized: no augmentation reached evaluation.
+        stored = data.val.prep(data.val.images_at(range(data.val.count)))
+        assert torch.allclose(first, stored), loader
+        train = [next(data.train.batches(epoch))[0] for epoch in (1, 2)]
+        assert not torch.equal(*train), loader  # while training batches are augmented
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -109,3 +110,34 @@ def test_any_other_callback_failing_ends_the_run():
     loop = loop_with({"checkpoints": Broken(is_tracker=False)})
     with pytest.raises(ConnectionError):
         loop.emit("on_epoch_end", {"epoch": 1})
+
+
+class Recorder(nn.Module):
+    """Notes, at each forward pass, whether it ran in train mode and with gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 4)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.linear(x.flatten(1))
+
+
+def test_evaluation_runs_in_eval_mode_without_gradients_and_restores_the_mode():
+    model = Recorder().train()
+    loader = ListLoader([(torch.randn(3, 1, 2, 3), torch.tensor([0, 1, 2]))] * 2)
+    evaluate(model, loader, Arithmetic(torch.device("cpu"), None, tta=True))
+    assert model.seen == [(False, False)] * 4  # two batches, each with its mirror
+    assert model.training  # back in train mode for the next epoch
+
+
+def test_peak_memory_is_this_jobs_not_the_process_lifetimes():
+    from cnntrain.memory import host_peak_kib, reset_peak_memory
+
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    del big
+    before = host_peak_kib()
+    reset_peak_memory(torch.device("cpu"))
+    assert host_peak_kib() < before - 200 * 2**10  # the 300 MiB of an earlier job are forgotten

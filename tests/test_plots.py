@@ -313,3 +313,68 @@ def test_write_run_plots_grayscale_without_mistakes(tmp_path):
     assert asked == [[0]]  # no mistakes: no images to fetch, yet the figure says so
     for path in paths:
         assert_png(path, min_side=150)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions draw (still written as PNGs): to check what their axes
+    hold, which a blank-pixel check cannot (an empty axes frame is not blank)."""
+    drawn = []
+    save = plots.save_png
+
+    def keep(fig, path):
+        drawn.append(fig)
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "save_png", keep)
+    return drawn
+
+
+def line_data(ax) -> list[list[float]]:
+    return [list(line.get_ydata()) for line in ax.get_lines()]
+
+
+def bar_heights(ax) -> list[float]:
+    return [patch.get_height() for patch in ax.patches]
+
+
+def test_curves_hold_every_epochs_values(tmp_path, figures):
+    rows = fake_rows()
+    plot_curves(rows, tmp_path / "curves.png")
+    loss_ax, acc_ax, lr_ax = figures[0].axes[:3]
+    assert line_data(loss_ax) == [
+        pytest.approx([r[k] for r in rows]) for k in ("train/loss", "val/loss")
+    ]
+    assert line_data(acc_ax) == [
+        pytest.approx([100 * r[k] for r in rows]) for k in ("train/acc", "val/acc")
+    ]
+    assert line_data(lr_ax) == [pytest.approx([r["lr"] for r in rows])]
+    assert list(loss_ax.get_lines()[0].get_xdata()) == [r["epoch"] for r in rows]
+
+
+def test_confusion_matrix_shows_the_counts(tmp_path, figures):
+    logits, targets = noisy_logits(300, 4)
+    plot_confusion_matrix(logits, targets, list("abcd"), tmp_path / "cm.png")
+    shown = figures[0].axes[0].get_images()[0].get_array()
+    assert np.array_equal(shown, confusion_counts(logits, targets, 4).numpy())
+
+
+def test_class_bars_hold_the_values(tmp_path, figures):
+    plot_per_class_accuracy({"a": 0.91, "b": 0.42, "c": None}, tmp_path / "acc.png")
+    plot_class_distribution({"a": 30, "b": 10, "c": 5}, tmp_path / "dist.png")
+    assert bar_heights(figures[0].axes[0]) == pytest.approx([91.0, 42.0, 0.0])
+    assert bar_heights(figures[1].axes[0]) == [30, 10, 5]
+
+
+def test_image_figures_show_the_images(tmp_path, figures):
+    model = FourConvs().eval()
+    plot_filters(model, tmp_path / "filters.png")
+    shown = figures[0].axes[0].get_images()[0].get_array()  # (H, W, 3) mosaic in [0, 1]
+    assert np.array_equal(shown, filter_mosaic(model.early.weight).permute(1, 2, 0).numpy())
+    images = uint8_images(3, 3)
+    plot_misclassified(images, ["a"] * 3, ["b"] * 3, [0.9, 0.8, 0.7], tmp_path / "m.png")
+    pictures = [ax.get_images()[0].get_array() for ax in figures[1].axes if ax.get_images()]
+    assert len(pictures) == 3 and all(np.ptp(p) > 0 for p in pictures)
+    plot_feature_maps(model, torch.randn(3, 8, 8), images[0], tmp_path / "maps.png")
+    maps = [ax.get_images()[0].get_array() for ax in figures[2].axes if ax.get_images()]
+    assert len(maps) > 3 and all(np.ptp(m) > 0 for m in maps)  # input + maps of three convs

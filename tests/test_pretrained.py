@@ -18,6 +18,7 @@ from cnntrain.config import validate
 from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.engine import Arithmetic, StepParts, Totals, train_one_epoch
 from cnntrain.errors import UserError
+from cnntrain.inference import load_trained
 from cnntrain.models import (
     InputSpec,
     build_model,
@@ -27,10 +28,11 @@ from cnntrain.models import (
     init_from,
     train_mode,
 )
+from cnntrain.models.registry import build_architecture
 from cnntrain.models.torchvision import ARCHS
 from cnntrain.optim import build_optimizer
-from cnntrain.outputs.checkpoint import save_checkpoint
-from tests.conftest import compose_config
+from cnntrain.outputs.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import compose_config, make_image_folder, train_here
 
 SPEC = InputSpec(3, 32, 32, 7)
 
@@ -404,6 +406,71 @@ def test_init_from_another_architecture_is_one_line(tmp_path):
         )
     with pytest.raises(UserError, match="no checkpoint at"):
         init_from(model, str(tmp_path / "nowhere"), {"name": "cifar10cnn"})
+
+
+# -- end to end: training runs, and using them ---------------------------------------------
+
+RUN_QUIETLY = ("trainer.epochs=1", "trainer.device=cpu", "logger=none", "trainer.plots=false")
+
+
+def test_fine_tuning_a_pretrained_resnet_trains_only_its_head(hub_cache, tmp_path):
+    file = write_imagenet_weights(hub_cache, "resnet18", tv.ResNet18_Weights.IMAGENET1K_V1)
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=8, mode="RGB")
+    train_here("data=imagefolder", f"data.root={root}", "data.image_size=32", "data.batch_size=8",
+               "model=torchvision", "model.arch=resnet18", "model.weights=IMAGENET1K_V1",
+               "model.freeze=backbone", *RUN_QUIETLY, output_dir=tmp_path / "run")  # fmt: skip
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    body = {k: v for k, v in saved["model"].items() if not k.startswith("fc.")}
+    assert body.keys() == {k for k in file if not k.startswith("fc.")}
+    assert all(torch.equal(v, file[k]) for k, v in body.items())  # BN statistics included
+    assert saved["model"]["fc.weight"].shape == (3, 512)
+    assert saved["trainable"] == ["fc.weight", "fc.bias"]
+    assert len(saved["optimizer"]["state"]) == 2  # momentum buffers: the head alone was stepped
+    assert saved["normalization"]["mean"] == [0.485, 0.456, 0.406]  # the weights' statistics
+    # Used later, the run needs no weights file: the network is rebuilt from its checkpoint.
+    cache_file(hub_cache, tv.ResNet18_Weights.IMAGENET1K_V1).unlink()
+    rebuilt = load_trained(tmp_path / "run").network.state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in saved["model"].items())
+
+
+def test_init_from_a_run_of_other_classes_end_to_end(tmp_path, caplog):
+    three = make_image_folder(
+        tmp_path / "three", classes=("a", "b", "c"), mode="RGB", size=(16, 16)
+    )
+    two = make_image_folder(tmp_path / "two", classes=("x", "y"), mode="RGB", size=(16, 16))
+    train_here("data=imagefolder", f"data.root={three}", "model=simplecnn", "trainer.ema=0.9",
+               *RUN_QUIETLY, output_dir=tmp_path / "source")  # fmt: skip
+    caplog.set_level("INFO", logger="cnntrain")
+    train_here("data=imagefolder", f"data.root={two}", "model=simplecnn",
+               f"model.init_from={tmp_path / 'source'}", "model.freeze=backbone", *RUN_QUIETLY,
+               output_dir=tmp_path / "target")  # fmt: skip
+    source = load_checkpoint(tmp_path / "source" / "checkpoints" / "best.pt")["ema"]["weights"]
+    target = load_checkpoint(tmp_path / "target" / "checkpoints" / "best.pt")["model"]
+    assert target["fc2.weight"].shape == (2, 256) and source["fc2.weight"].shape == (3, 256)
+    body = [k for k in target if not k.startswith("fc2.")]
+    assert all(torch.equal(target[k], source[k]) for k in body)  # loaded, then kept frozen
+    assert "loaded 23 tensors, re-initialised 2 of another shape (the head" in caplog.text
+    assert "model.init_from re-initialised (another shape): fc2.weight, fc2.bias" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("arch", "weights", "side", "attribute", "value"),
+    [
+        ("googlenet", "DEFAULT", 224, "transform_input", True),  # inputs re-normalized inside
+        ("inception_v3", "IMAGENET1K_V1", 299, "transform_input", True),
+        ("googlenet", None, 224, "transform_input", False),
+        ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", 384, "image_size", 384),
+    ],
+)
+def test_a_pretrained_network_is_rebuilt_without_its_file_as_torchvision_built_it(
+    arch, weights, side, attribute, value
+):
+    with torch.device("meta"):  # shapes only; no weights file exists in this test
+        model = build_architecture(
+            {"name": "torchvision", "arch": arch, "weights": weights}, InputSpec(3, side, side, 7)
+        )
+    assert getattr(model, attribute) == value
+    assert not [name for name in model.state_dict() if "aux" in name.lower()]
 
 
 # -- config ------------------------------------------------------------------------------------

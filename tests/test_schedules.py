@@ -3,12 +3,13 @@ its schedule smoothly to the new end (no error, no jump up, no second warm-up)."
 
 import io
 import itertools
+import logging
 
 import pytest
 import torch
 
 from cnntrain.optim import build_optimizer, build_scheduler
-from tests.conftest import compose_config
+from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 
 STEPS = 10  # optimizer steps per epoch
 
@@ -54,7 +55,8 @@ def test_a_longer_resumed_run_stretches_the_rest_of_the_schedule(option):
     assert after[0] == pytest.approx(planned[15])  # the next step's lr is unchanged
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))  # never up again
     assert len(after) == 4 * STEPS - 15
-    assert after[-1] <= planned[-1] + 1e-12  # at the new last step: the end of the schedule
+    assert after[-1] == pytest.approx(planned[-1])  # at the new last step: the end of the plan
+    assert after[-2] > planned[-1]  # and not before it
     assert max(after) < max(planned) + 1e-12  # no second warm-up
 
 
@@ -75,3 +77,34 @@ def test_the_same_length_changes_nothing():
     before, after = resumed("onecycle", 3, 12, 3)
     _, plan = schedule("onecycle", 3)
     assert before + after == pytest.approx(rates(plan.optimizer, plan, 3 * STEPS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+@pytest.mark.parametrize("option", ["cosine", "onecycle", "step", "none"])
+def test_a_run_resumed_with_more_epochs_continues_its_schedule(option, loader, tmp_path, caplog):
+    """Stopped by SIGINT mid-epoch 2 of 2, resumed with trainer.epochs=4: no error, and the
+    per-epoch learning rate goes on as the schedule says, without jumping back up."""
+    root = make_image_folder(tmp_path / "data", per_class=16)
+    run = tmp_path / "run"
+    step_size = ["scheduler.step_size=1"] if option == "step" else []  # epochs
+    overrides = ("data=imagefolder", f"data.root={root}", "model=lenet5", f"scheduler={option}",
+                 f"data.loader={loader}", "data.batch_size=8", "data.num_workers=0",
+                 "trainer.epochs=2", *step_size, "logger=none", "trainer.plots=false")  # fmt: skip
+    fault = ("+callbacks.fault._target_=tests.faults.Fault", "+callbacks.fault.at=sigint-step:2:1")
+    with pytest.raises(SystemExit):
+        train_here(*overrides, *fault, output_dir=run)
+    with caplog.at_level(logging.INFO):
+        results = train_here("trainer.epochs=4", output_dir=run, resume=run)
+    lrs = [row["lr"] for row in read_jsonl(run / "metrics.jsonl")]
+    assert results["epochs"] == 4 and len(lrs) == 4
+    if option == "none":
+        assert lrs == [lrs[0]] * 4
+    elif option == "step":
+        assert lrs == pytest.approx([lrs[0] * 0.1**e for e in range(4)])  # γ = 0.1 every epoch
+    else:
+        assert all(b < a for a, b in itertools.pairwise(lrs[1:]))  # past the warm-up: down only
+        # 4 steps an epoch: stopped after step 1 of epoch 2, i.e. 6 steps done of 8 planned.
+        assert "schedule stretched: from step 6 it reaches its end at step 16 instead of 8" in (
+            caplog.text
+        )

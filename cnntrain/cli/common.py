@@ -1,6 +1,8 @@
 """What every command-line entry point shares: one-line errors and config composition."""
 
+import argparse
 import difflib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -9,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.logging import RichHandler
 
 from cnntrain.config import unknown_keys, validate
 from cnntrain.distributed import rank_prefix
@@ -23,6 +27,28 @@ def fail(message: str, status: int = 2):
     marked `[rank N]` on the ranks other than 0 of a torchrun job."""
     print(f"{rank_prefix()}cnntrain: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(status)
+
+
+def warn(message: str) -> None:
+    """A warning for the user: one line on stderr; the command goes on."""
+    print(f"cnntrain: warning: {message}", file=sys.stderr, flush=True)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, `cnntrain: error: …` with exit status 2, as all."""
+
+    def error(self, message: str):
+        fail(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def log_to_console() -> None:
+    """The library's log lines (what is decoded, cached, skipped) on stderr, formatted as
+    `cnntrain` shows them through Hydra's job logging (conf/hydra/job_logging/rich.yaml); stdout
+    keeps only the command's answer."""
+    handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="[%X]")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # unless already set up
+    logging.getLogger("cnntrain").setLevel(logging.INFO)  # cnntrain's info lines, others' warnings
 
 
 def is_group_choice(override: str) -> bool:

@@ -1,5 +1,11 @@
 """Datasets to device batches: see pipeline.py (load_data) and the modules it calls."""
 
-from cnntrain.data.pipeline import DataBundle, input_spec, load_data
+from cnntrain.data.pipeline import (
+    DataBundle,
+    EvaluationSplit,
+    input_spec,
+    load_data,
+    load_evaluation_split,
+)
 
-__all__ = ["DataBundle", "input_spec", "load_data"]
+__all__ = ["DataBundle", "EvaluationSplit", "input_spec", "load_data", "load_evaluation_split"]

@@ -25,7 +25,7 @@ from cnntrain.data.augment import (
 )
 from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
-from cnntrain.data.sources import ImageSource, Splits, open_splits
+from cnntrain.data.sources import ImageSource, Splits, open_evaluation_data, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
 from cnntrain.distributed import SINGLE, World
 from cnntrain.errors import UserError
@@ -111,6 +111,58 @@ def load_data(cfg, device: torch.device, channels_last: bool = False,
         loader=kind,
         origin=found.origin,
     )
+
+
+@dataclass
+class EvaluationSplit:
+    """load_evaluation_split's answer: the split's loader and what it is."""
+
+    loader: TensorLoader | FileLoader
+    name: str  # "test", or "val" when the data has no test split (as in training's results)
+    origin: str  # where the data was found
+    counts: dict[str, int]  # images per class name of the model (0 for those not in the data)
+
+
+def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
+                          classes: list[str]) -> EvaluationSplit:  # fmt: skip
+    """The split a run of `cfg.data` is finally tested on (load_data's `test`), alone: the
+    training split is not decoded. Its images are made into a trained model's input (`spec`'s
+    channels and size, its `mean`/`std`), never the data's own statistics, and labelled with
+    the model's class indices, matched by name to `classes` (a subset of them is fine, a class
+    the model does not know is a UserError). Data without a train/ split
+    (sources.open_evaluation_data) is tested on whole."""
+    d = cfg.data
+    found = open_evaluation_data(d, cfg.paths.data_dir, cfg.paths.cache_dir)
+    to_model = model_class_indices(found.classes, classes)
+    size = (spec.height, spec.width)
+    kind = choose_loader(d, found, spec.channels, size)
+    if "train" in found.splits:
+        (_, _, choice), _, name = partition(found, d)
+    else:
+        whole = Choice("test", np.arange(len(found.splits["test"])))
+        choice, name = cap(whole, d.max_eval_samples, d.split_seed + 2), "test"
+    [part] = readable_parts(found, [choice], d, cfg.paths, spec.channels, size, kind)
+    source = part.source
+    part = Part(ImageSource(to_model[source.targets], source.arrays, source.files), part.images)
+    prep = BatchPrep(mean, std, device, cfg.trainer.channels_last)
+    seed = cfg.trainer.seed
+    if kind == "tensor":
+        loader = tensor_loader(part, d, train=False, seed=seed, prep=prep)
+    else:
+        loader = file_loader(part, d, train=False, seed=seed, prep=prep, spec=spec)
+    counts = np.bincount(part.source.targets, minlength=len(classes)).tolist()
+    return EvaluationSplit(loader, name, found.origin, dict(zip(classes, counts, strict=True)))
+
+
+def model_class_indices(data_classes: list[str], classes: list[str]) -> np.ndarray:
+    """(K_data,) int64: the model's index of each of the data's classes, matched by name."""
+    unknown = [c for c in data_classes if c not in classes]
+    if unknown:
+        raise UserError(
+            f"the data has class {unknown[0]!r}, which the model does not know (its classes: "
+            f"{', '.join(classes)}); remove that class folder or evaluate a model trained on it"
+        )
+    return np.array([classes.index(c) for c in data_classes], dtype=np.int64)
 
 
 def input_spec(cfg) -> tuple[InputSpec, list[str]]:

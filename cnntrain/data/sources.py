@@ -192,12 +192,43 @@ def open_image_folder(path: Path, cache_dir: Path) -> Splits:
 
 def find_split_root(path: Path) -> Path:
     """The folder holding `train/`: `path` itself or its only subfolder (archives wrap one)."""
+    root = split_root(path)
+    if root is None:
+        raise UserError(f"{path} has no train/ folder; an ImageFolder needs train/<class>/<images>")
+    return root
+
+
+def split_root(path: Path) -> Path | None:
+    """find_split_root's folder, or None when there is no train/ folder."""
     if (path / "train").is_dir():
         return path
     subdirs = [p for p in path.iterdir() if p.is_dir()]
     if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
         return subdirs[0]
-    raise UserError(f"{path} has no train/ folder; an ImageFolder needs train/<class>/<images>")
+    return None
+
+
+def open_evaluation_data(data_cfg, data_dir: str, cache_dir: str) -> Splits:
+    """Data to evaluate a trained model on, found as open_splits finds training data; but
+    `data.root` may also hold labelled images alone, without train/: `test/<class>/<images>`
+    (or `val/…`), or class folders at its top (`<class>/<images>`), read as the `test` split."""
+    if not data_cfg.root:
+        return open_splits(data_cfg, data_dir, cache_dir)
+    path = Path(data_cfg.root).expanduser()
+    check_root(str(path))
+    folder = unpack_archive(path, Path(cache_dir) / "archives") if path.is_file() else path
+    if split_root(folder) is not None:
+        return open_image_folder(path, Path(cache_dir))
+    root = next((folder / s for s in ("test", "val") if (folder / s).is_dir()), folder)
+    try:
+        classes, class_to_idx = find_classes(root)
+    except FileNotFoundError as e:
+        raise UserError(
+            f"data.root={data_cfg.root!r}: no class folders in {root}; give an ImageFolder "
+            "(train/ and test/ or val/), test/<class>/<images>, or <class>/<images>"
+        ) from e
+    splits = {"test": folder_source(root, class_to_idx)}
+    return Splits(classes, splits, origin=str(root), fingerprint=fingerprint(splits))
 
 
 def check_same_classes(classes: dict[str, list[str]], root: Path) -> None:

@@ -21,20 +21,24 @@ class Entry:
     builder: ModelBuilder
     check: Callable[..., None] | None  # check(**options): refuse bad values before any work
     data_defaults: Callable[..., dict] | None  # data_defaults(**options): what the data must be
+    architecture: ModelBuilder | None  # architecture(spec, **options): `builder`'s network, no file
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, check=None, data_defaults=None) -> Callable[[ModelBuilder], ModelBuilder]:
+def register(
+    name: str, check=None, data_defaults=None, architecture=None
+) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make `builder(spec, **options)` available as `model.name: <name>`.
 
     `check` and `data_defaults`, if given, are called with every option of the builder (the
-    config's values, the builder's defaults for the others).
+    config's values, the builder's defaults for the others). `architecture`, for a builder that
+    reads files (pretrained weights), builds the same network without reading them.
     """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _REGISTRY[name] = Entry(builder, check, data_defaults)
+        _REGISTRY[name] = Entry(builder, check, data_defaults, architecture)
         return builder
 
     return add
@@ -50,16 +54,22 @@ def check_model_options(model_cfg) -> tuple[ModelBuilder, dict]:
     return entry.builder, options
 
 
-def registered(model_cfg) -> tuple[Entry, dict, dict]:
-    """The registry entry of `model_cfg.name`, its builder options as given, and all of them
-    with the builder's defaults filled in (checked by the entry's `check`)."""
+def entry_of(model_cfg) -> tuple[Entry, dict]:
+    """The registry entry of `model_cfg.name` and its builder options as given."""
     options = {k: v for k, v in dict(model_cfg).items() if k not in SHARED_KEYS}
     name = options.pop("name", None)
     if name not in _REGISTRY:
         raise UserError(
             f"model.name={name!r} is not a known model; use one of: {', '.join(model_names())}"
         )
-    entry = _REGISTRY[name]
+    return _REGISTRY[name], options
+
+
+def registered(model_cfg) -> tuple[Entry, dict, dict]:
+    """The registry entry of `model_cfg.name`, its builder options as given, and all of them
+    with the builder's defaults filled in (checked by the entry's `check`)."""
+    entry, options = entry_of(model_cfg)
+    name = model_cfg.get("name")
     try:
         bound = inspect.signature(entry.builder).bind(None, **options)
     except TypeError as e:  # an unknown or missing option, named by Python's message
@@ -90,3 +100,14 @@ def build_model(model_cfg, spec: InputSpec) -> nn.Module:
     model = entry.builder(spec, **options)
     freeze(model, dict(model_cfg).get("freeze") or "none")
     return model
+
+
+def build_architecture(model_cfg, spec: InputSpec) -> nn.Module:
+    """The network a run of `model_cfg` trained, sized by `spec`, freshly initialised and built
+    without reading any file: what that run's checkpoint weights load into strictly.
+
+    `model.weights` is not read (only the architecture it implies), nor `model.init_from`; no
+    parameter is frozen. For a trained run's saved config, which was checked when it ran.
+    """
+    entry, options = entry_of(model_cfg)
+    return (entry.architecture or entry.builder)(spec, **options)

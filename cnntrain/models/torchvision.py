@@ -63,16 +63,24 @@ def check_arch(arch) -> None:
         raise UserError(f"model.arch={arch!r} is not a torchvision classifier; {hint}")
 
 
-def resolve_weights(arch: str, weights) -> tv.WeightsEnum | Path | None:
-    """`model.weights` as torchvision's weights enum member, a state-dict file, or None."""
-    check_arch(arch)
+def weights_named(arch: str, weights) -> tv.WeightsEnum | None:
+    """The member of `arch`'s weights enum that `model.weights` names, or None (null, a file)."""
     if weights is None:
         return None
     enum = tv.get_model_weights(arch)
-    names = [w.name for w in enum]
     name = str(weights).removeprefix(f"{enum.__name__}.")
-    if name in [*names, "DEFAULT"]:
-        return tv.get_weight(f"{enum.__name__}.{name}")
+    if name not in [*enum.__members__, "DEFAULT"]:
+        return None
+    return tv.get_weight(f"{enum.__name__}.{name}")
+
+
+def resolve_weights(arch: str, weights) -> tv.WeightsEnum | Path | None:
+    """`model.weights` as torchvision's weights enum member, a state-dict file, or None."""
+    check_arch(arch)
+    named = weights_named(arch, weights)
+    if weights is None or named is not None:
+        return named
+    names = [w.name for w in tv.get_model_weights(arch)]
     path = Path(str(weights)).expanduser()
     if not path.is_file():
         raise UserError(
@@ -99,7 +107,38 @@ def data_defaults(arch, weights) -> dict:
     }
 
 
-@register("torchvision", check=resolve_weights, data_defaults=data_defaults)
+def torchvision_architecture(spec: InputSpec, arch: str = "resnet18", weights=None) -> nn.Module:
+    """The network torchvision_classifier builds for these options, randomly initialised and
+    reading no weights file (a trained run's checkpoint is loaded into it instead)."""
+    return tv.get_model(
+        arch,
+        num_classes=spec.num_classes,
+        **architecture_options(arch, weights_named(arch, weights)),
+    )
+
+
+def architecture_options(arch: str, weights: tv.WeightsEnum | None) -> dict:
+    """Builder options that make a random-init network compute what torchvision's builder with
+    `weights` builds: with weights, it sets googlenet's and inception_v3's `transform_input` (the
+    input is re-normalized as their original training's was) and ViT's `image_size` / MaxViT's
+    `input_size`; without, cnntrain's own RANDOM_INIT_OPTIONS apply."""
+    if weights is None:
+        return RANDOM_INIT_OPTIONS.get(arch, {})
+    if arch in RANDOM_INIT_OPTIONS:
+        return {"aux_logits": False, "init_weights": False, "transform_input": True}
+    if arch.startswith("vit_"):
+        return {"image_size": weights.meta["min_size"][0]}
+    if arch.startswith("maxvit_"):
+        return {"input_size": weights.meta["min_size"]}
+    return {}
+
+
+@register(
+    "torchvision",
+    check=resolve_weights,
+    data_defaults=data_defaults,
+    architecture=torchvision_architecture,
+)
 def torchvision_classifier(spec: InputSpec, arch: str = "resnet18", weights=None) -> nn.Module:
     chosen = resolve_weights(arch, weights)
     if spec.channels != 3:

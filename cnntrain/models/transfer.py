@@ -10,6 +10,7 @@ from torch import nn
 from cnntrain.errors import UserError
 from cnntrain.models.head import head_parameter_names
 from cnntrain.outputs.checkpoint import load_checkpoint
+from cnntrain.resume import evaluated_weights
 
 log = logging.getLogger("cnntrain")
 
@@ -53,14 +54,15 @@ def match_tensors(own: dict, saved: dict, model: nn.Module) -> Transfer:
     )
 
 
-def checkpoint_of(source) -> Path:
-    """The checkpoint `model.init_from` names: a .pt file, or a run folder's best.pt."""
+def checkpoint_of(source, what: str = "model.init_from") -> Path:
+    """The checkpoint `source` names: a .pt file, or a run folder's best.pt; `what` names
+    `source` in the error when there is none (the key, or the command's argument)."""
     path = Path(str(source)).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
     if not path.is_file():
         raise UserError(
-            f"model.init_from={str(source)!r}: no checkpoint at {path}; "
+            f"{what}={str(source)!r}: no checkpoint at {path}; "
             "give a cnntrain run folder or a .pt checkpoint"
         )
     return path
@@ -89,7 +91,7 @@ def init_from(model: nn.Module, source, model_cfg) -> Transfer:
             f"model.init_from={str(source)!r} is a {theirs} run and this run builds {ours}; "
             "init_from needs the same architecture"
         )
-    weights = saved["ema"]["weights"] if saved.get("ema") else saved["model"]
+    weights = evaluated_weights(saved)
     transfer = match_tensors(model.state_dict(), weights, model)
     body = {name for name, _ in model.named_parameters()} - transfer.head
     if not body & set(transfer.loaded):

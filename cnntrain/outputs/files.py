@@ -12,7 +12,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` then atomically replace `path` by `tmp`.
 
     A crash at any moment leaves either the old file or the new one under `path`, never a mix;
-    a failed write (read-only or full disk) is a UserError and the old file stays intact.
+    a failed write (read-only or full disk) is a UserError and the old file stays intact, as it
+    does when `write` raises (say, a check of what it wrote failed): the temporary file goes.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -28,6 +29,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise UserError(
             f"could not write {path}: {e.strerror or e}; free space or fix permissions"
         ) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_dir(folder: Path) -> None:

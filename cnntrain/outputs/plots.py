@@ -409,10 +409,7 @@ def write_run_plots(
     out = Path(run_dir) / "plots"
     paths = {name: out / f"{name}.png" for name in PLOT_NAMES}
     plot_curves(rows, paths["curves"])
-    plot_confusion_matrix(logits, targets, classes, paths["confusion_matrix"])
-    plot_per_class_accuracy(
-        per_class_accuracy(logits, targets, classes), paths["per_class_accuracy"]
-    )
+    write_test_plots(out, logits, targets, classes)
     plot_class_distribution(class_counts, paths["class_distribution"])
     first = images_at([0])  # (1, C, H, W) uint8: test image 0
     plot_feature_maps(model, prep(first)[0], first[0], paths["feature_maps"])
@@ -427,3 +424,16 @@ def write_run_plots(
         paths["misclassified"],
     )
     return list(paths.values())
+
+
+def write_test_plots(
+    folder: Path, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
+) -> list[Path]:
+    """The figures of a test's outputs alone (a run's, or cnntrain-eval's) into `folder`: the
+    confusion matrix and per-class accuracy; the paths written.
+
+    logits (N, K) float and targets (N,) int64 on the CPU; `classes`: the K names."""
+    paths = [Path(folder) / f"{name}.png" for name in ("confusion_matrix", "per_class_accuracy")]
+    plot_confusion_matrix(logits, targets, classes, paths[0])
+    plot_per_class_accuracy(per_class_accuracy(logits, targets, classes), paths[1])
+    return paths

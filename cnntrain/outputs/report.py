@@ -191,13 +191,25 @@ def unfinished_banner(rows: list[dict]) -> str:
     )
 
 
-def results_section(r: dict) -> str:
-    """The test accuracy as a big number, then every other result worth a glance."""
+def test_accuracy(r: dict) -> str:
+    """results.json's test accuracy as a big number, with the split and its image count."""
     count = r.get("test/count")
     split = f"{r.get('test/split', 'test')} split, {count:,} images" if is_number(count) else "test"
+    return f'<p class="big">{percent(r.get("test/acc"))}</p>\n<p>test accuracy ({esc(split)})</p>\n'
+
+
+def test_pairs(r: dict) -> list[tuple[str, str]]:
+    """The test metrics besides accuracy, as (label, value) rows."""
+    pairs = [("balanced accuracy", percent(r.get("test/balanced_acc")))]
+    if "test/top5_acc" in r:
+        pairs.append(("top-5 accuracy", percent(r["test/top5_acc"])))
+    return [*pairs, ("test loss", metric("test/loss", r.get("test/loss")))]
+
+
+def results_section(r: dict) -> str:
+    """The test accuracy as a big number, then every other result worth a glance."""
     pairs = [
-        ("balanced accuracy", percent(r.get("test/balanced_acc"))),
-        ("test loss", metric("test/loss", r.get("test/loss"))),
+        *test_pairs(r),
         ("best epoch", r.get("best_epoch", "—")),
         ("best validation accuracy", percent(r.get("best_val/acc"))),
         ("final validation accuracy", percent(r.get("final_val/acc"))),
@@ -210,8 +222,7 @@ def results_section(r: dict) -> str:
         ("precision", r.get("precision", "—")),
         ("loader", r.get("loader", "—")),
     ]
-    big = f'<p class="big">{percent(r.get("test/acc"))}</p>\n<p>test accuracy ({esc(split)})</p>\n'
-    return section("results", big + key_value_table(pairs))
+    return section("results", test_accuracy(r) + key_value_table(pairs))
 
 
 def plots_section(plots_dir: Path) -> str:
@@ -249,6 +260,39 @@ def classes_section(r: dict) -> str:
     ]
     header = ["class", "training images", "share of training", "test accuracy"]
     return section("classes", table(header, rows, text_columns={0}))
+
+
+# ---- evaluation report (cnntrain-eval) ----
+
+
+def write_eval_report(eval_dir: Path) -> Path:
+    """eval_dir/report.html of a cnntrain-eval folder (RUN_DIR/eval/<time>/): the results, the
+    confusion matrix and per-class plots, and a per-class table."""
+    eval_dir = Path(eval_dir)
+    r = read_json(eval_dir / "results.json") or {}
+    run = eval_dir.parent.parent.name
+    pairs = [
+        *test_pairs(r),
+        ("data", r.get("data", "—")),
+        ("checkpoint", r.get("checkpoint", "—")),
+        ("flip TTA", "on" if r.get("tta") else "off"),
+        ("device", r.get("device", "—")),
+        ("precision", r.get("precision", "—")),
+        ("evaluation time", duration(r.get("eval_time_s"))),
+    ]
+    counts, accuracy = r.get("test/class_counts") or {}, r.get("test/per_class_acc") or {}
+    rows = [[c, f"{counts.get(c, 0):,}", percent(accuracy.get(c))] for c in r.get("classes", [])]
+    body = [
+        f"<h1>evaluation of {esc(run)}</h1>\n",
+        f'<p class="subtitle">{esc(r.get("model", "?"))} on {esc(r.get("dataset", "?"))} — '
+        f"{esc(eval_dir)}</p>\n",
+        section("results", test_accuracy(r) + key_value_table(pairs)),
+        plots_section(eval_dir / "plots"),
+        section("classes", table(["class", "test images", "test accuracy"], rows, {0})),
+    ]
+    path = eval_dir / "report.html"
+    write_text(path, page(f"evaluation of {run}", "".join(body)))
+    return path
 
 
 # ---- sweep report ----

@@ -1,0 +1,42 @@
+"""`cnntrain-export RUN_DIR --format onnx|torchscript [--out FILE]`: ship a run's network."""
+
+from pathlib import Path
+
+from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
+from cnntrain.config import register_resolvers
+from cnntrain.errors import UserError
+from cnntrain.export import FILE_NAMES, TOLERANCE, export_run
+
+DESCRIPTION = f"""Export the best weights of a cnntrain run (its EMA weights when it kept an
+EMA) as ONNX or TorchScript. The exported network takes float32 pixels in [0, 1], shape
+(N, C, H, W) with any N, and returns logits (N, classes): the run's normalization is inside.
+Class names, mean/std and input size travel as metadata (ONNX metadata_props, TorchScript extra
+files). The file is checked before it is kept: ONNX Runtime / torch.jit.load must give
+PyTorch's logits within {TOLERANCE:g} on images of the run's test split."""
+
+
+def main() -> None:
+    """The `cnntrain-export` console script."""
+    parser = ArgumentParser(prog="cnntrain-export", description=DESCRIPTION)
+    parser.add_argument("run", metavar="RUN_DIR", help="a run folder, or a checkpoint .pt file")
+    parser.add_argument("--format", required=True, choices=list(FILE_NAMES))
+    parser.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/export/"
+                        + " or ".join(FILE_NAMES.values()))  # fmt: skip
+    args = parser.parse_args()
+    register_resolvers()
+    log_to_console()
+    try:
+        fresh = preflight(["paths.output_dir=unused"])  # this machine's paths, to find test data
+        exported = export_run(args.run, args.format, args.out, fresh)
+    except UserError as e:
+        fail(str(e))
+    print(
+        f"checked on {exported.checked_on}: the logits differ from PyTorch's by at most "
+        f"{exported.max_difference:.2g} (tolerance {TOLERANCE:g})",
+        flush=True,
+    )
+    print(exported.path, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`cnntrain-predict RUN_DIR PATH… [--out FILE] [--top-k K] [--tta]`: label images with a run."""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.table import Table
+
+from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
+from cnntrain.engine import select_device
+from cnntrain.errors import UserError
+from cnntrain.inference import load_trained
+from cnntrain.outputs.console import console
+from cnntrain.prediction import TOP_K, Predictions, find_images, predict, write_csv
+
+ROWS_SHOWN = 10  # rows of the printed table; the CSV has them all
+
+DESCRIPTION = """Label images with the best weights of a cnntrain run (its EMA weights when it
+kept an EMA): image files, folders (recursively) and .zip/.tar.gz/.tgz/.tar archives (read
+without unpacking). Each image is converted to the run's channels and size as in training and
+normalized with the run's statistics. Writes a CSV with columns path, prediction, probability,
+top2, top2_probability, … topK, topK_probability; unreadable files are skipped and counted."""
+
+
+def main() -> None:
+    """The `cnntrain-predict` console script."""
+    parser = ArgumentParser(prog="cnntrain-predict", description=DESCRIPTION)
+    parser.add_argument("run", metavar="RUN_DIR", help="a run folder, or a checkpoint .pt file")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or archives")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), metavar="FILE",
+                        help="the CSV to write (default: predictions.csv here)")  # fmt: skip
+    parser.add_argument("--top-k", type=int, default=TOP_K, metavar="K",
+                        help=f"classes per image, most probable first (default: {TOP_K}, "
+                        "or the model's class count if smaller)")  # fmt: skip
+    parser.add_argument("--tta", action="store_true",
+                        help="average each image's logits with its mirror image's")  # fmt: skip
+    args = parser.parse_args()
+    if args.top_k < 1:
+        fail(f"--top-k {args.top_k}: give a number of classes ≥ 1")
+    log_to_console()
+    try:
+        trained = load_trained(args.run)
+        refs = find_images(args.paths)
+        predictions = predict(
+            trained,
+            refs,
+            batch_size=trained.config["data"]["eval_batch_size"],
+            top_k=args.top_k,
+            tta=args.tta,
+            device=select_device("auto"),
+            show_bars=sys.stderr.isatty(),
+        )
+        write_csv(predictions, args.out)
+    except UserError as e:
+        fail(str(e))
+    if predictions.skipped:
+        names = ", ".join(predictions.skipped[:3]) + (", …" if len(predictions.skipped) > 3 else "")
+        warn(f"skipped {len(predictions.skipped)} unreadable file(s): {names}")
+    console.print(summary_table(predictions))
+    print(f"predictions: {args.out}", flush=True)
+
+
+def summary_table(predictions: Predictions) -> Table:
+    """The first ROWS_SHOWN predictions, and how many images each class got."""
+    rows = predictions.rows
+    counts = Counter(row[1] for row in rows)
+    caption = f"{len(rows):,} images: " + ", ".join(f"{c} {n:,}" for c, n in counts.most_common())
+    if len(rows) > ROWS_SHOWN:
+        caption = f"first {ROWS_SHOWN} of {caption}"
+    table = Table("path", "prediction", "probability", caption=caption)
+    for path, prediction, probability, *_ in rows[:ROWS_SHOWN]:
+        table.add_row(path, prediction, f"{float(probability):.1%}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

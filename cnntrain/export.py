@@ -1,0 +1,159 @@
+"""cnntrain-export's work: a trained network with its normalization inside, as ONNX or
+TorchScript, carrying its class names, mean/std and input size, checked against PyTorch on a
+batch of images before the file is put in place.
+
+The exported network takes float32 pixels in [0, 1], (N, C, H, W) with N free (what ToTensor
+gives, stacked), and returns logits (N, classes). Metadata, each value JSON: `classes` (names in
+logit order), `mean` and `std` (per channel, applied inside), `input_size` ([C, H, W]): ONNX
+`metadata_props`, TorchScript extra files of those names (`torch.jit.load(path,
+_extra_files=...)`). Loading the TorchScript file needs torch only, the ONNX file any ONNX runtime.
+"""
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from cnntrain.config import resume_folder
+from cnntrain.data import load_evaluation_split
+from cnntrain.errors import UserError
+from cnntrain.inference import Normalized, TrainedModel, load_trained, unit_range
+from cnntrain.outputs.files import atomic_write
+from cnntrain.scoring import eval_config
+
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # under RUN_DIR/export/
+TOLERANCE = 1e-4  # largest |logit difference| from PyTorch's that an exported file may show
+CHECK_IMAGES = 8  # images of the run's test split the export is checked on
+TRACE_BATCH = 2  # images the network is traced with: the check's batch of 8 proves N is free
+ONNX_EXTRA = "pip install 'cnntrain[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+@dataclass
+class Exported:
+    """An export, checked: where it is, and how close to PyTorch it computes."""
+
+    path: Path
+    max_difference: float  # largest |logit difference| from PyTorch's on the check images
+    checked_on: str  # which images: "8 test images of …" or "8 random images (…)"
+
+
+def metadata(trained: TrainedModel) -> dict[str, str]:
+    """What travels with the exported file, each value as JSON."""
+    spec = trained.spec
+    return {
+        "classes": json.dumps(trained.classes),
+        "mean": json.dumps(trained.mean),
+        "std": json.dumps(trained.std),
+        "input_size": json.dumps([spec.channels, spec.height, spec.width]),
+    }
+
+
+def check_images(trained: TrainedModel, fresh: DictConfig) -> tuple[torch.Tensor, str]:
+    """(uint8 (n, C, H, W), what they are): the first CHECK_IMAGES of the run's own test split
+    (its data looked for with this machine's `fresh` paths), else random pixels, saying why."""
+    cfg = eval_config(trained.config, fresh, [])
+    cfg.data.max_eval_samples = CHECK_IMAGES  # a seeded draw: only these are decoded
+    try:
+        split = load_evaluation_split(cfg, torch.device("cpu"), trained.spec, trained.mean,
+                                      trained.std, trained.classes)  # fmt: skip
+        images = split.loader.images_at(range(min(CHECK_IMAGES, split.loader.count)))
+    except UserError as e:
+        why = str(e)
+    else:
+        if len(images):
+            return images, f"{len(images)} {split.name} images of {split.origin}"
+        why = "none of them could be read"
+    spec = trained.spec
+    generator = torch.Generator().manual_seed(0)
+    shape = (CHECK_IMAGES, spec.channels, spec.height, spec.width)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    return images, f"{CHECK_IMAGES} random images (the run's test data could not be read: {why})"
+
+
+def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exported:
+    """Export the run (folder or checkpoint) `source` as `fmt` (onnx | torchscript) to `out`
+    (default RUN_DIR/export/<FILE_NAMES[fmt]>); a file that fails its check is not kept."""
+    if fmt == "onnx":
+        require_onnx()
+    trained = load_trained(source)
+    model = trained.normalized()
+    images, checked_on = check_images(trained, fresh)
+    pixels = unit_range(images)  # (n, C, H, W) in [0, 1]
+    with torch.no_grad():
+        expected = model(pixels)
+    out = Path(out) if out else resume_folder(str(trained.checkpoint)) / "export" / FILE_NAMES[fmt]
+    write, run = WRITERS[fmt]
+    difference = float("nan")
+
+    def write_checked(tmp: Path) -> None:
+        nonlocal difference
+        write(model, pixels[:TRACE_BATCH], tmp, metadata(trained))
+        difference = float((run(tmp, pixels) - expected).abs().max())
+        if not difference <= TOLERANCE:
+            raise UserError(
+                f"the {fmt} export of {trained.checkpoint} gives logits up to {difference:.3g} "
+                f"away from PyTorch's on {checked_on} (more than {TOLERANCE:g}); {out} was not "
+                "written"
+            )
+
+    atomic_write(out, write_checked)
+    return Exported(out, difference, checked_on)
+
+
+def require_onnx() -> None:
+    """ONNX export needs the `onnx` extra; say how to get it before any work."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"--format onnx needs {e.name}: {ONNX_EXTRA}") from e
+
+
+def write_onnx(model: Normalized, example: torch.Tensor, path: Path, meta: dict) -> None:
+    """torch.onnx's exporter (torch.export-based), the batch axis named `batch` and free."""
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["pixels"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        verbose=False,
+    )
+    program.model.metadata_props.update(meta)
+    program.save(str(path))
+
+
+def run_onnx(path: Path, pixels: torch.Tensor) -> torch.Tensor:
+    """The logits ONNX Runtime computes with the file at `path`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixels": pixels.numpy()})
+    return torch.from_numpy(np.asarray(logits))
+
+
+def write_torchscript(model: Normalized, example: torch.Tensor, path: Path, meta: dict) -> None:
+    """torch.jit.trace (deprecated upstream in favour of torch.export, still what a C++ or
+    Python program without cnntrain loads with torch.jit.load); the metadata as extra files."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path), _extra_files=meta)
+
+
+def run_torchscript(path: Path, pixels: torch.Tensor) -> torch.Tensor:
+    """The logits of the TorchScript file at `path`, loaded as a program without cnntrain
+    would (torch.jit.load)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return loaded(pixels)
+
+
+WRITERS = {"onnx": (write_onnx, run_onnx), "torchscript": (write_torchscript, run_torchscript)}

@@ -1,0 +1,89 @@
+"""A trained run, ready to use: its network rebuilt from the checkpoint alone, and images made
+into its input exactly as training made them (shared by cnntrain-eval, -predict and -export)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from cnntrain.data.decode import to_pixels
+from cnntrain.errors import UserError
+from cnntrain.models.registry import build_architecture
+from cnntrain.models.transfer import checkpoint_of
+from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
+from cnntrain.resume import evaluated_weights
+from cnntrain.spec import InputSpec
+
+# What a checkpoint must carry to be used without its run's data (written since this format).
+USE_KEYS = ("spec", "classes", "normalization", "config")
+
+
+class Normalized(nn.Module):
+    """A network with its input normalization inside: float32 pixels in [0, 1] (N, C, H, W), as
+    ToTensor gives them, → logits (N, classes). The arithmetic is the data pipeline's BatchPrep:
+    (x - mean) / std per channel."""
+
+    def __init__(self, network: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network((pixels - self.mean) / self.std)
+
+
+@dataclass
+class TrainedModel:
+    """A run's best network (eval mode, on the CPU) and what it needs of its input."""
+
+    network: nn.Module  # the best weights: the EMA weights when the run kept an EMA
+    spec: InputSpec  # channels, height, width (px) and class count of its input and output
+    classes: list[str]  # class names, in logit order
+    mean: list[float]  # per-channel normalization the network was trained with
+    std: list[float]
+    config: dict  # the run's resolved config, as saved
+    checkpoint: Path
+
+    def normalized(self) -> Normalized:
+        """The network taking [0, 1] pixels (normalization inside), in eval mode."""
+        return Normalized(self.network, self.mean, self.std).eval()
+
+
+def load_trained(source) -> TrainedModel:
+    """The run folder (its checkpoints/best.pt) or checkpoint `source`, rebuilt from the
+    checkpoint alone: no data, no pretrained weights file and no network are needed."""
+    path = checkpoint_of(source, "RUN_DIR")
+    saved = load_checkpoint(path)  # torch.load(weights_only=True)
+    missing = [key for key in USE_KEYS if key not in saved]
+    if missing:
+        raise UserError(
+            f"checkpoint {path} has no {', '.join(missing)}: it was written by an older cnntrain; "
+            "train the run again to use it"
+        )
+    spec = InputSpec(**saved["spec"])
+    network = build_architecture(saved["config"]["model"], spec)
+    check_compatible(saved, network, path)
+    network.load_state_dict(evaluated_weights(saved))
+    return TrainedModel(
+        network=network.eval(),
+        spec=spec,
+        classes=list(saved["classes"]),
+        mean=list(saved["normalization"]["mean"]),
+        std=list(saved["normalization"]["std"]),
+        config=saved["config"],
+        checkpoint=path,
+    )
+
+
+def image_pixels(image: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """(C, H, W) uint8 of a PIL image of any mode and size, in the model's channels and size,
+    converted exactly as training decoded its images (data/decode.py)."""
+    return torch.from_numpy(to_pixels(image, spec.channels, (spec.height, spec.width)))
+
+
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) → float32 in [0, 1]: what ToTensor gives, and Normalized takes."""
+    return pixels.float().div_(255)

@@ -1,0 +1,185 @@
+"""cnntrain-predict's work: find images in files, folders and archives, label them in batches
+with a trained run, and write the CSV (`path`, `prediction`, `probability`, `top2`, …)."""
+
+import contextlib
+import csv
+import io
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from cnntrain.data.decode import DECODE_ERRORS
+from cnntrain.data.sources import ARCHIVE_SUFFIXES
+from cnntrain.engine import model_logits, progress_bar
+from cnntrain.errors import UserError
+from cnntrain.inference import TrainedModel, image_pixels, unit_range
+from cnntrain.outputs.files import write_text
+from cnntrain.spec import InputSpec
+
+TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
+ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image to label: a file, or a member of an archive (read without unpacking)."""
+
+    name: str  # as the CSV's `path` shows it: the file's path, or ARCHIVE/MEMBER
+    file: Path  # the image file, or the archive holding it
+    member: str | None = None  # the archive member's name
+
+
+@dataclass
+class Predictions:
+    """What cnntrain-predict found: a CSV row per readable image, and the unreadable ones."""
+
+    header: list[str]
+    rows: list[list[str]]
+    skipped: list[str]  # names of the files that could not be read as images
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def find_images(paths: list[str]) -> list[ImageRef]:
+    """The images `paths` name: files as given, folders' image files (recursively, sorted), and
+    archives' image members (.zip, .tar.gz, .tgz, .tar); a UserError when there are none."""
+    found = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            found += [ImageRef(str(p), p) for p in files]
+        elif path.is_file():
+            found += archive_members(path) if is_archive(path) else [ImageRef(given, path)]
+        else:
+            raise UserError(
+                f"{given}: no such file or folder; give image files, folders or archives"
+            )
+    if not found:
+        raise UserError(
+            f"no image files in {', '.join(paths)} (looked for {', '.join(IMG_EXTENSIONS)} files, "
+            "in folders and .zip/.tar.gz archives too)"
+        )
+    return found
+
+
+def archive_members(archive: Path) -> list[ImageRef]:
+    """The image members of a .zip or tar archive, in the archive's order."""
+    try:
+        with open_archive(archive) as opened_archive:
+            if isinstance(opened_archive, zipfile.ZipFile):
+                names = [i.filename for i in opened_archive.infolist() if not i.is_dir()]
+            else:
+                names = [m.name for m in opened_archive.getmembers() if m.isfile()]
+    except ARCHIVE_ERRORS as e:
+        raise UserError(f"could not read the archive {archive}: {e}; is it complete?") from e
+    return [ImageRef(f"{archive}/{name}", archive, name) for name in names if is_image_name(name)]
+
+
+def read_pixels(
+    refs: list[ImageRef], spec: InputSpec
+) -> Iterator[tuple[ImageRef, torch.Tensor | None]]:
+    """Each image as the model's (C, H, W) uint8 input, None when it cannot be read or
+    converted; every archive is opened once."""
+    with contextlib.ExitStack() as stack:
+        archives: dict[Path, zipfile.ZipFile | tarfile.TarFile] = {}
+        for ref in refs:
+            try:
+                if ref.member is None:
+                    image = opened(ref.file)
+                else:
+                    if ref.file not in archives:
+                        archives[ref.file] = stack.enter_context(open_archive(ref.file))
+                    image = opened(io.BytesIO(member_bytes(archives[ref.file], ref.member)))
+                pixels = image_pixels(image, spec)
+            except (*DECODE_ERRORS, *ARCHIVE_ERRORS):
+                pixels = None
+            yield ref, pixels
+
+
+def open_archive(path: Path) -> zipfile.ZipFile | tarfile.TarFile:
+    return zipfile.ZipFile(path) if path.name.lower().endswith(".zip") else tarfile.open(path)
+
+
+def member_bytes(archive: zipfile.ZipFile | tarfile.TarFile, member: str) -> bytes:
+    if isinstance(archive, zipfile.ZipFile):
+        return archive.read(member)
+    return archive.extractfile(member).read()
+
+
+def opened(file) -> Image.Image:
+    """The image in `file` (a path or a binary stream), read whole now: a truncated file fails
+    here, not later."""
+    with Image.open(file) as img:
+        img.load()
+        return img
+
+
+def csv_header(k: int) -> list[str]:
+    """path, prediction, probability, top2, top2_probability, … topK, topK_probability."""
+    ranks = [f"top{i}" for i in range(2, k + 1)]
+    return ["path", "prediction", "probability"] + [
+        c for r in ranks for c in (r, f"{r}_probability")
+    ]
+
+
+@torch.no_grad()
+def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top_k: int,
+            tta: bool, device: torch.device, show_bars: bool) -> Predictions:  # fmt: skip
+    """Label `refs` with `trained`, `batch_size` images at a time: the `top_k` classes of each
+    readable image by softmax probability (flip TTA: of its logits averaged with its mirror's)."""
+    k = min(top_k, len(trained.classes))
+    model = trained.normalized().to(device)
+    rows, skipped, names, pixels = [], [], [], []
+
+    def label_batch() -> None:
+        batch = unit_range(torch.stack(pixels)).to(device)  # (B, C, H, W) in [0, 1]
+        probabilities = model_logits(model, batch, tta).softmax(1)
+        top = probabilities.topk(k, dim=1)  # (B, k) each, most probable first
+        for name, p, i in zip(names, top.values.tolist(), top.indices.tolist(), strict=True):
+            rows.append(
+                [name] + [v for j in range(k) for v in (trained.classes[i[j]], f"{p[j]:.6f}")]
+            )
+        names.clear()
+        pixels.clear()
+
+    with progress_bar(len(refs), "predict", show_bars) as bar:
+        for ref, image in read_pixels(refs, trained.spec):
+            bar.update()
+            if image is None:
+                skipped.append(ref.name)
+                continue
+            names.append(ref.name)
+            pixels.append(image)
+            if len(pixels) == batch_size:
+                label_batch()
+    if pixels:
+        label_batch()
+    if not rows:
+        raise UserError(
+            f"none of the {len(refs)} image files could be read (first: {skipped[0]}); "
+            "are they images?"
+        )
+    return Predictions(csv_header(k), rows, skipped)
+
+
+def write_csv(predictions: Predictions, path: Path) -> None:
+    """The predictions as CSV at `path`, written atomically (an old file stays until then)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(predictions.header)
+    writer.writerows(predictions.rows)
+    write_text(path, text.getvalue())

@@ -1,0 +1,111 @@
+"""cnntrain-eval's work: a trained run's best weights tested on its own test split, or on other
+labelled data, into RUN_DIR/eval/<YYYY-MM-DD_HH-MM-SS>/ (results.json, plots/, report.html)."""
+
+import datetime
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnntrain.config import resume_folder
+from cnntrain.data import load_evaluation_split
+from cnntrain.engine import Arithmetic, autocast_dtype, evaluate, select_device
+from cnntrain.errors import UserError
+from cnntrain.evaluation import split_metrics
+from cnntrain.inference import TrainedModel, load_trained
+from cnntrain.outputs.files import write_json
+from cnntrain.outputs.plots import write_test_plots
+from cnntrain.outputs.report import write_eval_report
+from cnntrain.train import progress_bars_enabled
+
+# Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
+# what network it tests.
+EVAL_KEYS = ("trainer.device", "trainer.precision", "trainer.tta", "trainer.progress")
+
+
+def override_key(override: str) -> str:
+    """`data.root` of `data.root=PATH` (Hydra's +, ++ and ~ prefixes dropped)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """Refuse, before any work, an override that would change the network rather than the data."""
+    for override in overrides:
+        key = override_key(override)
+        if "=" not in override or not (key.split(".")[0] in ("data", "paths") or key in EVAL_KEYS):
+            raise UserError(
+                f"cnntrain-eval: {override!r} cannot be set; the network, its input size and "
+                "normalization are the run's; give data=NAME, data.KEY=VALUE, paths.KEY=VALUE or "
+                f"{', '.join(k + '=…' for k in EVAL_KEYS)}"
+            )
+
+
+def eval_config(saved: dict, fresh: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config to evaluate a run with: its saved config, with `overrides` applied to it;
+    `data=NAME` replaces the run's data by that group. Values come from `fresh`, the overrides
+    composed (and checked) over the defaults; the paths are always this machine's (fresh's)."""
+    cfg = OmegaConf.create(saved)
+    keys = [override_key(o) for o in overrides]
+    if "data" in keys:
+        cfg.data = OmegaConf.to_container(fresh.data, resolve=True)
+    for key in keys:
+        if "." in key:
+            OmegaConf.update(cfg, key, OmegaConf.select(fresh, key), merge=False)
+    cfg.paths = OmegaConf.to_container(fresh.paths, resolve=True)
+    return cfg
+
+
+def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
+    """Test the run folder (or checkpoint) `source` on the data `overrides` give (its own test
+    split when none); the new folder RUN_DIR/eval/<time>/ holding what was written."""
+    started = time.perf_counter()
+    check_eval_overrides(overrides)
+    trained = load_trained(source)
+    cfg = eval_config(trained.config, fresh, overrides)
+    device = select_device(cfg.trainer.device)
+    arithmetic = Arithmetic(device, autocast_dtype(cfg.trainer.precision, device), cfg.trainer.tta)
+    split = load_evaluation_split(cfg, device, trained.spec, trained.mean, trained.std,
+                                  trained.classes)  # fmt: skip
+    if split.loader.count == 0:
+        raise UserError(f"no readable image to evaluate on in {split.origin}")
+    layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+    network = trained.network.to(device, memory_format=layout)
+    bars = progress_bars_enabled(cfg)
+    out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
+    results = {
+        **split_metrics(out, trained.classes, "test"),
+        "test/split": split.name,
+        "test/class_counts": split.counts,
+        "dataset": cfg.data.name,
+        "data": split.origin,
+        "checkpoint": str(trained.checkpoint.resolve()),
+        "model": cfg.model.name,
+        "classes": trained.classes,
+        "tta": bool(cfg.trainer.tta),
+        "device": str(device),
+        "precision": str(arithmetic.dtype or torch.float32).removeprefix("torch."),
+        "eval_time_s": round(time.perf_counter() - started, 3),
+    }
+    folder = new_eval_folder(trained)
+    write_json(folder / "results.json", results)
+    write_test_plots(folder / "plots", out["logits"], out["targets"], trained.classes)
+    write_eval_report(folder)
+    return folder
+
+
+def new_eval_folder(trained: TrainedModel) -> Path:
+    """RUN_DIR/eval/<YYYY-MM-DD_HH-MM-SS>/, made now; `-2`, `-3`… follow the time when an
+    evaluation of the same second already has that folder (nothing is overwritten)."""
+    stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    parent = resume_folder(str(trained.checkpoint)) / "eval"
+    for n in range(1, 1000):
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"could not make {folder}: {e.strerror or e}; fix permissions") from e
+    raise UserError(f"{parent} has 999 evaluations of {stamp}; wait a second and try again")
