@@ -177,18 +177,23 @@ class Checkpoints(Callback):
         loop.emit("on_checkpoint", name, path)
 
 
-def build_callbacks(cfg) -> dict[str, Callback]:
+def build_callbacks(cfg, is_main: bool = True) -> dict[str, Callback]:
     """The run's callbacks in the order they hear events: files and console, the stopping rule,
     the trackers (`logger.*`), the config's `callbacks.*`, and last the checkpoints (so they save
-    what the others decided, e.g. an early stop)."""
-    callbacks = {"metrics_files": MetricsFiles(), "epoch_line": EpochLine()}
+    what the others decided, e.g. an early stop).
+
+    With several processes only rank 0 (`is_main`) writes, prints and tracks; the other ranks
+    get the stopping rule and the config's `callbacks.*`, which run on every rank (a callback
+    that writes checks `loop.is_main`)."""
+    callbacks = {"metrics_files": MetricsFiles(), "epoch_line": EpochLine()} if is_main else {}
     if cfg.trainer.target_accuracy is not None:
         callbacks["target_accuracy"] = TargetAccuracy(cfg.trainer.target_accuracy)
     callbacks["model_epoch"] = ModelEpoch()
     if cfg.trainer.get("lookahead") is not None:
         callbacks["lookahead"] = Lookahead(**cfg.trainer.lookahead)
-    for group in ("logger", "callbacks"):
+    for group in ("logger", "callbacks") if is_main else ("callbacks",):
         for name, spec in (cfg.get(group) or {}).items():
             callbacks[name] = instantiate(spec)
-    callbacks["checkpoints"] = Checkpoints(cfg.trainer.checkpoint_every)
+    if is_main:
+        callbacks["checkpoints"] = Checkpoints(cfg.trainer.checkpoint_every)
     return callbacks

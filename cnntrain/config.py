@@ -170,6 +170,8 @@ RULES = [
     ("trainer.checkpoint_every", integer(1), "an integer ≥ 1 (epochs)"),
     ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("trainer.plots", boolean, "true or false"),
+    ("trainer.devices", integer(1), "an integer ≥ 1 (processes on this machine)"),
+    ("trainer.sync_bn", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("data.val_split", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
     ("data.split_seed", integer(0), "an integer ≥ 0"),
     ("data.batch_size", integer(1), "an integer ≥ 1"),

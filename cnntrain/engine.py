@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cnntrain import distributed
 from cnntrain.data.augment import BatchMix
 from cnntrain.errors import UserError
 from cnntrain.models.freeze import train_mode
@@ -316,25 +317,39 @@ def evaluate(
 ) -> dict:
     """Mean cross-entropy and accuracy of `model` on `loader`, in eval mode, without gradients.
 
-    With keep_outputs, also returns `logits` (N, classes) and `targets` (N,) on the CPU.
+    With several processes each evaluates its shard and the sums are added over ranks: every
+    image counts once (a shard's padding has target distributed.IGNORED, which cross_entropy
+    ignores and no prediction matches). With keep_outputs, also returns `logits` (N, classes)
+    and `targets` (N,) on the CPU, in the split's order: on rank 0 only (None on the others).
     """
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics, Dropout is off
-    totals, outputs, targets = Totals.zeros(arithmetic.device), [], []
+    sums = torch.zeros(3, dtype=torch.float64, device=arithmetic.device)  # loss, correct, images
+    outputs, targets = [], []
     with progress_bar(len(loader), desc, progress) as bar:
-        for step, (x, y) in enumerate(loader.batches()):
+        for x, y in loader.batches():
             with arithmetic.autocast():
                 logits = model_logits(model, x, arithmetic.tta)
-            loss = nn.functional.cross_entropy(logits, y)
-            totals.add(loss, logits, y, step)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
+            correct, images = (logits.argmax(1) == y).sum(), (y != distributed.IGNORED).sum()
+            sums += torch.stack([loss.double(), correct.double(), images.double()])
             if keep_outputs:
                 outputs.append(logits)
                 targets.append(y)
             bar.update()
     model.train(was_training)
-    loss, acc = totals.read()
-    result = {"loss": loss, "acc": acc, "count": totals.count}
+    loss, correct, count = distributed.sum_over_ranks(sums).tolist()  # one host sync
+    result = {"loss": loss / max(1, count), "acc": correct / max(1, count), "count": int(count)}
     if keep_outputs:
-        result["logits"] = torch.cat(outputs).cpu()
-        result["targets"] = torch.cat(targets).cpu()
+        result["logits"], result["targets"] = gathered_outputs(outputs, targets)
     return result
+
+
+def gathered_outputs(outputs: list, targets: list) -> tuple:
+    """Every rank's per-batch logits and targets, on rank 0 in the split's order, padding
+    dropped, on the CPU; (None, None) on the other ranks."""
+    logits, targets = distributed.gather_in_order(outputs), distributed.gather_in_order(targets)
+    if logits is None:
+        return None, None
+    real = targets != distributed.IGNORED
+    return logits[real].cpu(), targets[real].cpu()

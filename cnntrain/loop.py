@@ -14,6 +14,10 @@ stopping rules, fault injection in tests — is a callback (callbacks.py) receiv
   on_close(loop, status)                 last, always: "finished", "interrupted" or "failed"
 
 A callback asks the loop to stop with `loop.stop(reason)`; the loop ends after that epoch.
+
+With several processes (distributed.py) every rank runs the loop on its part of each batch; only
+rank 0 (`loop.is_main`) has the callbacks that write, print and track, and its stop decisions
+are every rank's. The epoch's totals are summed over ranks before they are read.
 """
 
 import logging
@@ -27,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from cnntrain import distributed
 from cnntrain.callbacks import Callback
 from cnntrain.data import DataBundle
-from cnntrain.engine import Diverged, StepParts, Totals, evaluate, train_one_epoch
+from cnntrain.engine import SYNC_EVERY, Diverged, StepParts, Totals, evaluate, train_one_epoch
 from cnntrain.errors import UserError
 from cnntrain.outputs.checkpoint import best_weights
 
@@ -60,12 +65,20 @@ class Progress:
 
 class StopSignal:
     """First SIGINT/SIGTERM, or SIGUSR1/SIGUSR2 (what Slurm and submitit send before a preemption
-    or a time limit): finish the current step, checkpoint, exit. A second: exit at once."""
+    or a time limit): finish the current step, checkpoint, exit. A second: exit at once.
+
+    With several processes every rank must stop at the same step, so a signal is only noted and
+    `agree()`, at the loop's host syncs (every SYNC_EVERY steps and at each epoch's end), makes
+    it every rank's stop: a distributed stop takes effect within SYNC_EVERY steps. A second
+    signal does not exit at once there (Slurm signals every process of a job, and torchrun then
+    forwards the signal again); torchrun kills ranks that outlast its shutdown timeout."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
-    def __init__(self):
-        self.signum = None
+    def __init__(self, ranks: int = 1):
+        self.ranks = ranks
+        self.received = None  # the signal this process got
+        self.signum = None  # the signal that stops the run (with several ranks: once agreed)
 
     def __enter__(self):
         self.previous = {}
@@ -75,12 +88,23 @@ class StopSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.signum is not None:
-            raise SystemExit(128 + signum)
-        self.signum = signum
-        log.warning(
-            "%s received: stopping after this step (again to quit now)", signal.Signals(signum).name
-        )
+        if self.received is not None:
+            if self.ranks == 1:
+                raise SystemExit(128 + signum)
+            return
+        self.received = signum
+        name = signal.Signals(signum).name
+        if self.ranks == 1:
+            self.signum = signum
+            log.warning("%s received: stopping after this step (again to quit now)", name)
+        else:
+            log.warning("%s received: every process stops within %d steps", name, SYNC_EVERY)
+
+    def agree(self) -> None:
+        """With several ranks (a collective: all call it at the same points): stop if any got a
+        signal, with the highest signal number any got."""
+        if self.ranks > 1:
+            self.signum = distributed.max_over_ranks(self.received or 0) or None
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -106,11 +130,21 @@ class Loop:
         self.shared_eval = data.val is data.test
         self.best_outputs = None
         self.interrupted = False  # set when a signal ends the run (it exits 130/143)
+        self.world = distributed.world()
         self.batch_listeners = [c for c in callbacks.values() if overrides(c, "on_batch_start")]
 
     @property
+    def is_main(self) -> bool:
+        """Rank 0, or the only process: the one that writes the run folder and prints."""
+        return self.world.is_main
+
+    @property
     def eval_model(self):
-        return self.parts.ema.module if self.parts.ema is not None else self.parts.model
+        """The EMA network or the step model, outside DistributedDataParallel: each rank
+        evaluates its shard alone."""
+        if self.parts.ema is not None:
+            return self.parts.ema.module
+        return distributed.unwrap(self.parts.model)
 
     @property
     def global_step(self) -> int:
@@ -136,20 +170,22 @@ class Loop:
 
     def fit(self) -> None:
         self.emit("on_fit_start")
-        with StopSignal() as stop:
+        with StopSignal(self.world.size) as stop:
             while self.progress.epoch < self.epochs and self.progress.stopped_by is None:
                 self.train_epoch(self.progress.epoch + 1, stop)
 
     def train_epoch(self, epoch: int, stop: StopSignal) -> None:
         p, device = self.progress, self.parts.arithmetic.device
-        totals = Totals.from_state(p.totals, device) if p.step else Totals.zeros(device)
+        # A resumed epoch's totals so far are every rank's: rank 0 carries them on.
+        resumed = p.step and self.is_main
+        totals = Totals.from_state(p.totals, device) if resumed else Totals.zeros(device)
         began = time.perf_counter()
         try:
             next_step = train_one_epoch(
                 self.parts, self.data.train, epoch, totals, p.step,
                 stop_requested=stop.requested,
                 on_batch_start=lambda step: self.batch_start(epoch, step),
-                on_sync=lambda step, loss, lr: self.emit("on_step", epoch, step, loss, lr),
+                on_sync=lambda step, loss, lr: self.synced(epoch, step, loss, lr, totals, stop),
                 progress=self.show_bars,
             )  # fmt: skip
         except Diverged as e:
@@ -158,12 +194,23 @@ class Loop:
         p.epoch_time_s += seconds
         p.elapsed_s += seconds
         if next_step < len(self.data.train):  # interrupted mid-epoch
-            p.step, p.totals = next_step, totals.state_dict()
+            p.step, p.totals = next_step, over_ranks(totals).state_dict()
             self.exit_interrupted(stop.signum, f"epoch {epoch}, step {next_step}")
         self.emit("on_train_epoch_end", epoch)
         self.end_epoch(epoch, totals)
+        stop.agree()
         if stop.requested():
             self.exit_interrupted(stop.signum, f"the end of epoch {epoch}")
+
+    def synced(self, epoch: int, step: int, loss: float, lr: float, totals: Totals,
+               stop: StopSignal) -> None:  # fmt: skip
+        """Every SYNC_EVERY steps: agree on a stop; tell the callbacks the running mean loss (of
+        every rank's images)."""
+        stop.agree()
+        if self.world.size > 1:
+            summed = over_ranks(totals)
+            loss = summed.loss.item() / summed.count
+        self.emit("on_step", epoch, step, loss, lr)
 
     def batch_start(self, epoch: int, step: int) -> None:
         for callback in self.batch_listeners:
@@ -171,7 +218,9 @@ class Loop:
 
     def end_epoch(self, epoch: int, totals: Totals) -> None:
         p = self.progress
+        totals = over_ranks(totals)
         train_loss, train_acc = totals.read()
+        distributed.share_from_main(self.eval_model.buffers())  # rank 0's BatchNorm statistics
         val = evaluate(self.eval_model, self.data.val, self.parts.arithmetic, self.show_bars, "val",
                        keep_outputs=self.shared_eval)  # fmt: skip
         if not math.isfinite(val["loss"]):  # finite training losses, broken weights: don't save
@@ -192,6 +241,7 @@ class Loop:
         if p.best_epoch == epoch and self.shared_eval:
             self.best_outputs = val
         self.emit("on_epoch_end", row)
+        p.stopped_by = distributed.from_main(p.stopped_by)  # rank 0's callbacks may end the run
 
     def divergence(self, what: str) -> UserError:
         last = self.checkpoint_path("last.pt")
@@ -206,8 +256,10 @@ class Loop:
     def exit_interrupted(self, signum: int, where: str) -> None:
         self.interrupted = True
         self.emit("on_interrupt")
-        log.warning("interrupted at %s; checkpoint saved", where)
-        print(f"continue with: cnntrain resume={self.run_dir}", file=sys.stderr, flush=True)
+        distributed.barrier()  # until rank 0's checkpoint is written: the job ends as ranks exit
+        if self.is_main:
+            log.warning("interrupted at %s; checkpoint saved", where)
+            print(f"continue with: cnntrain resume={self.run_dir}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     def test(self) -> tuple[dict, torch.nn.Module]:
@@ -217,11 +269,23 @@ class Loop:
         holding the best weights (the run is over: nothing trains it again).
         """
         net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
-        net.load_state_dict(best_weights(self.checkpoint_path("best.pt")))
+        if self.is_main:  # it wrote best.pt; the other ranks may not see its disk
+            net.load_state_dict(best_weights(self.checkpoint_path("best.pt")))
+        distributed.share_from_main(net.state_dict().values())
         out = self.best_outputs or evaluate(
             net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
         )
         return out, net
+
+
+def over_ranks(totals: Totals) -> Totals:
+    """`totals` summed over every rank's part of the epoch; as they are for a single process."""
+    if distributed.world().size == 1:
+        return totals
+    loss = totals.loss
+    sums = torch.stack([loss, totals.correct.to(loss.dtype), loss.new_tensor(totals.count)])
+    loss, correct, count = distributed.sum_over_ranks(sums)  # float64: exact for counts
+    return Totals(loss, correct.long(), int(count), totals.first_bad_step, totals.lr)
 
 
 def overrides(callback, method: str) -> bool:

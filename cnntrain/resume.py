@@ -18,8 +18,9 @@ from cnntrain.errors import UserError
 from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
 
 log = logging.getLogger(__name__)
-# Keys a resumed run may change on the command line: train longer, move, show bars or not.
-RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.progress")
+# Keys a resumed run may change on the command line: train longer, move (to more or fewer
+# processes too), show bars or not.
+RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "trainer.progress")
 # Groups a resumed run takes from its own command line, not from the saved run: they watch the
 # training (trackers, callbacks) without changing it.
 WATCHING_GROUPS = ("logger", "callbacks")
@@ -113,6 +114,7 @@ def checkpoint_state(loop) -> dict:
         "ema": parts.ema.state_dict() if parts.ema is not None else None,
         "epoch": loop.progress.epoch,
         "progress": asdict(loop.progress),
+        "world_size": loop.world.size,  # processes that trained it (the state is the same file)
         "rng": rng_states(parts.arithmetic.device),
         "config": OmegaConf.to_container(loop.cfg, resolve=True),
         "metrics": loop.progress.rows,
@@ -145,11 +147,26 @@ def restore(saved: dict, path: Path, loop, total_steps: int) -> None:
         parts.arithmetic.scaler.load_state_dict(saved["scaler"])
     if parts.ema is not None:
         parts.ema.load_state_dict(saved["ema"])
-    set_rng_states(saved["rng"], parts.arithmetic.device)
+    set_rng_states(saved["rng"], parts.arithmetic.device)  # every rank draws alike (dropout)
     loop.progress = type(loop.progress)(**saved["progress"])
+    note_world_change(saved.get("world_size", 1), loop)
     for name, state in saved.get("callbacks", {}).items():
         if name in loop.callbacks:
             loop.callbacks[name].load_state_dict(state)
+
+
+def note_world_change(saved_size: int, loop) -> None:
+    """Say so when a run continues with another number of processes. Its place stays valid:
+    the global batches, their order and each image's augmentation do not depend on the world
+    size; only sums run in another order (and, without sync_bn, BatchNorm sees other batches)."""
+    p = loop.progress
+    if saved_size != loop.world.size and loop.is_main:
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: it continues at "
+            "epoch %d, step %d with the same global batches (data.batch_size), so it matches "
+            "an unchanged run up to rounding",
+            saved_size, loop.world.size, p.epoch + 1, p.step,
+        )  # fmt: skip
 
 
 def remove_torn_writes(folder: Path) -> None:

@@ -3,7 +3,8 @@
 The run folder (`paths.output_dir`) gets checkpoints/{last,best}.pt, metrics.jsonl/.csv,
 results.json, plots/, report.html, summary.txt/.json, the trackers' files and train.log (the
 latter from Hydra's logging). A run can be resumed in place (`resume=`) and ends bitwise
-identical on CPU to one that was never interrupted.
+identical on CPU to one that was never interrupted. Under torchrun every rank calls train(cfg)
+and rank 0 alone fills the run folder (distributed.py).
 """
 
 import logging
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from cnntrain import distributed
 from cnntrain.callbacks import build_callbacks
 from cnntrain.config import validate
 from cnntrain.data import DataBundle, load_data
@@ -53,13 +55,18 @@ def train(cfg: DictConfig) -> float:
     """
     started = time.perf_counter()
     validate(cfg)
+    world = distributed.world()
+    distributed.check_devices(cfg.trainer.devices)
+    distributed.check_batch_size(cfg.data.batch_size, world.size)
     run_dir = Path(cfg.paths.output_dir)
     resume_path = checkpoint_to_resume(cfg.resume) if cfg.resume else None
     saved = load_checkpoint(resume_path) if resume_path else None
-    seed_everything(cfg.trainer.seed)
+    seed_everything(cfg.trainer.seed)  # the same on every rank: dropout draws alike everywhere
     device = select_device(cfg.trainer.device)
+    distributed.start(device)  # joins the process group once (the CLI has, before Hydra)
+    device = distributed.local_device(device)
     reset_peak_memory(device)
-    data = load_data(cfg, device, cfg.trainer.channels_last)
+    data = load_data(cfg, device, cfg.trainer.channels_last, world)
     model = build_model(cfg.model, data.spec)
     if saved is None:
         init_from_training_images(model, data.train, cfg.trainer.seed)
@@ -67,12 +74,15 @@ def train(cfg: DictConfig) -> float:
             init_from(model, cfg.model.init_from, cfg.model)
     else:
         restore_trainable(model, saved)
+    if distributed.use_sync_bn(cfg.trainer.sync_bn):
+        model = distributed.sync_batchnorm(model, device)
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
     model.to(device, memory_format=layout)
     arithmetic = Arithmetic(device, autocast_dtype(cfg.trainer.precision, device), cfg.trainer.tta)
     loop = Loop(cfg=cfg, run_dir=run_dir, model=model, data=data,
                 parts=build_step_parts(cfg, model, data, arithmetic),
-                callbacks=build_callbacks(cfg), show_bars=progress_bars_enabled(cfg))  # fmt: skip
+                callbacks=build_callbacks(cfg, world.is_main),
+                show_bars=progress_bars_enabled(cfg) and world.is_main)  # fmt: skip
     if saved is not None:
         log.info("resuming %s from epoch %d, step %d", run_dir, saved["progress"]["epoch"],
                  saved["progress"]["step"])  # fmt: skip
@@ -81,8 +91,9 @@ def train(cfg: DictConfig) -> float:
     log_start(cfg, data, model, arithmetic, run_dir)
     counts = class_counts(data.train.targets, data.classes)
     log_class_balance(counts)
-    write_summary(summarize_model(model, (data.spec.channels, data.spec.height, data.spec.width)),
-                  run_dir)  # fmt: skip
+    if world.is_main:
+        shape = (data.spec.channels, data.spec.height, data.spec.width)
+        write_summary(summarize_model(model, shape), run_dir)
     try:
         results = fit_and_test(loop, counts, started)
     except BaseException as e:
@@ -97,11 +108,19 @@ def train(cfg: DictConfig) -> float:
 
 def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
     """Train, test the best weights, write results.json, the plots and the report (unless
-    `trainer.plots` is false); the results.
+    `trainer.plots` is false); the results (rank 0's, on every rank).
 
     `started`: time.perf_counter() at the process's start of this run (for total_time_s)."""
     loop.fit()
     out, net = loop.test()
+    results = write_results(loop, out, net, counts, started) if loop.is_main else None
+    results = distributed.from_main(results)
+    loop.emit("on_fit_end", results)
+    return results
+
+
+def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: float) -> dict:
+    """results.json, and the plots and report unless `trainer.plots` is false; the results."""
     data, p = loop.data, loop.progress
     results = {
         **split_metrics(out, data.classes, "test"),
@@ -117,6 +136,8 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
         "dataset": loop.cfg.data.name,
         "classes": data.classes,
         "device": str(loop.parts.arithmetic.device),
+        "world_size": loop.world.size,  # processes that trained the run (distributed.py)
+        "backend": distributed.backend(),  # their process group's: nccl, gloo; null alone
         "precision": str(loop.parts.arithmetic.dtype or torch.float32).removeprefix("torch."),
         "loader": data.loader,
         "train/class_counts": counts,
@@ -129,7 +150,6 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
         write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
                         test.images_at, test.prep, net, counts)  # fmt: skip
         write_run_report(loop.run_dir)
-    loop.emit("on_fit_end", results)
     return results
 
 
@@ -159,7 +179,8 @@ def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> St
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = optimizer_steps(len(data.train), trainer.accumulate)
     scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
-    step_model = torch.compile(model) if trainer.compile else model
+    step_model = distributed.parallel(model, arithmetic.device)
+    step_model = torch.compile(step_model) if trainer.compile else step_model
     ema = EMA(model, trainer.ema) if trainer.ema else None
     mix = batch_mix(read_options(cfg.data.augment), data.spec.num_classes, trainer.seed)
     if mix is not None:
@@ -182,6 +203,12 @@ def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Pat
     dtype = str(arithmetic.dtype).removeprefix("torch.") if arithmetic.dtype else "float32"
     log.info("model: %s, %s parameters; device %s, %s; run folder %s", cfg.model.name,
              f"{params:,}", arithmetic.device, dtype, run_dir)  # fmt: skip
+    world = distributed.world()
+    if world.size > 1:
+        log.info("%d processes (%d on this machine), backend %s, %d CPU thread(s) each; "
+                 "global batch %d = %d per process", world.size, world.local_size,
+                 distributed.backend(), torch.get_num_threads(), cfg.data.batch_size,
+                 cfg.data.batch_size // world.size)  # fmt: skip
 
 
 def log_class_balance(counts: dict[str, int]) -> None:

@@ -14,6 +14,9 @@ production code has no failpoints. FAULT is one of:
   sigterm-step:E:S     SIGTERM just before training batch S of epoch E
   preempt-step:E:S     SIGUSR2 (submitit's preemption signal) just before training batch S of
                        epoch E, unless the run was resumed: a requeued job is not preempted again
+  kill-rank-step:R:E:S SIGKILL just before training batch S of epoch E, on rank R only (torchrun)
+  sigterm-job-step:E:S rank 0 sends SIGTERM to the launcher (torchrun's agent, its parent) just
+                       before batch S of epoch E: a job stopped as Slurm or a user stops it
   nan-step:E:S         the weights turn NaN just before training batch S of epoch E
   nan-sigint-step:E:S  both: NaN weights and a SIGINT before batch S of epoch E
   barrier:N:DIR        at the start of training, wait (60 s at most, then fail) until N runs
@@ -47,6 +50,10 @@ def wait_for_peers(count: int, folder: Path, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
 class Fault(Callback):
     def __init__(self, at: str):
         self.kind, *self.params = at.split(":")
@@ -63,7 +70,7 @@ class Fault(Callback):
             self.previous = path.read_bytes() if path.exists() else None
 
     def at_step(self, epoch: int, step: int) -> bool:
-        return [epoch, step] == [int(p) for p in self.params]
+        return [epoch, step] == [int(p) for p in self.params[-2:]]
 
     def on_batch_start(self, loop, epoch: int, step: int) -> None:
         if not self.kind.endswith("-step") or not self.at_step(epoch, step):
@@ -79,6 +86,10 @@ class Fault(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
         elif self.kind == "preempt-step" and not self.resumed:
             os.kill(os.getpid(), signal.SIGUSR2)
+        elif self.kind == "kill-rank-step" and rank() == int(self.params[0]):
+            die()
+        elif self.kind == "sigterm-job-step" and rank() == 0:
+            os.kill(os.getppid(), signal.SIGTERM)
         if self.kind in ("nan-step", "nan-sigint-step"):
             with torch.no_grad():
                 next(loop.model.parameters()).fill_(float("nan"))

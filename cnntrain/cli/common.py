@@ -14,14 +14,16 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from cnntrain.config import CONF_DIR, unknown_keys, validate
+from cnntrain.distributed import rank_prefix
 from cnntrain.errors import UserError
 
 CONF_PATH = CONF_DIR
 
 
 def fail(message: str, status: int = 2):
-    """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead)."""
-    print(f"cnntrain: error: {message}", file=sys.stderr, flush=True)
+    """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead);
+    marked `[rank N]` on the ranks other than 0 of a torchrun job."""
+    print(f"{rank_prefix()}cnntrain: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
 

@@ -1,4 +1,9 @@
-"""`cnntrain`: train one run, or sweep with `-m`; a thin Hydra main over train()."""
+"""`cnntrain`: train one run, or sweep with `-m`; a thin Hydra main over train().
+
+Under torchrun every rank runs this; before Hydra starts, the ranks join their process group
+and take rank 0's run folder (cnntrain/distributed.py). `trainer.devices=N` starts the command
+N times through torch's elastic launcher instead of training here.
+"""
 
 import math
 import os
@@ -7,12 +12,15 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cnntrain import distributed
 from cnntrain.cli.common import CONF_PATH, fail, preflight
 from cnntrain.config import register_resolvers
+from cnntrain.engine import select_device
 from cnntrain.errors import UserError
 from cnntrain.outputs.console import config_tree, console
 from cnntrain.outputs.files import write_text
@@ -53,7 +61,8 @@ def run(cfg: DictConfig) -> float:
                 return train(job_cfg)
         if cfg.resume:
             cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
-        console.print(config_tree(cfg))
+        if not multirun and distributed.world().is_main:
+            console.print(config_tree(cfg))
         return train(cfg)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -64,6 +73,55 @@ def run(cfg: DictConfig) -> float:
         write_text(Path(HydraConfig.get().runtime.output_dir) / "error.txt", f"{e}\n")
         print(f"cnntrain: job {HydraConfig.get().job.num} failed: {e}", file=sys.stderr, flush=True)
         return math.nan
+    except Exception as e:  # under torchrun: this rank stops because another one did
+        if not distributed.is_peer_failure(e) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail(distributed.peer_failure_line(e), status=1)
+
+
+def run_config(args: list[str]) -> DictConfig:
+    """The config `cnntrain args` runs with, checked before Hydra makes any folder (one-line
+    errors; as composed with HYDRA_FULL_ERROR=1): a resumed run's own, as far as it matters to
+    how processes are started (trainer.devices, trainer.device)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
+            cfg = compose("config", overrides=args)
+    else:
+        cfg = preflight(args)
+    try:
+        return resumed_config(cfg, args) if cfg.resume else cfg
+    except UserError as e:
+        fail(str(e))
+
+
+def join_the_job(args: list[str], cfg: DictConfig) -> list[str]:
+    """Under torchrun: join the process group; `args` with the overrides that give every rank
+    rank 0's run folder and keep the other ranks from writing in it (no .hydra/, no train.log:
+    their warnings and errors go to the console, marked with the rank)."""
+    try:
+        distributed.start(select_device(cfg.trainer.device))
+    except UserError as e:
+        fail(str(e))
+    w = distributed.world()
+    run_dir = distributed.from_main(resolved_run_dir(args) if w.is_main else None)
+    own = {"hydra.run.dir": quoted(run_dir)}
+    if not w.is_main:
+        own |= {"hydra.output_subdir": "null", "hydra/job_logging": "rank"}
+    kept = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in own]
+    return [*kept, *(f"{key}={value}" for key, value in own.items())]
+
+
+def resolved_run_dir(args: list[str]) -> str:
+    """The run folder Hydra would make for `cnntrain args` in this process (its clock, its
+    token; or the resumed run's folder)."""
+    with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
+        cfg = compose("config", overrides=args, return_hydra_config=True)
+    return str(cfg.hydra.run.dir)
+
+
+def quoted(value: str) -> str:
+    """`value` as a Hydra override value, whatever characters it holds."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")(run)
@@ -78,9 +136,22 @@ warnings.filterwarnings(
 
 def main() -> None:
     """The `cnntrain` console script."""
-    check_resume_arguments(sys.argv[1:])
     args = sys.argv[1:]
+    check_resume_arguments(args)
+    if distributed.world().size > 1 and ("-m" in args or "--multirun" in args):
+        fail("-m under torchrun would run the whole sweep in every process; sweep without torchrun")
     # -m sweeps, --help, --cfg…: Hydra's own; each sweep job still validates in train().
-    if os.environ.get("HYDRA_FULL_ERROR") != "1" and not any(a.startswith("-") for a in args):
-        preflight(args)
+    if not any(a.startswith("-") for a in args):
+        cfg = run_config(args)
+        if cfg.trainer.devices > 1 and not distributed.launched():
+            try:
+                distributed.check_batch_size(cfg.data.batch_size, cfg.trainer.devices)
+            except UserError as e:
+                fail(str(e))
+            distributed.launch(cfg.trainer.devices, args)
+            return
+        if distributed.world().size > 1:
+            args = join_the_job(args, cfg)
+    sys.argv = [sys.argv[0], *args]
     hydra_main()
+    distributed.stop()

@@ -314,9 +314,9 @@ class BatchAugment:
         ]
         self.policy = policy  # policy(x, draw) → x (policies.py), or None
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: "torch.Generator | EpochDraws") -> torch.Tensor:
         n, _, h, w = x.shape
-        draw = Draws(n, generator, x.device)
+        draw = generator if isinstance(generator, EpochDraws) else Draws(n, generator, x.device)
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         if self.o.moves_pixels:
             x = gather_pixels(x, *self.pixel_sources(h, w, draw))
@@ -406,6 +406,37 @@ class Draws:
         """(N, k) float32, each row ~ Dirichlet(alpha, …, alpha): normalized Gamma draws."""
         g = self.gamma(alpha, k)
         return g / g.sum(1, keepdim=True)
+
+
+class EpochDraws:
+    """Draws for one batch of an epoch, each a row of a table drawn once for all `count` images
+    of the epoch: the k-th call of every batch reads table k, which Draws' method drew for all
+    images from a generator seeded by (seed, epoch, k), at the rows of the batch's image indices
+    `index` (n,). So an image's draws depend on (seed, epoch, its index) only — not on its batch,
+    its place in it, the number of processes sharing the batch, or where a restarted epoch
+    resumed. Any Draws method serves; every batch makes the same calls, the per-image choices
+    living in the values drawn (BatchAugment's do)."""
+
+    def __init__(self, tables: dict, count: int, seed: int, epoch: int, index: torch.Tensor):
+        self.tables = tables  # k → (method name, (count, …) table): shared by the epoch's batches
+        self.count, self.seed, self.epoch, self.index = count, seed, epoch, index
+        self.n, self.device = len(index), index.device
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        method = getattr(Draws, name)
+
+        def draw(*args):
+            k, self.calls = self.calls, self.calls + 1
+            if k not in self.tables:
+                generator = torch.Generator(self.device).manual_seed(mix(self.seed, self.epoch, k))
+                self.tables[k] = name, method(Draws(self.count, generator, self.device), *args)
+            drawn_by, table = self.tables[k]
+            if drawn_by != name:
+                raise RuntimeError(f"draw {k} of a batch is {name}, of an earlier one {drawn_by}")
+            return table[self.index]
+
+        return draw
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

@@ -5,17 +5,23 @@
 - FileLoader: torch's DataLoader with worker processes decoding and augmenting one PIL image at a
   time; for data larger than the memory budget.
 
-Randomness is a pure function of (seed, epoch, batch or sample index), so an epoch can be
-restarted at any batch and draw exactly what an uninterrupted run would.
+Randomness is a pure function of (seed, epoch, image index), so an epoch can be restarted at any
+batch and draw exactly what an uninterrupted run would, and an image is augmented alike at any
+world size. With several processes (distributed.py) each rank yields its part of every global
+batch: `len(loader)` and the batch indices are global, the same on every rank.
 """
+
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from cnntrain.data.augment import EpochDraws
 from cnntrain.data.decode import conform
 from cnntrain.data.sources import ImageSource
 from cnntrain.data.splits import batch_bounds, epoch_order, mix
+from cnntrain.distributed import SINGLE, World, mask_padding
 
 
 class BatchPrep:
@@ -28,23 +34,23 @@ class BatchPrep:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augment = augment  # a BatchAugment, or None
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, draws: EpochDraws | None = None) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float().div_(255)  # (B, C, H, W) in [0, 1]
-        if self.augment is not None and generator is not None:
-            x = self.augment(x, generator)
+        if self.augment is not None and draws is not None:
+            x = self.augment(x, draws)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
 
 class TensorLoader:
     def __init__(self, images, targets, batch_size, train, seed, prep: BatchPrep, weights=None,
-                 flip=None):  # fmt: skip
+                 flip=None, world: World = SINGLE):  # fmt: skip
         self.images = images.to(prep.device)  # (N, C, H, W) uint8
         self.targets = targets.to(prep.device)  # (N,) int64
         self.train, self.seed, self.prep, self.weights = train, seed, prep, weights
         self.flip = flip  # an AlternatingFlip (training), or None
         self.bounds = batch_bounds(len(targets), batch_size, drop_last=train)
-        self.generator = torch.Generator(prep.device)
+        self.world = world
 
     def __len__(self) -> int:
         return len(self.bounds)
@@ -61,14 +67,12 @@ class TensorLoader:
         n = len(self.targets)
         order = epoch_order(n, self.seed, epoch, self.weights) if self.train else torch.arange(n)
         order = order.to(self.prep.device)
+        tables = {}  # the epoch's augmentation draws for all n images, made by the first batch
         for b in range(start, len(self.bounds)):
-            lo, hi = self.bounds[b]
-            idx = order[lo:hi]
-            generator = None
-            if self.train:
-                generator = self.generator.manual_seed(mix(self.seed, epoch, b))
+            idx, padding = self.world.shard(order, *self.bounds[b], pad=not self.train)
+            draws = EpochDraws(tables, n, self.seed, epoch, idx) if self.train else None
             x = self.images[idx] if self.flip is None else self.flip(self.images[idx], idx, epoch)
-            yield self.prep(x, generator), self.targets[idx]
+            yield self.prep(x, draws), mask_padding(self.targets[idx], padding)
 
 
 class SampleDataset(Dataset):
@@ -102,10 +106,11 @@ class SampleDataset(Dataset):
 
 
 class EpochBatchSampler(Sampler):
-    """Yields lists of (epoch, index) keys: the same order as TensorLoader, from batch `start`."""
+    """Yields lists of (epoch, index) keys: the same order and shards as TensorLoader, from
+    batch `start`."""
 
-    def __init__(self, n, batch_size, train, seed, weights=None):
-        self.n, self.train, self.seed, self.weights = n, train, seed, weights
+    def __init__(self, n, batch_size, train, seed, weights=None, world: World = SINGLE):
+        self.n, self.train, self.seed, self.weights, self.world = n, train, seed, weights, world
         self.bounds = batch_bounds(n, batch_size, drop_last=train)
         self.epoch, self.start = 0, 0
 
@@ -118,16 +123,28 @@ class EpochBatchSampler(Sampler):
             epoch_order(n, self.seed, self.epoch, self.weights) if self.train else torch.arange(n)
         )
         for lo, hi in self.bounds[self.start :]:
-            yield [(self.epoch, int(i)) for i in order[lo:hi]]
+            part, _ = self.world.shard(order, lo, hi, pad=not self.train)
+            yield [(self.epoch, int(i)) for i in part]
+
+    def padding(self, b: int) -> int:
+        """How many keys of batch `b` pad an evaluation shard (`World.shard`)."""
+        return 0 if self.train else self.world.padding(*self.bounds[b])
+
+
+def leave_signals_to_the_trainer(worker_id: int) -> None:
+    """In each DataLoader worker: ignore SIGINT/SIGTERM (torchrun signals a rank's whole process
+    group). The training process decides when to stop — after agreeing on a step with the other
+    ranks, batches later — and then ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class FileLoader:
-    def __init__(
-        self, dataset: SampleDataset, batch_size, train, seed, prep, workers, weights=None
-    ):
+    def __init__(self, dataset: SampleDataset, batch_size, train, seed, prep, workers,
+                 weights=None, world: World = SINGLE):  # fmt: skip
         self.targets = torch.as_tensor(dataset.source.targets)
         self.prep = prep
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, train, seed, weights)
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, train, seed, weights, world)
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
@@ -135,6 +152,7 @@ class FileLoader:
             pin_memory=prep.device.type == "cuda",  # page-locked host memory: async copies
             persistent_workers=workers > 0,  # keep workers (and their file handles) across epochs
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=leave_signals_to_the_trainer,
             # Its own generator: iterator start-up draws a worker base seed, which must not come
             # from the global RNG that dropout uses (a resumed run would draw at another point).
             generator=torch.Generator().manual_seed(seed),
@@ -155,5 +173,6 @@ class FileLoader:
 
     def batches(self, epoch: int = 0, start: int = 0):
         self.sampler.epoch, self.sampler.start = epoch, start
-        for x, y in self.loader:  # x: (B, C, H, W) uint8, augmented in the workers
-            yield self.prep(x), y.to(self.prep.device, non_blocking=True)
+        for b, (x, y) in enumerate(self.loader, start):  # x: (B, C, H, W) uint8, augmented
+            y = mask_padding(y.to(self.prep.device, non_blocking=True), self.sampler.padding(b))
+            yield self.prep(x), y

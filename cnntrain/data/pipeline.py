@@ -28,6 +28,7 @@ from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.sources import ImageSource, Splits, open_evaluation_data, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
+from cnntrain.distributed import SINGLE, World
 from cnntrain.errors import UserError
 from cnntrain.models import data_defaults
 from cnntrain.spec import InputSpec
@@ -67,7 +68,10 @@ class Choice:
     indices: np.ndarray  # (n,) sorted indices into found.splits[split]
 
 
-def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBundle:
+def load_data(cfg, device: torch.device, channels_last: bool = False,
+              world: World = SINGLE) -> DataBundle:  # fmt: skip
+    """The run's data on `device`; with several processes each loader yields this rank's part
+    of every batch (`world`)."""
     d = cfg.data
     augment = read_options(d.augment)  # parsed once, for whichever path trains
     found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
@@ -88,12 +92,13 @@ def load_data(cfg, device: torch.device, channels_last: bool = False) -> DataBun
     flip = alternating_flip(augment, seed, len(train.source))
     if kind == "tensor":  # augmentation on whole batches, on the device
         train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment))
-        train_loader = tensor_loader(train, d, True, seed, train_prep, weights, flip)
-        make_eval = functools.partial(tensor_loader, d=d, train=False, seed=seed, prep=prep)
+        train_loader = tensor_loader(train, d, True, seed, train_prep, weights, flip, world)
+        make_eval = functools.partial(tensor_loader, d=d, train=False, seed=seed, prep=prep,
+                                      world=world)  # fmt: skip
     else:  # augmentation per PIL image, in the DataLoader's workers
-        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment, flip)
+        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment, flip, world)
         make_eval = functools.partial(file_loader, d=d, train=False, seed=seed, prep=prep,
-                                      spec=spec)  # fmt: skip
+                                      spec=spec, world=world)  # fmt: skip
     val_loader = make_eval(val)
     return DataBundle(
         spec=spec,
@@ -364,16 +369,17 @@ def sample_pixels(source: ImageSource, channels, size, d) -> torch.Tensor:
     return torch.from_numpy(images)
 
 
-def tensor_loader(part: Part, d, train, seed, prep, weights=None, flip=None) -> TensorLoader:
+def tensor_loader(part: Part, d, train, seed, prep, weights=None, flip=None,
+                  world=SINGLE) -> TensorLoader:  # fmt: skip
     batch = d.batch_size if train else d.eval_batch_size
     targets = torch.as_tensor(part.source.targets)
-    return TensorLoader(part.images, targets, batch, train, seed, prep, weights, flip)
+    return TensorLoader(part.images, targets, batch, train, seed, prep, weights, flip, world)
 
 
 def file_loader(part: Part, d, train, seed, prep, weights=None, spec=None,
-                augment: Options | None = None, flip=None) -> FileLoader:  # fmt: skip
+                augment: Options | None = None, flip=None, world=SINGLE) -> FileLoader:  # fmt: skip
     transform = pil_pipeline(augment) if augment is not None and augment.on else None
     size = (spec.height, spec.width)
     dataset = SampleDataset(part.source, spec.channels, size, seed, transform, flip)
     batch = d.batch_size if train else d.eval_batch_size
-    return FileLoader(dataset, batch, train, seed, prep, d.num_workers, weights)
+    return FileLoader(dataset, batch, train, seed, prep, d.num_workers, weights, world)
