@@ -423,6 +423,10 @@ class EpochDraws:
         self.n, self.device = len(index), index.device
         self.calls = 0
 
+    # A bound per image (n,) is the batch's, not the table's: Draws' own method, reading a table
+    # of uniforms through this class.
+    below = Draws.below
+
     def __getattr__(self, name: str):
         method = getattr(Draws, name)
 
