@@ -4,7 +4,8 @@ included. Measures, on full CIFAR-10 (test split evaluated after every epoch):
   article's loop (bench/article_loop.py), 2 epochs each (the goal: ≥ 10×);
 - `experiment=cifar10_94`'s training time to 93% and 94% test accuracy, and the first epoch's
   overhead (compile, cuDNN autotuning, lazy start-up: its time minus the median of the others);
-- GPU utilisation sampled while each trains (NVML, else nvidia-smi) and peak GPU memory.
+- GPU utilisation sampled while each trains (NVML, else nvidia-smi) and peak GPU memory;
+- checks of what only a GPU can show (gpu_checks: fp16 steps without a host sync, …).
 Prints one JSON line. bench/GPU.md says how to run it on a machine without hydra-core.
 
     CNNTRAIN_DATA_DIR=../shared/datasets python -m bench.gpu_suite [--dry-run] [OVERRIDE…]
@@ -162,6 +163,57 @@ def cifar10_94(sizes: Sizes, work: Path, overrides: list[str], gpu: bool) -> dic
             "gpu_util": util.summary(), **run_choices(run)}  # fmt: skip
 
 
+def gpu_checks(gpu: bool) -> dict:
+    """On the GPU, what tests/test_gpu_ready.py cannot check on a CPU: fp16 optimizer steps,
+    one of them overflowed, run without a host sync (CUDA's sync debug mode raises on one); the
+    data path's seeded draws leave the GPU's generator as it was; cuDNN autotuning is on and
+    only `trainer.precision=32` turns TF32 off; the training GPU's native bf16."""
+    if not gpu:
+        return {"skipped": "no GPU"}
+    from torch import nn
+
+    from cnntrain.config import compose_config
+    from cnntrain.data.augment import BatchMix, read_options
+    from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, native_bf16, optimizer_step
+    from cnntrain.optim import Cosine
+
+    device = torch.device("cuda")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(10)).to(device)
+    model(torch.zeros(1, 3, 8, 8, device=device))
+    a = Arithmetic.for_trainer(OmegaConf.create({"precision": "16", "tta": False}), device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+    parts = StepParts(model, optimizer, Cosine(optimizer, total_steps=10, steps_per_epoch=10),
+                      nn.CrossEntropyLoss(), a, None, EMA(model, 0.9))  # fmt: skip
+    totals, sync = Totals.zeros(device), None
+    x, y = torch.randn(16, 3, 8, 8, device=device), torch.randint(10, (16,), device=device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            with a.autocast():
+                loss = parts.loss_fn(model(x).float(), y)
+            a.scaler.scale(loss * (1e30 if step == 1 else 1)).backward()  # step 1 overflows
+            optimizer_step(parts, totals)
+    except RuntimeError as e:
+        sync = str(e).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cuda_rng = torch.cuda.get_rng_state(device)
+    augment = compose_config(["data.augment.mixup=0.2"]).data.augment
+    mix = BatchMix(read_options(augment), 10, 0)
+    mix(x, y, epoch=0, batch=0)
+    tf32 = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    return {
+        "fp16_step_host_sync": sync,  # None: no sync in 4 steps
+        "fp16_skipped_steps": float(totals.skipped),  # 1.0: the overflowed one
+        "mixup_leaves_cuda_rng": torch.equal(cuda_rng, torch.cuda.get_rng_state(device)),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "fp32_precision_under_16": tf32,  # tf32: precision 16 lets fp32 layers use TF32
+        "native_bf16": native_bf16(device),
+    }
+
+
 def main() -> None:
     began = time.perf_counter()
     ap = argparse.ArgumentParser()
@@ -177,6 +229,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "gpu_suite",
         "dry_run": args.dry_run,
+        "checks": gpu_checks(gpu),
         "seed_recipe": seed,
         "cifar10_94": cifar10_94(sizes, work, args.overrides, gpu),
         "suite_wall_s": round(time.perf_counter() - began, 1),

@@ -132,6 +132,9 @@ def existing_path(v) -> bool:
     return isinstance(v, str) and Path(v).expanduser().exists()
 
 
+# torch.compile's modes (`trainer.compile`; true = default); CUDA graphs in reduce-overhead.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # results.json fields a sweeper may optimize (`optimized_metric`); test/* only if you must.
 OPTIMIZABLE = ("best_val/acc", "final_val/acc", "test/acc", "test/balanced_acc", "test/top5_acc",
                "test/loss", "train_time_s")  # fmt: skip
@@ -142,9 +145,13 @@ RULES = [
     ("trainer.epochs", integer(1), "an integer ≥ 1"),
     ("trainer.seed", integer(0), "an integer ≥ 0"),
     ("trainer.device", device_name, "auto, cpu, cuda or cuda:N"),
-    ("trainer.precision", one_of("auto", "32", "bf16", "16"), "auto, 32, bf16 or 16"),
+    ("trainer.precision", one_of("auto", "32", "tf32", "bf16", "16"), "auto, 32, tf32, bf16 or 16"),
     ("trainer.channels_last", boolean, "true or false"),
-    ("trainer.compile", boolean, "true or false"),
+    (
+        "trainer.compile",
+        lambda v: boolean(v) or v in COMPILE_MODES,
+        "false, true or a torch.compile mode: " + ", ".join(COMPILE_MODES),
+    ),
     (
         "trainer.target_accuracy",
         optional(number(0, 1, lo_open=True)),

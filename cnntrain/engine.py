@@ -55,7 +55,8 @@ def select_device(name: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Does the hardware compute bf16 natively (not by emulation in fp32)?"""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        with torch.cuda.device(device):  # the training GPU's, not the current one's
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":  # AVX512-BF16 or AMX tiles (Intel Cooper Lake, Sapphire Rapids+)
         cpu = torch.cpu
         return cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
@@ -67,7 +68,19 @@ def autocast_dtype(precision, device: torch.device) -> torch.dtype | None:
     precision = str(precision)
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
-    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+    return {"32": None, "tf32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+
+
+def set_cuda_math(precision, device: torch.device) -> None:
+    """On a GPU: cuDNN benchmarks its convolution algorithms once per shape and keeps the fastest
+    (a run's shapes are fixed); fp32 matmuls and convolutions (outside autocast) use TF32 — a
+    10-bit mantissa on tensor cores — except under `trainer.precision=32`, which is IEEE fp32."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    mode = "ieee" if str(precision) == "32" else "tf32"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
 
 
 @dataclass
@@ -81,7 +94,19 @@ class Arithmetic:
 
     def __post_init__(self):
         # Loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.scaled)
+
+    @classmethod
+    def for_trainer(cls, trainer, device: torch.device) -> "Arithmetic":
+        """As `trainer.precision` and `trainer.tta` say, on `device` (set_cuda_math too)."""
+        set_cuda_math(trainer.precision, device)
+        return cls(device, autocast_dtype(trainer.precision, device), trainer.tta)
+
+    @property
+    def scaled(self) -> bool:
+        """fp16: losses are scaled, and the optimizer must be a fused one, which skips a step
+        whose gradients overflowed on the device (GradScaler otherwise reads a flag per step)."""
+        return self.dtype == torch.float16
 
     def autocast(self):
         if self.dtype is None:
@@ -107,11 +132,14 @@ class EMA:
         self.counters = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN batch counts
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, skipped: torch.Tensor | None = None) -> None:
+        """Move towards the model's weights; `skipped` (0-dim, on the device): 1 when the
+        optimizer skipped this step (fp16 overflow), which then moves nothing, with no sync."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema, current = zip(*self.floats, strict=True)
-        torch._foreach_lerp_(list(ema), list(current), 1 - decay)
+        weight = 1 - decay if skipped is None else (1 - skipped) * (1 - decay)
+        torch._foreach_lerp_(list(ema), list(current), weight)
         for e, m in self.counters:
             e.copy_(m)
 
@@ -132,12 +160,17 @@ class Totals:
     count: int = 0
     first_bad_step: torch.Tensor | None = None  # -1 while every loss is finite
     lr: float = 0.0  # learning rate of the latest step (the scheduler has moved on after it)
+    skipped: torch.Tensor | None = None  # fp16 steps skipped since the last host sync (float32)
 
     @classmethod
     def zeros(cls, device) -> "Totals":
         z = torch.zeros((), dtype=torch.float64, device=device)
         return cls(
-            z, torch.zeros((), dtype=torch.int64, device=device), 0, z.new_full((), -1).long()
+            z,
+            torch.zeros((), dtype=torch.int64, device=device),
+            0,
+            z.new_full((), -1).long(),
+            skipped=torch.zeros((), device=device),
         )
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
@@ -259,12 +292,14 @@ def train_one_epoch(
             bar.update()
             if (step + 1) % SYNC_EVERY == 0:
                 check_finite(totals, epoch)
+                take_back_skipped_steps(parts, totals)
                 running = totals.loss.item() / totals.count
                 bar.set_postfix(loss=f"{running:.3f}")
                 on_sync(step, running, totals.lr)
             if last and stop_requested():
                 break
     check_finite(totals, epoch)
+    take_back_skipped_steps(parts, totals)
     return step + 1
 
 
@@ -274,12 +309,31 @@ def optimizer_step(parts: StepParts, totals: Totals) -> None:
     if parts.grad_clip:
         a.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip)
-    a.scaler.step(optimizer)
+    a.scaler.step(optimizer)  # fused under fp16: an overflowed step is skipped on the device
+    skipped = skipped_step(a.scaler, optimizer)
     a.scaler.update()
     totals.lr = optimizer.param_groups[0]["lr"]
     parts.scheduler.step()
+    if skipped is not None:
+        totals.skipped += skipped
     if parts.ema is not None:
-        parts.ema.update()
+        parts.ema.update(skipped)
+
+
+def skipped_step(scaler: torch.amp.GradScaler, optimizer) -> torch.Tensor | None:
+    """1.0 on the device if the loss scaler made the optimizer skip this step (its gradients
+    overflowed), else 0.0; None without loss scaling. Read before `scaler.update()`."""
+    if not scaler.is_enabled():
+        return None
+    return sum(scaler._found_inf_per_device(optimizer).values()).clamp(max=1)
+
+
+def take_back_skipped_steps(parts: StepParts, totals: Totals) -> None:
+    """At a host sync: the schedule moved on the steps fp16 skipped since the last one; move it
+    back, so the learning rate follows the steps really taken (lagging at most SYNC_EVERY)."""
+    if parts.arithmetic.scaled and (skipped := int(totals.skipped.item())):
+        parts.scheduler.take_back(skipped)
+        totals.skipped.zero_()
 
 
 def check_finite(totals: Totals, epoch: int) -> None:

@@ -130,6 +130,7 @@ class Loop:
         self.shared_eval = data.val is data.test
         self.best_outputs = None
         self.interrupted = False  # set when a signal ends the run (it exits 130/143)
+        self.compile_s = 0.0  # torch.compile's warm-up before epoch 1 (compiling.py)
         self.world = distributed.world()
         self.batch_listeners = [c for c in callbacks.values() if overrides(c, "on_batch_start")]
 

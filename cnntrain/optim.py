@@ -8,6 +8,7 @@ stretches what is left of the plan over the new length: the next step's learning
 the old plan gave, and the end value is reached at the new last step (no jump, no warm-up again).
 """
 
+import inspect
 import logging
 import math
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
+def build_optimizer(optimizer_cfg, model: nn.Module, fused: bool = False) -> Optimizer:
     """The optimizer `optimizer_cfg` names, over the trainable parameters (frozen ones stay out:
     no update, no weight decay).
 
@@ -34,6 +35,7 @@ def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
     With `head_lr_scale` ≠ 1, the classification head (models/head.py) forms the last group at
     `lr × head_lr_scale`, weight decay unchanged: a new head on a pretrained body learns faster.
     Group 0 always holds the rest (it may be empty, as with model.freeze=backbone).
+    `fused`: the fused implementation, where the class has one (fp16 needs it: engine.py).
     """
     options = OmegaConf.to_container(optimizer_cfg)
     norm_scale = options.pop("norm_lr_scale", 1.0)
@@ -55,7 +57,10 @@ def build_optimizer(optimizer_cfg, model: nn.Module) -> Optimizer:
     if head_scale != 1.0:
         groups.append({"params": [p for n, p in trainable if n in head], "lr": lr * head_scale})
     # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
-    return instantiate(options, _convert_="all")(groups)
+    build = instantiate(options, _convert_="all")
+    if fused and "fused" in inspect.signature(build.func).parameters:
+        return build(groups, fused=True)
+    return build(groups)
 
 
 def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
@@ -123,6 +128,14 @@ class Schedule(lr_scheduler.LRScheduler):
                 self.name, step, total_steps, self.total_steps,
             )  # fmt: skip
         self.total_steps = total_steps
+
+    def take_back(self, steps: int) -> None:
+        """The optimizer skipped the last `steps` of the steps counted (fp16 overflows): count
+        them out, so the plan follows the steps taken, and set the learning rates again."""
+        self.last_epoch -= steps
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
     def rate(self, base: float, step: float) -> float:
         raise NotImplementedError

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.config import resume_folder
 from cnntrain.data import load_evaluation_split
-from cnntrain.engine import Arithmetic, autocast_dtype, evaluate, select_device
+from cnntrain.engine import Arithmetic, evaluate, select_device
 from cnntrain.errors import UserError
 from cnntrain.evaluation import split_metrics
 from cnntrain.inference import TrainedModel, load_trained
@@ -64,7 +64,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     trained = load_trained(source)
     cfg = eval_config(trained.config, fresh, overrides)
     device = select_device(cfg.trainer.device)
-    arithmetic = Arithmetic(device, autocast_dtype(cfg.trainer.precision, device), cfg.trainer.tta)
+    arithmetic = Arithmetic.for_trainer(cfg.trainer, device)
     split = load_evaluation_split(cfg, device, trained.spec, trained.mean, trained.std,
                                   trained.classes)  # fmt: skip
     if split.loader.count == 0:

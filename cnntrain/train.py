@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from cnntrain import distributed
 from cnntrain.callbacks import build_callbacks
+from cnntrain.compiling import compile_mode, compiled, warm_up
 from cnntrain.config import validate
 from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment import batch_mix, read_options
@@ -27,7 +28,6 @@ from cnntrain.engine import (
     EMA,
     Arithmetic,
     StepParts,
-    autocast_dtype,
     optimizer_steps,
     select_device,
 )
@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> float:
         model = distributed.sync_batchnorm(model, device)
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
     model.to(device, memory_format=layout)
-    arithmetic = Arithmetic(device, autocast_dtype(cfg.trainer.precision, device), cfg.trainer.tta)
+    arithmetic = Arithmetic.for_trainer(cfg.trainer, device)
     loop = Loop(cfg=cfg, run_dir=run_dir, model=model, data=data,
                 parts=build_step_parts(cfg, model, data, arithmetic),
                 callbacks=build_callbacks(cfg, world.is_main),
@@ -88,6 +88,8 @@ def train(cfg: DictConfig) -> float:
                  saved["progress"]["step"])  # fmt: skip
         steps = optimizer_steps(len(data.train), cfg.trainer.accumulate)
         restore(saved, resume_path, loop, cfg.trainer.epochs * steps)
+    if compile_mode(cfg.trainer.compile):
+        loop.compile_s = warm_up(loop.parts, loop.eval_model, data, cfg, world.size)
     log_start(cfg, data, model, arithmetic, run_dir)
     counts = class_counts(data.train.targets, data.classes)
     log_class_balance(counts)
@@ -131,6 +133,7 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         "epochs": p.epoch,
         "stopped_by": p.stopped_by or "epochs",
         "train_time_s": round(p.elapsed_s, 3),
+        "compile_s": round(loop.compile_s, 3),  # torch.compile's warm-up, not in train_time_s
         "params": sum(x.numel() for x in loop.model.parameters()),
         "model": loop.cfg.model.name,
         "dataset": loop.cfg.data.name,
@@ -176,11 +179,11 @@ def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> St
     # Class indices or, with MixUp / CutMix, class probabilities (N, classes); label smoothing
     # then mixes each target with the uniform distribution, as for indices.
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.loss.label_smoothing)
-    optimizer = build_optimizer(cfg.optimizer, model)
+    optimizer = build_optimizer(cfg.optimizer, model, fused=arithmetic.scaled)
     steps_per_epoch = optimizer_steps(len(data.train), trainer.accumulate)
     scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
     step_model = distributed.parallel(model, arithmetic.device)
-    step_model = torch.compile(step_model) if trainer.compile else step_model
+    step_model = compiled(step_model, trainer.compile)
     ema = EMA(model, trainer.ema) if trainer.ema else None
     mix = batch_mix(read_options(cfg.data.augment), data.spec.num_classes, trainer.seed)
     if mix is not None:

@@ -687,7 +687,7 @@ class BatchMix:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int):
         """(mixed images (N, C, H, W), soft targets (N, classes) float32) of batch `batch`."""
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix(self.seed, epoch, batch, MIX_STREAM))
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only (MixUp/CutMix draw there)
+            torch.default_generator.manual_seed(mix(self.seed, epoch, batch, MIX_STREAM))
             x, soft = self.transform(x, y)
         return x.contiguous(memory_format=layout), soft

@@ -100,8 +100,11 @@ class SampleDataset(Dataset):
             img = v2.functional.horizontal_flip(img)
         if not self.random:
             return self.transform(img), int(self.source.targets[i])
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
-            torch.manual_seed(mix(self.seed, epoch, i))
+        # The CPU generator only, saved and restored around the transform: torch.manual_seed
+        # would also reseed every GPU's, which fork_rng(devices=[]) leaves unrestored (with
+        # data.num_workers=0 the training process's dropout would then follow the batch).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(mix(self.seed, epoch, i))
             return self.transform(img), int(self.source.targets[i])
 
 
