@@ -80,15 +80,20 @@ def unknown_key_line(key: str, reference: DictConfig) -> str:
 def preflight(args: list[str]) -> DictConfig:
     """Compose and check a single run's config before Hydra makes its folder: one-line errors."""
     with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
-        reference = compose_or_fail([a for a in args if is_group_choice(a)])
+        # The reference (the same groups, no values) names the known keys; it is composed only
+        # when needed: for an error, or when a `+key` may have added a key that does not exist.
+        def reference() -> DictConfig:
+            return compose_or_fail([a for a in args if is_group_choice(a)])
+
         try:
             cfg = compose("config", overrides=args)
         except (HydraException, OmegaConfBaseException) as e:
             unknown = re.search(r"Could not override '([\w.]+)'", str(e))
-            fail(unknown_key_line(unknown[1], reference) if unknown else hydra_error_line(e))
-    unknown = unknown_keys(cfg, reference)
-    if unknown:
-        fail(unknown_key_line(unknown[0], reference))
+            fail(unknown_key_line(unknown[1], reference()) if unknown else hydra_error_line(e))
+        if any(a.startswith("+") for a in args):
+            known = reference()
+            if unknown := unknown_keys(cfg, known):
+                fail(unknown_key_line(unknown[0], known))
     try:
         validate(cfg)
     except UserError as e:

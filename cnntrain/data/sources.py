@@ -179,7 +179,8 @@ def check_root(root: str) -> None:
 def open_image_folder(path: Path, cache_dir: Path) -> Splits:
     """An ImageFolder tree (`train/<class>/*`, plus `val/` and/or `test/`), or an archive of one."""
     check_root(str(path))
-    if path.is_file():
+    unpacked = path.is_file()
+    if unpacked:
         path = unpack_archive(path, cache_dir / "archives")
     root = find_split_root(path)
     present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
@@ -187,7 +188,11 @@ def open_image_folder(path: Path, cache_dir: Path) -> Splits:
     check_same_classes(classes, root)
     class_to_idx = {c: i for i, c in enumerate(classes["train"])}
     splits = {split: folder_source(root / split, class_to_idx) for split in present}
-    return Splits(classes["train"], splits, origin=str(root), fingerprint=fingerprint(splits))
+    # An unpacked archive's folder is named for the archive's size and mtime and written once:
+    # its files change only with the archive, so their names suffice (stat-ing 60,000 files
+    # costs seconds on a small machine).
+    found = fingerprint(splits, stat=not unpacked)
+    return Splits(classes["train"], splits, origin=str(root), fingerprint=found)
 
 
 def find_split_root(path: Path) -> Path:
@@ -254,13 +259,14 @@ def folder_source(folder: Path, class_to_idx: dict[str, int]) -> ImageSource:
     return ImageSource(np.array(targets, dtype=np.int64), files=list(files))
 
 
-def fingerprint(splits: dict[str, ImageSource]) -> str:
-    """Hash of every file's path, size and mtime: changes whenever the data does."""
+def fingerprint(splits: dict[str, ImageSource], stat: bool = True) -> str:
+    """Hash of every file's path and, with `stat`, its size and mtime: changes whenever the
+    data does."""
     h = hashlib.blake2b(digest_size=8)
     for split, source in splits.items():
         for f in source.files:
-            st = Path(f).stat()
-            h.update(f"{split}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            st = Path(f).stat() if stat else None
+            h.update(f"{split}\0{f}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
