@@ -43,7 +43,7 @@ from tests.conftest import compose_config, run_cli, train_here
             "trainer.target_accuracy=90 is not valid; use null or a fraction in (0, 1]",
         ),
         ("trainer.device=tpu", "trainer.device='tpu' is not valid; use auto, cpu, cuda or cuda:N"),
-        ("trainer.precision=8", "trainer.precision=8 is not valid; use auto, 32, bf16 or 16"),
+        ("trainer.precision=8", "trainer.precision=8 is not valid; use auto, 32, tf32, bf16 or 16"),
         ("data.loader=gpu", "data.loader='gpu' is not valid; use auto, tensor or dataloader"),
         ("loss.label_smoothing=1", "loss.label_smoothing=1 is not valid; use a fraction in [0, 1)"),
         ("trainer.ema=1.5", "trainer.ema=1.5 is not valid; use null or a decay in (0, 1)"),
