@@ -17,6 +17,7 @@ from tqdm import tqdm
 from cnntrain import distributed
 from cnntrain.data.augment import BatchMix
 from cnntrain.errors import UserError
+from cnntrain.models.fold import folded
 from cnntrain.models.freeze import train_mode
 
 SYNC_EVERY = 50  # steps between host reads of the running loss
@@ -378,12 +379,13 @@ def evaluate(
     """
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics, Dropout is off
+    net = folded(model)  # each BatchNorm folded into its convolution (a copy): faster
     sums = torch.zeros(3, dtype=torch.float64, device=arithmetic.device)  # loss, correct, images
     outputs, targets = [], []
     with progress_bar(len(loader), desc, progress) as bar:
         for x, y in loader.batches():
             with arithmetic.autocast():
-                logits = model_logits(model, x, arithmetic.tta)
+                logits = model_logits(net, x, arithmetic.tta)
             loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
             correct, images = (logits.argmax(1) == y).sum(), (y != distributed.IGNORED).sum()
             sums += torch.stack([loss.double(), correct.double(), images.double()])

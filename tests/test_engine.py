@@ -141,3 +141,38 @@ def test_peak_memory_is_this_jobs_not_the_process_lifetimes():
     before = host_peak_kib()
     reset_peak_memory(torch.device("cpu"))
     assert host_peak_kib() < before - 200 * 2**10  # the 300 MiB of an earlier job are forgotten
+
+
+def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs():
+    from cnntrain.config import compose_config
+    from cnntrain.models import build_model
+    from cnntrain.models.fold import folded
+    from cnntrain.spec import InputSpec
+
+    model = build_model(compose_config(["model=cifar10cnn"]).model, InputSpec(3, 32, 32, 10))
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(6, 3, 32, 32).to(memory_format=torch.channels_last)
+    model.eval()
+    net = folded(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model is untouched
+    conv = next(p for p in net.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x), rtol=1e-5, atol=1e-5)
+
+    class Untraceable(nn.Module):  # control flow on a tensor's value: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    untraceable = Untraceable().eval()
+    assert folded(untraceable) is untraceable
+    assert folded(model.train()) is model  # only an eval-mode model is folded
