@@ -109,7 +109,9 @@ def smi_utilisation() -> float:
 
 
 def size_overrides(sizes: Sizes) -> list[str]:
-    caps = [f"data.max_train_samples={sizes.samples}", f"data.max_eval_samples={sizes.samples}"]
+    # A dry run checks the suite's steps, not the runs' files: no plots, no tracker.
+    caps = [f"data.max_train_samples={sizes.samples}", f"data.max_eval_samples={sizes.samples}",
+            "trainer.plots=false", "logger=none"]  # fmt: skip
     return [f"trainer.device={sizes.device}", *(caps if sizes.samples else [])]
 
 
