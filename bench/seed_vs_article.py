@@ -1,9 +1,10 @@
 """cnntrain's `experiment=seed_cifar10` against the article's own loop: same machine, same training
-subset, same epochs, each evaluated on the full test set after every epoch. Prints one JSON line:
+subset, same epochs, each evaluated after every epoch on `--test-samples` test images (a seeded
+subset each; 0 = all 10,000). Prints one JSON line:
 whole-process wall time, training images/s, test accuracy (per seed and mean ± std) and the ratio.
 
     CNNTRAIN_DATA_DIR=../shared/datasets python -m bench.seed_vs_article \
-        --train-samples 4096 --epochs 3
+        --train-samples 4096 --epochs 3 --test-samples 1000 [--seeds 0 1 2]
 """
 
 import argparse
@@ -36,14 +37,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-samples", type=int, default=4096)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--test-samples", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-seed-"))
     recipe = ["experiment=seed_cifar10", f"trainer.epochs={args.epochs}", "data.val_split=0",
-              f"data.max_train_samples={args.train_samples}"]  # fmt: skip
+              f"data.max_train_samples={args.train_samples}",
+              f"data.max_eval_samples={args.test_samples or None}"]  # fmt: skip
     cnntrain([*recipe, "trainer.epochs=1", "data.max_train_samples=256"], work)  # warm the caches
     cfg = OmegaConf.load(work / "run0" / ".hydra" / "config.yaml")
     root = cifar_folder(cfg.paths.cache_dir, cfg.paths.data_dir)
+    test_caps = ["--test-samples", str(args.test_samples)] if args.test_samples else []
     ours, theirs = [], []
     for seed in args.seeds:  # alternate, so drifts of the machine hit both alike
         wall, run = cnntrain([*recipe, f"trainer.seed={seed}"], work)
@@ -52,6 +56,7 @@ def main() -> None:
                      **run_choices(run)})  # fmt: skip
         wall, a = bench_script("article_loop", ["--root", root, "--epochs", str(args.epochs),
                                                 "--train-samples", str(args.train_samples),
+                                                *test_caps,
                                                 "--seed", str(seed)])  # fmt: skip
         theirs.append({"seed": seed, "wall_s": round(wall, 2), "test_acc": a["test_acc"],
                        "train_images_per_s": a["train_images_per_s"]})  # fmt: skip
@@ -68,6 +73,7 @@ def main() -> None:
         "bench": "seed_vs_article",
         "train_samples": args.train_samples,
         "epochs": args.epochs,
+        "test_samples": args.test_samples or 10000,
         **summary,
         "speedup_wall": round(summary["article"]["wall_s"] / summary["cnntrain"]["wall_s"], 2),
         "machine": machine(ours[0]["device"]),
