@@ -161,6 +161,7 @@ def cifar10_94(sizes: Sizes, work: Path, overrides: list[str], gpu: bool) -> dic
     return {"overrides": overrides, "reached": reached, "first_epoch_overhead_s": overhead,
             "epoch_time_s": times, "test_acc_per_epoch": [row["val/acc"] for row in rows],
             "final_test_acc": r["test/acc"], "train_time_s": r["train_time_s"],
+            "compile_s": r.get("compile_s"),  # with trainer.compile: apart from train_time_s
             "wall_s": round(wall, 2), "peak_device_memory_mb": r.get("peak_device_memory_mb"),
             "gpu_util": util.summary(), **run_choices(run)}  # fmt: skip
 
