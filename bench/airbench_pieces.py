@@ -26,7 +26,7 @@ WITHOUT = {
     "lookahead": ["trainer.lookahead=null"],
     "alternating_flip": ["data.augment.hflip=true"],  # a fresh coin per image and epoch
     "whitening_bias_freeze": ["model.whiten_bias_epochs=null"],  # its bias learns throughout
-    "end_at_0.07": ["scheduler.end_factor=0"],  # the decay runs down to 0
+    "end_at_0.07": ["scheduler.end_factor=0.001"],  # the decay runs down to ~0
 }
 VIEWS = ("false", "true", "flip_translate")  # trainer.tta: 1, 2 and 6 views
 
