@@ -43,7 +43,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-seed-"))
     recipe = ["experiment=seed_cifar10", f"trainer.epochs={args.epochs}", "data.val_split=0",
               f"data.max_train_samples={args.train_samples}",
-              f"data.max_eval_samples={args.test_samples or None}"]  # fmt: skip
+              f"data.max_eval_samples={args.test_samples or 'null'}"]  # fmt: skip
     cnntrain([*recipe, "trainer.epochs=1", "data.max_train_samples=256"], work)  # warm the caches
     cfg = OmegaConf.load(work / "run0" / ".hydra" / "config.yaml")
     root = cifar_folder(cfg.paths.cache_dir, cfg.paths.data_dir)
