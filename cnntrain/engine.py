@@ -6,6 +6,7 @@ host sync is a finite-loss check every SYNC_EVERY steps (it also refreshes the p
 
 import contextlib
 import copy
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from cnntrain.errors import UserError
 from cnntrain.models.fold import folded
 from cnntrain.models.freeze import train_mode
 
+log = logging.getLogger("cnntrain")
 SYNC_EVERY = 50  # steps between host reads of the running loss
 
 
@@ -64,12 +66,61 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def autocast_dtype(precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `trainer.precision`, None for plain fp32."""
+def autocast_dtype(
+    precision, device: torch.device, hazard: str | None = None
+) -> torch.dtype | None:
+    """The autocast dtype for `trainer.precision`, None for plain fp32. `hazard`: a convolution
+    whose bf16 weight gradient the CPU computes wrongly (bf16_gradient_hazard): `auto` trains it
+    in fp32 instead, an explicit `bf16` is warned about."""
     precision = str(precision)
     if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
+        if not native_bf16(device):
+            return None
+        if device.type == "cpu" and hazard:
+            log.warning("precision auto: float32, not bf16: %s", hazard_line(hazard))
+            return None
+        return torch.bfloat16
+    if precision == "bf16" and device.type == "cpu" and hazard:
+        log.warning(
+            "trainer.precision=bf16: %s; trainer.precision=32 avoids it", hazard_line(hazard)
+        )
     return {"32": None, "tf32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+
+
+def hazard_line(conv: str) -> str:
+    return (
+        f"convolution {conv} is strided over an input narrower than its stride, where oneDNN's "
+        "bf16 weight gradient on CPUs returns garbage (measured with torch 2.14.1)"
+    )
+
+
+@torch.no_grad()
+def bf16_gradient_hazard(model: nn.Module, shape: tuple[int, int, int]) -> str | None:
+    """The first Conv2d of `model` (on an input of `shape` (C, H, W)) whose bf16 weight gradient
+    oneDNN gets wrong on CPUs, or None. Measured with torch 2.14.1 on an AVX512-BF16 CPU: when a
+    kernel wider than 1 px strides over an input side shorter than the stride (ResNet's last
+    stage on 16 px images), the gradient entries that see only padding come back as garbage
+    (up to 1e28) in most steps; fp32 and wider inputs are exact."""
+    found = []
+
+    def check(name):
+        def hook(conv, args):
+            sides, kernel, stride = args[0].shape[-2:], conv.kernel_size, conv.stride
+            if any(k > 1 and s > n for n, k, s in zip(sides, kernel, stride, strict=True)):
+                found.append(name)
+
+        return hook
+
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_pre_hook(check(n)) for n, m in convs]
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, *shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found[0] if found else None
 
 
 def set_cuda_math(precision, device: torch.device) -> None:
@@ -98,10 +149,11 @@ class Arithmetic:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.scaled)
 
     @classmethod
-    def for_trainer(cls, trainer, device: torch.device) -> "Arithmetic":
-        """As `trainer.precision` and `trainer.tta` say, on `device` (set_cuda_math too)."""
+    def for_trainer(cls, trainer, device: torch.device, hazard: str | None = None) -> "Arithmetic":
+        """As `trainer.precision` and `trainer.tta` say, on `device` (set_cuda_math too);
+        `hazard`: see autocast_dtype."""
         set_cuda_math(trainer.precision, device)
-        return cls(device, autocast_dtype(trainer.precision, device), trainer.tta)
+        return cls(device, autocast_dtype(trainer.precision, device, hazard), trainer.tta)
 
     @property
     def scaled(self) -> bool:

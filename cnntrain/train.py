@@ -28,6 +28,7 @@ from cnntrain.engine import (
     EMA,
     Arithmetic,
     StepParts,
+    bf16_gradient_hazard,
     optimizer_steps,
     select_device,
 )
@@ -74,11 +75,13 @@ def train(cfg: DictConfig) -> float:
             init_from(model, cfg.model.init_from, cfg.model)
     else:
         restore_trainable(model, saved)
+    shape = (data.spec.channels, data.spec.height, data.spec.width)
+    hazard = bf16_gradient_hazard(model, shape) if device.type == "cpu" else None
     if distributed.use_sync_bn(cfg.trainer.sync_bn):
         model = distributed.sync_batchnorm(model, device)
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
     model.to(device, memory_format=layout)
-    arithmetic = Arithmetic.for_trainer(cfg.trainer, device)
+    arithmetic = Arithmetic.for_trainer(cfg.trainer, device, hazard)
     loop = Loop(cfg=cfg, run_dir=run_dir, model=model, data=data,
                 parts=build_step_parts(cfg, model, data, arithmetic),
                 callbacks=build_callbacks(cfg, world.is_main),
@@ -94,7 +97,6 @@ def train(cfg: DictConfig) -> float:
     counts = class_counts(data.train.targets, data.classes)
     log_class_balance(counts)
     if world.is_main:
-        shape = (data.spec.channels, data.spec.height, data.spec.width)
         write_summary(summarize_model(model, shape), run_dir)
     try:
         results = fit_and_test(loop, counts, started)

@@ -54,6 +54,7 @@ def args(root: Path, *changes: str) -> list[str]:
         "data.max_eval_samples=25", "data.eval_batch_size=8", "data.augment.crop_padding=2",
         "data.augment.hflip=true", "optimizer.lr=0.00005", "logger=none", "trainer.plots=false",
         "trainer.progress=false", "trainer.sync_bn=true",
+        "trainer.precision=32",  # bf16 rounds sums taken in another order apart by ~1e-3
     ]  # fmt: skip
     changed = {c.split("=", 1)[0] for c in changes}
     return [a for a in base if a.split("=", 1)[0] not in changed] + list(changes)

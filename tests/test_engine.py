@@ -176,3 +176,21 @@ def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs():
     untraceable = Untraceable().eval()
     assert folded(untraceable) is untraceable
     assert folded(model.train()) is model  # only an eval-mode model is folded
+
+
+def test_a_conv_strided_past_a_narrow_input_keeps_auto_precision_off_bf16_on_cpus(caplog):
+    """oneDNN's bf16 weight gradient is garbage for such a conv on AVX512-BF16 CPUs (torch
+    2.14.1): ResNet-18's last stage on 16 px images. `auto` then trains in float32."""
+    from cnntrain.engine import autocast_dtype, bf16_gradient_hazard, native_bf16
+
+    narrow = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.Conv2d(8, 8, 3, 2, 1))
+    assert bf16_gradient_hazard(narrow, (3, 4, 4)) == "1"  # 1×1 input, stride 2
+    assert bf16_gradient_hazard(narrow, (3, 8, 8)) is None  # 2×2 input, stride 2
+    pointwise = nn.Sequential(nn.Conv2d(3, 8, 1, stride=4))  # a 1×1 kernel sees no padding
+    assert bf16_gradient_hazard(pointwise, (3, 2, 2)) is None
+    assert narrow.training  # its mode is left as it was
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu, "1") is None
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    assert autocast_dtype("bf16", cpu, "1") == torch.bfloat16  # asked for: kept, with a warning
+    assert "convolution 1 is strided" in caplog.text

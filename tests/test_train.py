@@ -18,7 +18,8 @@ def test_the_final_test_uses_the_best_epochs_ema_weights(tmp_path):
     root = make_image_folder(tmp_path / "data", splits=("train", "test"), per_class=24)
     overrides = ("data=imagefolder", f"data.root={root}", "model=simplecnn", "trainer.epochs=3",
                  "trainer.ema=0.9", "data.val_split=0.25", "data.batch_size=8", "logger=none",
-                 "trainer.plots=false", "data.num_workers=0")  # fmt: skip
+                 "trainer.plots=false", "data.num_workers=0",
+                 "trainer.precision=32")  # fmt: skip
     run = tmp_path / "run"
     results = train_here(*overrides, output_dir=run)
     best = load_checkpoint(run / "checkpoints" / "best.pt")
