@@ -1,6 +1,12 @@
 """Every registered model and every shipped recipe resumes exactly: what a model freezes or
 initialises from data comes back from the checkpoint (in-process runs, small sizes)."""
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,11 +19,11 @@ from tests.conftest import (
     needs_fashion,
     read_jsonl,
     run_cli,
-    run_folders,
     train_here,
 )
 from tests.test_resume import TIME_FIELDS
 
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_before_layers"
 QUIET = ("logger=none", "trainer.plots=false", "trainer.epochs=1")
 FAULT = "+callbacks.fault._target_=tests.faults.Fault"
 
@@ -76,18 +82,25 @@ def test_every_recipe_resumes_exactly(recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_started_by_an_older_version_resumes_with_todays_defaults(shapes, tmp_path):
-    """Its checkpoint's config lacks keys added since: they take today's defaults for the run's
-    own command line (.hydra/overrides.yaml), inside the real `cnntrain` app."""
-    overrides = ["data=imagefolder", f"data.root={shapes}", "model=simplecnn", *QUIET,
-                 "data.batch_size=8"]  # fmt: skip
-    run_cli(*overrides, cwd=tmp_path)
-    (run,) = run_folders(tmp_path)
+def test_a_run_from_an_older_version_resumes_with_todays_defaults_and_is_evaluated(tmp_path):
+    """tests/fixtures/run_before_layers: a run written before the package was laid out in
+    layers, its checkpoint's config naming `cnntrain.optim.Cosine`. Keys added since (here two
+    taken out of its config) take today's defaults for the run's own command line
+    (.hydra/overrides.yaml); it resumes in the real `cnntrain` app and cnntrain-eval tests it."""
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
     path = run / "checkpoints" / "last.pt"
     saved = torch.load(path, weights_only=True)
+    assert saved["config"]["scheduler"]["_target_"] == "cnntrain.optim.Cosine"
     del saved["config"]["trainer"]["accumulate"], saved["config"]["data"]["augment"]["policy"]
     save_checkpoint(path, {k: v for k, v in saved.items() if k != "format"})
     run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
     resumed = torch.load(path, weights_only=True)["config"]
     assert resumed["trainer"]["accumulate"] == 1 and resumed["data"]["augment"]["policy"] == "none"
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    proc = subprocess.run([sys.executable, "-m", "cnntrain.cli.eval", str(run)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    evaluated = json.loads((Path(proc.stdout.splitlines()[-1]) / "results.json").read_text())
+    assert evaluated["test/count"] == 256 and evaluated["model"] == "resnet"
+    best = json.loads((run / "results.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(best["test/acc"])
