@@ -176,8 +176,9 @@ def gpu_checks(gpu: bool) -> dict:
     from torch import nn
 
     from cnntrain.config import compose_config
+    from cnntrain.core.device import native_bf16
     from cnntrain.data.augment import BatchMix, read_options
-    from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, native_bf16, optimizer_step
+    from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
     from cnntrain.optim import Cosine
 
     device = torch.device("cuda")

@@ -8,10 +8,10 @@ import logging
 import torch
 from hydra.utils import instantiate
 
+from cnntrain.core.checkpoint import holds_epoch, remove_torn_writes, save_checkpoint
 from cnntrain.engine import optimizer_steps
-from cnntrain.outputs.checkpoint import save_checkpoint
 from cnntrain.outputs.metrics import MetricsLog
-from cnntrain.resume import best_is_intact, checkpoint_state, remove_torn_writes
+from cnntrain.resume import checkpoint_state
 
 log = logging.getLogger("cnntrain")
 
@@ -158,7 +158,7 @@ class Checkpoints(Callback):
         remove_torn_writes(loop.checkpoint_path("last.pt").parent)
         p = loop.progress
         resumed_after_best = p.epoch and p.best_epoch == p.epoch and not p.step
-        if resumed_after_best and not best_is_intact(loop.checkpoint_path("best.pt"), p.epoch):
+        if resumed_after_best and not holds_epoch(loop.checkpoint_path("best.pt"), p.epoch):
             self.save(loop, "best.pt")
 
     def on_epoch_end(self, loop, row: dict) -> None:

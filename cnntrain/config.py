@@ -2,17 +2,18 @@
 
 import datetime
 import functools
-import math
 import re
 import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cnntrain.core.checkpoint import run_folder
+from cnntrain.core.checks import boolean, check, format_value, integer, number, one_of, optional
+from cnntrain.core.device import check_device
+from cnntrain.core.errors import UserError
 from cnntrain.data.augment import read_options
 from cnntrain.data.sources import check_root
-from cnntrain.engine import check_device
-from cnntrain.errors import UserError
 from cnntrain.models import check_model_options
 from cnntrain.optim import check_scheduler_name
 
@@ -38,18 +39,10 @@ def run_token() -> str:
     return secrets.token_hex(3)
 
 
-def resume_folder(resume: str) -> Path:
-    """The run folder named by `resume=`: the folder itself, or the one holding a checkpoint."""
-    path = Path(resume).expanduser()
-    if path.is_file():
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path
-
-
 @functools.cache
 def run_dir(resume: str | None, log_dir: str) -> str:
     if resume:
-        return str(resume_folder(resume))
+        return str(run_folder(resume))
     now = datetime.datetime.now()
     return f"{log_dir}/{now:%Y-%m-%d}/{now:%H-%M-%S}_{run_token()}"
 
@@ -65,33 +58,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "unless_resuming", lambda resume, value: None if resume else value, replace=True
     )
-
-
-def integer(lo: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def number(lo: float, hi: float = math.inf, lo_open=False, hi_open=False):
-    """A real number in the interval lo..hi (open or closed at each end)."""
-
-    def check(v) -> bool:
-        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-            return False
-        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-
-    return check
-
-
-def optional(check):
-    return lambda v: v is None or check(v)
-
-
-def one_of(*values):
-    return lambda v: str(v) in values
-
-
-def boolean(v) -> bool:
-    return isinstance(v, bool)
 
 
 def device_name(v) -> bool:
@@ -119,12 +85,12 @@ def freeze_choice(v) -> bool:
 def lookahead_options(v) -> bool:
     if v is None:
         return True
-    checks = {"every": integer(1), "decay": number(0, 1, lo_open=True), "power": number(0),
-              "after_epochs": integer(0)}  # fmt: skip
+    rules = {"every": integer(1), "decay": number(0, 1, lo_open=True), "power": number(0),
+             "after_epochs": integer(0)}  # fmt: skip
     return (
         isinstance(v, DictConfig | dict)
-        and v.keys() == checks.keys()
-        and all(check(v[key]) for key, check in checks.items())
+        and v.keys() == rules.keys()
+        and all(valid(v[key]) for key, valid in rules.items())
     )
 
 
@@ -225,10 +191,10 @@ ABSENT = object()
 
 def validate(cfg: DictConfig) -> None:
     """Refuse impossible values, naming the key, the value and what is allowed (a UserError)."""
-    for key, check, allowed in RULES:
+    for key, valid, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=ABSENT)
-        if value is not ABSENT and not check(value):
-            raise UserError(f"{key}={format_value(value)} is not valid; use {allowed}")
+        if value is not ABSENT:
+            check(key, value, valid, allowed)
     check_device(str(cfg.trainer.device))
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise UserError("data=imagefolder needs data.root=PATH (a folder or archive with train/)")
@@ -243,12 +209,6 @@ def validate(cfg: DictConfig) -> None:
         )
     check_model_options(cfg.model)
     check_scheduler_name(cfg.scheduler)
-
-
-def format_value(value) -> str:
-    if isinstance(value, ListConfig | DictConfig):
-        return str(OmegaConf.to_container(value))
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def unknown_keys(cfg: DictConfig, reference: DictConfig, prefix: str = "") -> list[str]:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 
 # The longest a rank waits in a collective for the others, e.g. while rank 0 alone writes a
 # checkpoint, the plots and the report; then the collective fails instead of hanging forever.

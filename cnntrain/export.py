@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cnntrain.config import resume_folder
+from cnntrain.core.checkpoint import run_folder
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import atomic_write
 from cnntrain.data import load_evaluation_split
-from cnntrain.errors import UserError
 from cnntrain.inference import Normalized, TrainedModel, load_trained, unit_range
-from cnntrain.outputs.files import atomic_write
 from cnntrain.scoring import eval_config
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # under RUN_DIR/export/
@@ -85,7 +85,7 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exporte
     pixels = unit_range(images)  # (n, C, H, W) in [0, 1]
     with torch.no_grad():
         expected = model(pixels)
-    out = Path(out) if out else resume_folder(str(trained.checkpoint)) / "export" / FILE_NAMES[fmt]
+    out = Path(out) if out else run_folder(str(trained.checkpoint)) / "export" / FILE_NAMES[fmt]
     write, run = WRITERS[fmt]
     difference = float("nan")
 

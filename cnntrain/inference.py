@@ -8,15 +8,17 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cnntrain.core.checkpoint import (
+    BEST,
+    check_compatible,
+    check_usable,
+    checkpoint_file,
+    evaluated_weights,
+    load_checkpoint,
+)
+from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
-from cnntrain.errors import UserError
 from cnntrain.models.registry import build_architecture
-from cnntrain.models.transfer import checkpoint_of
-from cnntrain.outputs.checkpoint import check_compatible, evaluated_weights, load_checkpoint
-from cnntrain.spec import InputSpec
-
-# What a checkpoint must carry to be used without its run's data (written since this format).
-USE_KEYS = ("spec", "classes", "normalization", "config")
 
 
 class Normalized(nn.Module):
@@ -54,14 +56,9 @@ class TrainedModel:
 def load_trained(source) -> TrainedModel:
     """The run folder (its checkpoints/best.pt) or checkpoint `source`, rebuilt from the
     checkpoint alone: no data, no pretrained weights file and no network are needed."""
-    path = checkpoint_of(source, "RUN_DIR")
+    path = checkpoint_file(source, BEST, "RUN_DIR")
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
-    missing = [key for key in USE_KEYS if key not in saved]
-    if missing:
-        raise UserError(
-            f"checkpoint {path} has no {', '.join(missing)}: it was written by an older cnntrain; "
-            "train the run again to use it"
-        )
+    check_usable(saved, path)
     spec = InputSpec(**saved["spec"])
     network = build_architecture(saved["config"]["model"], spec)
     check_compatible(saved, network, path)

@@ -33,10 +33,10 @@ import torch
 
 from cnntrain import distributed
 from cnntrain.callbacks import Callback
+from cnntrain.core.checkpoint import best_weights
+from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
 from cnntrain.engine import SYNC_EVERY, Diverged, StepParts, Totals, evaluate, train_one_epoch
-from cnntrain.errors import UserError
-from cnntrain.outputs.checkpoint import best_weights
 
 log = logging.getLogger("cnntrain")
 

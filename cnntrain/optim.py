@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.models.head import head_parameter_names
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import write_text
+from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import DECODE_ERRORS
 from cnntrain.data.sources import ARCHIVE_SUFFIXES
 from cnntrain.engine import model_logits, progress_bar
-from cnntrain.errors import UserError
 from cnntrain.inference import TrainedModel, image_pixels, unit_range
-from cnntrain.outputs.files import write_text
-from cnntrain.spec import InputSpec
 
 TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
 ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)

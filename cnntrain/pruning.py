@@ -6,7 +6,7 @@ import logging
 from hydra.utils import instantiate
 
 from cnntrain.callbacks import Callback
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 
 log = logging.getLogger("cnntrain")
 

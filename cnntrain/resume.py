@@ -2,20 +2,26 @@
 resumed run runs with (and what may change), and healing a best.pt cut short by a crash."""
 
 import logging
-import random
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnntrain.config import compose_config, resume_folder
-from cnntrain.errors import UserError
-from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint
+from cnntrain.config import compose_config
+from cnntrain.core.checkpoint import (
+    LAST,
+    check_compatible,
+    checkpoint_file,
+    load_checkpoint,
+    run_folder,
+    saved_config,
+)
+from cnntrain.core.overrides import override_key
+from cnntrain.core.seeds import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 # Keys a resumed run may change on the command line: train longer, move (to more or fewer
@@ -24,18 +30,6 @@ RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "traine
 # Groups a resumed run takes from its own command line, not from the saved run: they watch the
 # training (trackers, callbacks) without changing it.
 WATCHING_GROUPS = ("logger", "callbacks")
-
-
-def checkpoint_to_resume(resume: str) -> Path:
-    """The checkpoint `resume=` names: RUN_DIR/checkpoints/last.pt, or the .pt file itself."""
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise UserError(
-            f"resume={resume!r}: no checkpoint at {path}; give a run folder or a .pt file"
-        )
-    return path
 
 
 def may_change_on_resume(key: str) -> bool:
@@ -49,11 +43,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     `overrides` (command-line `key=value`s) that name RESUMABLE_KEYS; this machine's paths, and
     the trackers and callbacks of this command. Keys this version has and the saved run did not
     (it was started by an older cnntrain) take today's defaults for the run's own command line."""
-    saved = load_checkpoint(checkpoint_to_resume(cfg.resume))["config"]
-    changes = [
-        o.lstrip("+") for o in overrides if o.split("=", 1)[0].lstrip("+~") in RESUMABLE_KEYS
-    ]
-    base = composed_like(resume_folder(cfg.resume)) or OmegaConf.create()
+    saved = saved_config(load_checkpoint(checkpoint_file(cfg.resume, LAST, "resume")))
+    changes = [o.lstrip("+") for o in overrides if override_key(o) in RESUMABLE_KEYS]
+    base = composed_like(run_folder(cfg.resume)) or OmegaConf.create()
     resumed = OmegaConf.merge(base, OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
     resumed.paths = cfg.paths
     for group in WATCHING_GROUPS:
@@ -62,10 +54,10 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return resumed
 
 
-def composed_like(run_folder: Path) -> DictConfig | None:
+def composed_like(folder: Path) -> DictConfig | None:
     """The config the run's own command line (`.hydra/overrides.yaml`) composes to with today's
     config files; None when that file is gone or its overrides no longer compose."""
-    path = run_folder / ".hydra" / "overrides.yaml"
+    path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
     overrides = [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith("hydra.")]
@@ -76,29 +68,6 @@ def composed_like(run_folder: Path) -> DictConfig | None:
         return None
     OmegaConf.set_struct(base, False)  # the saved run may hold keys this version dropped
     return base
-
-
-def rng_states(device: torch.device) -> dict:
-    """Every RNG a run draws from; for a GPU only the training device's generator."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def set_rng_states(states: dict, device: torch.device) -> None:
-    random.setstate(states["python"])
-    numpy = states["numpy"]
-    np.random.set_state((numpy[0], numpy[1].numpy(), *numpy[2:]))
-    torch.set_rng_state(states["torch"])
-    cuda = states["cuda"]
-    if isinstance(cuda, list):  # checkpoints before this format kept one state per visible GPU
-        cuda = cuda[0] if cuda else None
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
 
 
 def checkpoint_state(loop) -> dict:
@@ -167,17 +136,3 @@ def note_world_change(saved_size: int, loop) -> None:
             "an unchanged run up to rounding",
             saved_size, loop.world.size, p.epoch + 1, p.step,
         )  # fmt: skip
-
-
-def remove_torn_writes(folder: Path) -> None:
-    """Temporary files of writes a crash cut short (the files they replace are intact)."""
-    for torn in folder.glob(".*.tmp"):
-        torn.unlink()
-
-
-def best_is_intact(path: Path, epoch: int) -> bool:
-    """Does best.pt hold `epoch`? (False when the run died while writing it.)"""
-    try:
-        return load_checkpoint(path)["progress"]["epoch"] == epoch
-    except UserError:
-        return False

@@ -8,13 +8,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnntrain.config import resume_folder
+from cnntrain.core.checkpoint import run_folder
+from cnntrain.core.device import select_device
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import write_json
+from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
-from cnntrain.engine import Arithmetic, evaluate, select_device
-from cnntrain.errors import UserError
+from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.evaluation import split_metrics
 from cnntrain.inference import TrainedModel, load_trained
-from cnntrain.outputs.files import write_json
 from cnntrain.outputs.plots import write_test_plots
 from cnntrain.outputs.report import write_eval_report
 from cnntrain.train import progress_bars_enabled
@@ -22,11 +24,6 @@ from cnntrain.train import progress_bars_enabled
 # Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
 # what network it tests.
 EVAL_KEYS = ("trainer.device", "trainer.precision", "trainer.tta", "trainer.progress")
-
-
-def override_key(override: str) -> str:
-    """`data.root` of `data.root=PATH` (Hydra's +, ++ and ~ prefixes dropped)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def check_eval_overrides(overrides: list[str]) -> None:
@@ -98,7 +95,7 @@ def new_eval_folder(trained: TrainedModel) -> Path:
     """RUN_DIR/eval/<YYYY-MM-DD_HH-MM-SS>/, made now; `-2`, `-3`… follow the time when an
     evaluation of the same second already has that folder (nothing is overwritten)."""
     stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-    parent = resume_folder(str(trained.checkpoint)) / "eval"
+    parent = run_folder(str(trained.checkpoint)) / "eval"
     for n in range(1, 1000):
         folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
         try:

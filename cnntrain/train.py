@@ -8,7 +8,6 @@ and rank 0 alone fills the run folder (distributed.py).
 """
 
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -21,28 +20,23 @@ from cnntrain import distributed
 from cnntrain.callbacks import build_callbacks
 from cnntrain.compiling import compile_mode, compiled, warm_up
 from cnntrain.config import validate
+from cnntrain.core.checkpoint import LAST, checkpoint_file, load_checkpoint
+from cnntrain.core.device import select_device
+from cnntrain.core.files import write_json
+from cnntrain.core.seeds import seed_everything
 from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment import batch_mix, read_options
 from cnntrain.data.splits import seeded_subset
-from cnntrain.engine import (
-    EMA,
-    Arithmetic,
-    StepParts,
-    bf16_gradient_hazard,
-    optimizer_steps,
-    select_device,
-)
+from cnntrain.engine import EMA, Arithmetic, StepParts, bf16_gradient_hazard, optimizer_steps
 from cnntrain.evaluation import class_counts, class_weights, split_metrics
 from cnntrain.loop import Loop
 from cnntrain.memory import peak_memory, reset_peak_memory
 from cnntrain.models import build_model, init_from
 from cnntrain.optim import build_optimizer, build_scheduler
-from cnntrain.outputs.checkpoint import load_checkpoint
-from cnntrain.outputs.files import write_json
 from cnntrain.outputs.plots import write_run_plots
 from cnntrain.outputs.report import write_run_report
 from cnntrain.outputs.summary import summarize_model, write_summary
-from cnntrain.resume import checkpoint_to_resume, restore, restore_trainable
+from cnntrain.resume import restore, restore_trainable
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -60,7 +54,7 @@ def train(cfg: DictConfig) -> float:
     distributed.check_devices(cfg.trainer.devices)
     distributed.check_batch_size(cfg.data.batch_size, world.size)
     run_dir = Path(cfg.paths.output_dir)
-    resume_path = checkpoint_to_resume(cfg.resume) if cfg.resume else None
+    resume_path = checkpoint_file(cfg.resume, LAST, "resume") if cfg.resume else None
     saved = load_checkpoint(resume_path) if resume_path else None
     seed_everything(cfg.trainer.seed)  # the same on every rank: dropout draws alike everywhere
     device = select_device(cfg.trainer.device)
@@ -164,12 +158,6 @@ def init_from_training_images(model, train, seed: int, count: int = 5000) -> Non
     if hasattr(model, "init_from_data"):
         sample = seeded_subset(np.arange(train.count), count, seed)
         model.init_from_data(train.prep(train.images_at(sample)).cpu())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> StepParts:

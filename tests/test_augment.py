@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from cnntrain.core.errors import UserError
 from cnntrain.data.augment import (
     JITTER,
     JITTER_OPS,
@@ -24,7 +25,6 @@ from cnntrain.data.augment import (
     pil_augment,
     read_options,
 )
-from cnntrain.errors import UserError
 
 OFF = {
     "hflip": False,

@@ -19,10 +19,10 @@ import pytest
 import torch
 from filelock import FileLock
 
+from cnntrain.core.errors import UserError
 from cnntrain.data import decode, load_data, sources
 from cnntrain.data.sources import open_image_folder
 from cnntrain.data.splits import seeded_subset, stratified_split
-from cnntrain.errors import UserError
 from tests.conftest import REPO, compose_config, make_image_folder
 
 CPU = torch.device("cpu")

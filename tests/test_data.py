@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from cnntrain.core.errors import UserError
 from cnntrain.data import load_data
 from cnntrain.data.decode import channel_stats
 from cnntrain.data.sources import open_image_folder, read_idx
 from cnntrain.data.splits import epoch_order, seeded_subset, stratified_split
-from cnntrain.errors import UserError
 from tests.conftest import FASHION_DIR, compose_config, make_image_folder, needs_fashion
 
 CPU = torch.device("cpu")

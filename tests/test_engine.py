@@ -145,9 +145,9 @@ def test_peak_memory_is_this_jobs_not_the_process_lifetimes():
 
 def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs():
     from cnntrain.config import compose_config
+    from cnntrain.core.spec import InputSpec
     from cnntrain.models import build_model
     from cnntrain.models.fold import folded
-    from cnntrain.spec import InputSpec
 
     model = build_model(compose_config(["model=cifar10cnn"]).model, InputSpec(3, 32, 32, 10))
     model = model.to(memory_format=torch.channels_last)
@@ -181,7 +181,8 @@ def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs():
 def test_a_conv_strided_past_a_narrow_input_keeps_auto_precision_off_bf16_on_cpus(caplog):
     """oneDNN's bf16 weight gradient is garbage for such a conv on AVX512-BF16 CPUs (torch
     2.14.1): ResNet-18's last stage on 16 px images. `auto` then trains in float32."""
-    from cnntrain.engine import autocast_dtype, bf16_gradient_hazard, native_bf16
+    from cnntrain.core.device import native_bf16
+    from cnntrain.engine import autocast_dtype, bf16_gradient_hazard
 
     narrow = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.Conv2d(8, 8, 3, 2, 1))
     assert bf16_gradient_hazard(narrow, (3, 4, 4)) == "1"  # 1×1 input, stride 2

@@ -10,10 +10,10 @@ import torch
 
 from cnntrain.cli import train as cli_train
 from cnntrain.config import validate
-from cnntrain.errors import UserError
+from cnntrain.core import checkpoint
+from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model
-from cnntrain.outputs import checkpoint
-from cnntrain.outputs.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from tests.conftest import compose_config, run_cli, train_here
 
 

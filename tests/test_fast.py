@@ -12,14 +12,14 @@ from torch import nn
 
 from cnntrain.callbacks import Lookahead
 from cnntrain.config import validate
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.data import load_data
 from cnntrain.data.augment import AlternatingFlip
 from cnntrain.data.splits import epoch_order
 from cnntrain.engine import Arithmetic, evaluate
-from cnntrain.errors import UserError
 from cnntrain.models import build_model
 from cnntrain.optim import Triangle
-from cnntrain.spec import InputSpec
 from tests.conftest import compose_config, make_image_folder, train_here
 from tests.test_data import CPU, folder_config
 from tests.test_engine import ListLoader

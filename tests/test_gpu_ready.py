@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from cnntrain import compiling, engine
+from cnntrain.core.errors import UserError
 from cnntrain.data.augment import BatchMix, read_options
 from cnntrain.data.loaders import SampleDataset
 from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
-from cnntrain.errors import UserError
 from cnntrain.optim import build_optimizer, build_scheduler
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 

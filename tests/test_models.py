@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnntrain.core.errors import UserError
 from cnntrain.data.loaders import BatchPrep, TensorLoader
-from cnntrain.errors import UserError
 from cnntrain.models import InputSpec, build_model, data_defaults, head_name, model_names
 from cnntrain.models.article import ResidualBlock
 from cnntrain.train import init_from_training_images

@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from cnntrain.core.errors import UserError
 from cnntrain.data.augment import Draws, pil_augment, read_options
 from cnntrain.data.policies import (
     OPS,
@@ -19,7 +20,6 @@ from cnntrain.data.policies import (
     TrivialAugment,
     run_op,
 )
-from cnntrain.errors import UserError
 from tests.test_augment import (
     KS,
     Z,

@@ -15,9 +15,10 @@ from torchvision import models as tv
 from torchvision.models import regnet
 
 from cnntrain.config import validate
+from cnntrain.core.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.core.errors import UserError
 from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.engine import Arithmetic, StepParts, Totals, train_one_epoch
-from cnntrain.errors import UserError
 from cnntrain.inference import load_trained
 from cnntrain.models import (
     InputSpec,
@@ -31,7 +32,6 @@ from cnntrain.models import (
 from cnntrain.models.registry import build_architecture
 from cnntrain.models.torchvision import ARCHS
 from cnntrain.optim import build_optimizer
-from cnntrain.outputs.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import compose_config, make_image_folder, train_here
 
 SPEC = InputSpec(3, 32, 32, 7)

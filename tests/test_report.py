@@ -10,8 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from cnntrain.errors import UserError
-from cnntrain.outputs.report import build_report, parse_overrides, swept_keys, write_sweep_report
+from cnntrain.core.errors import UserError
+from cnntrain.core.overrides import parse_overrides
+from cnntrain.outputs.report import build_report, swept_keys, write_sweep_report
 from cnntrain.outputs.sweep import sweep_rows
 
 ODD_CLASS = "<cat> & dog"

@@ -134,7 +134,7 @@ def test_resuming_a_run_that_died_before_any_checkpoint_is_refused_clearly(image
     last = run / "checkpoints" / "last.pt"
     assert proc.stderr.strip() == (
         f"cnntrain: error: resume={str(run)!r}: no checkpoint at {last}; "
-        "give a run folder or a .pt file"
+        "give a cnntrain run folder or a .pt checkpoint"
     )
 
 

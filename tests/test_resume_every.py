@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnntrain.core.checkpoint import save_checkpoint
 from cnntrain.models import model_names
-from cnntrain.outputs.checkpoint import save_checkpoint
 from tests.conftest import (
     CONF,
     make_image_folder,

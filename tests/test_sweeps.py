@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from cnntrain.config import run_token
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.sweep_jobs import cpu_share, free_slot, jobs_at_once, usable_cores
 from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED, grid_points, search_space
 from tests.conftest import CONF, REPO, make_image_folder, read_jsonl, train_here

@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model, data_defaults, head_name
 from tests.conftest import make_image_folder, train_here
 

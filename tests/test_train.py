@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from cnntrain.core.checkpoint import load_checkpoint
 from cnntrain.data import load_data
 from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.evaluation import class_weights
 from cnntrain.models import build_model
-from cnntrain.outputs.checkpoint import load_checkpoint
 from cnntrain.train import build_step_parts
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 

@@ -20,11 +20,11 @@ from PIL import Image
 from cnntrain.cli import eval as eval_cli
 from cnntrain.cli import export as export_cli
 from cnntrain.cli import predict as predict_cli
+from cnntrain.core.checkpoint import load_checkpoint
 from cnntrain.data import load_evaluation_split
 from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.export import WRITERS, export_run, run_torchscript
 from cnntrain.inference import load_trained, unit_range
-from cnntrain.outputs.checkpoint import load_checkpoint
 from cnntrain.scoring import eval_config
 from tests.conftest import compose_config, make_image_folder, train_here
 

@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from cnntrain.config import CONF_DIR, unknown_keys, validate
+from cnntrain.core.errors import UserError
+from cnntrain.core.overrides import is_group_choice
 from cnntrain.distributed import rank_prefix
-from cnntrain.errors import UserError
 
 CONF_PATH = CONF_DIR
 
@@ -47,12 +48,6 @@ def log_to_console() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])  # unless already set up
     logging.getLogger("cnntrain").setLevel(logging.INFO)  # cnntrain's info lines, others' warnings
-
-
-def is_group_choice(override: str) -> bool:
-    """`model=resnet`, `+experiment=smoke`: picks a config file rather than setting a value."""
-    key = override.split("=", 1)[0].lstrip("+~")
-    return "." not in key and key != "resume"
 
 
 def hydra_error_line(error: Exception) -> str:

@@ -2,7 +2,7 @@
 
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
 from cnntrain.config import register_resolvers
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.scoring import EVAL_KEYS, check_eval_overrides, evaluate_run
 
 DESCRIPTION = f"""Evaluate the best weights of a cnntrain run (its EMA weights when it kept an

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
 from cnntrain.config import register_resolvers
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.export import FILE_NAMES, TOLERANCE, export_run
 
 DESCRIPTION = f"""Export the best weights of a cnntrain run (its EMA weights when it kept an

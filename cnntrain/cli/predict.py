@@ -7,8 +7,8 @@ from pathlib import Path
 from rich.table import Table
 
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
-from cnntrain.engine import select_device
-from cnntrain.errors import UserError
+from cnntrain.core.device import select_device
+from cnntrain.core.errors import UserError
 from cnntrain.inference import load_trained
 from cnntrain.outputs.console import console
 from cnntrain.prediction import TOP_K, Predictions, find_images, predict, write_csv

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from cnntrain.cli.common import fail
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.outputs.console import console
 from cnntrain.outputs.report import build_report, is_sweep_folder
 from cnntrain.outputs.sweep import write_sweep_summary

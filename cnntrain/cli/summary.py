@@ -4,8 +4,8 @@ import sys
 
 from cnntrain.cli.common import fail, preflight
 from cnntrain.config import register_resolvers
+from cnntrain.core.errors import UserError
 from cnntrain.data import input_spec
-from cnntrain.errors import UserError
 from cnntrain.models import build_model
 from cnntrain.outputs.console import console
 from cnntrain.outputs.summary import summarize_model, summary_table

@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 from cnntrain import distributed
 from cnntrain.cli.common import CONF_PATH, fail, preflight
 from cnntrain.config import register_resolvers
-from cnntrain.engine import select_device
-from cnntrain.errors import UserError
+from cnntrain.core.device import select_device
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import write_text
+from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.outputs.console import config_tree, console
-from cnntrain.outputs.files import write_text
 from cnntrain.resume import RESUMABLE_KEYS, WATCHING_GROUPS, may_change_on_resume, resumed_config
 from cnntrain.sweep_jobs import sweep_job
 from cnntrain.train import train
@@ -31,7 +32,7 @@ from cnntrain.train import train
 
 def check_resume_arguments(args: list[str]) -> None:
     """Before Hydra makes any folder: `resume=` must name a run, and change only what may change."""
-    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    resume = [override_value(a) for a in args if override_key(a) == "resume" and "=" in a]
     if not resume or not resume[0]:
         return
     if "-m" in args or "--multirun" in args:
@@ -41,7 +42,7 @@ def check_resume_arguments(args: list[str]) -> None:
             f"resume={resume[0]!r} does not exist; give a run folder (outputs/…) or its checkpoint"
         )
     for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
+        key = override_key(arg)
         if "=" in arg and not may_change_on_resume(key):
             allowed = ", ".join((*RESUMABLE_KEYS, *(f"{g}.*" for g in WATCHING_GROUPS)))
             fail(
@@ -107,7 +108,7 @@ def join_the_job(args: list[str], cfg: DictConfig) -> list[str]:
     own = {"hydra.run.dir": quoted(run_dir)}
     if not w.is_main:
         own |= {"hydra.output_subdir": "null", "hydra/job_logging": "rank"}
-    kept = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in own]
+    kept = [a for a in args if override_key(a) not in own]
     return [*kept, *(f"{key}={value}" for key, value in own.items())]
 
 
@@ -117,11 +118,6 @@ def resolved_run_dir(args: list[str]) -> str:
     with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
         cfg = compose("config", overrides=args, return_hydra_config=True)
     return str(cfg.hydra.run.dir)
-
-
-def quoted(value: str) -> str:
-    """`value` as a Hydra override value, whatever characters it holds."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")(run)

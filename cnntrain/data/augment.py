@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
-from cnntrain.data.splits import mix
-from cnntrain.errors import UserError
+from cnntrain.core import checks
+from cnntrain.core.checks import integer, number
+from cnntrain.core.errors import UserError
+from cnntrain.core.seeds import derived_seed
 
 PADDING_MODES = ("constant", "reflect", "edge")  # torchvision's padding_mode names
 JITTER = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's arguments, in its order
@@ -82,24 +84,22 @@ def read_options(cfg) -> Options:
         lambda v: isinstance(v, bool) or v == "alternate",
         "true, false or alternate",
     )
-    check("crop_padding", cfg["crop_padding"], is_count, PIXELS)
+    check("crop_padding", cfg["crop_padding"], integer(0), PIXELS)
     modes = "one of " + ", ".join(PADDING_MODES)
     check("crop_padding_mode", cfg["crop_padding_mode"], PADDING_MODES.__contains__, modes)
-    check("rotation", cfg["rotation"], in_range(0, 180), "degrees in [0, 180] (0 = off)")
-    check(
-        "translate", cfg["translate"], in_range(0, 1), "a fraction of the side in [0, 1] (0 = off)"
-    )
+    check("rotation", cfg["rotation"], number(0, 180), "degrees in [0, 180] (0 = off)")
+    check("translate", cfg["translate"], number(0, 1), "a fraction of the side in [0, 1] (0 = off)")
     for name in ("brightness", "contrast", "saturation"):
-        check(f"color_jitter.{name}", jitter[name], in_range(0, math.inf), "a number ≥ 0 (0 = off)")
+        check(f"color_jitter.{name}", jitter[name], number(0), "a number ≥ 0 (0 = off)")
     # ColorJitter's bound: a hue turn of ±0.5 already reaches every hue.
-    check("color_jitter.hue", jitter["hue"], in_range(0, 0.5), "a number in [0, 0.5] (0 = off)")
-    check("cutout", cfg["cutout"], is_count, PIXELS)
+    check("color_jitter.hue", jitter["hue"], number(0, 0.5), "a number in [0, 0.5] (0 = off)")
+    check("cutout", cfg["cutout"], integer(0), PIXELS)
     read_policy_options(cfg)
     check(
-        "random_erasing", cfg["random_erasing"], in_range(0, 1), "a probability in [0, 1] (0 = off)"
+        "random_erasing", cfg["random_erasing"], number(0, 1), "a probability in [0, 1] (0 = off)"
     )
     for key in ("mixup", "cutmix"):
-        check(key, cfg[key], in_range(0, math.inf), "a Beta concentration α ≥ 0 (0 = off)")
+        check(key, cfg[key], number(0), "a Beta concentration α ≥ 0 (0 = off)")
     augmix = cfg["augmix"]
     return Options(
         hflip=cfg["hflip"],
@@ -126,42 +126,27 @@ def read_policy_options(cfg) -> None:
     """Refuse bad `data.augment.policy` options: those torchvision's policies would refuse, and
     a magnitude bin outside the table."""
     check("policy", cfg["policy"], POLICIES.__contains__, "one of " + ", ".join(POLICIES))
-    check("num_ops", cfg["num_ops"], is_count, "a whole number of ops ≥ 0")
+    check("num_ops", cfg["num_ops"], integer(0), "a whole number of ops ≥ 0")
     bins = cfg["num_magnitude_bins"]
-    check("num_magnitude_bins", bins, integer_in(2, math.inf), "a whole number of bins ≥ 2")
-    check("magnitude", cfg["magnitude"], integer_in(0, bins - 1),
+    check("num_magnitude_bins", bins, integer(2), "a whole number of bins ≥ 2")
+    check("magnitude", cfg["magnitude"], integer(0, bins - 1),
           f"a bin in 0..{bins - 1} (num_magnitude_bins - 1)")  # fmt: skip
     names = "one of " + ", ".join(AUTOAUGMENT_POLICIES)
     check("autoaugment_policy", cfg["autoaugment_policy"], AUTOAUGMENT_POLICIES.__contains__, names)
     augmix = cfg["augmix"]
-    depth = lambda v: v == -1 or integer_in(1, math.inf)(v)  # noqa: E731
+    depth = lambda v: v == -1 or integer(1)(v)  # noqa: E731
     for key, valid, allowed in [
-        ("severity", integer_in(1, 10), "a whole number in 1..10"),
-        ("mixture_width", integer_in(1, math.inf), "a whole number of chains ≥ 1"),
+        ("severity", integer(1, 10), "a whole number in 1..10"),
+        ("mixture_width", integer(1), "a whole number of chains ≥ 1"),
         ("chain_depth", depth, "-1 (1 to 3 ops per chain, drawn) or a whole number ≥ 1"),
-        ("alpha", lambda v: in_range(0, math.inf)(v) and v > 0, "a concentration > 0"),
+        ("alpha", number(0, lo_open=True), "a concentration > 0"),
     ]:
         check(f"augmix.{key}", augmix[key], valid, allowed)
 
 
 def check(key: str, value, valid, allowed: str) -> None:
-    if not valid(value):
-        raise AugmentError(f"data.augment.{key}={value!r} is not valid; use {allowed}")
-
-
-def is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def integer_in(lo: int, hi: float):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def in_range(lo: float, hi: float):
-    def valid(v) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi
-
-    return valid
+    """`data.augment.KEY` refused as an AugmentError unless `valid(value)`."""
+    checks.check(f"data.augment.{key}", value, valid, allowed, AugmentError)
 
 
 def check_cutout_fits(side: int, height: int, width: int) -> None:
@@ -190,7 +175,7 @@ class AlternatingFlip:
     (seed, index, epoch) only: the same on both data paths, in any batch, after any restart."""
 
     def __init__(self, seed: int, count: int):
-        generator = torch.Generator().manual_seed(mix(seed, FLIP_STREAM))
+        generator = torch.Generator().manual_seed(derived_seed(seed, FLIP_STREAM))
         self.first = torch.rand(count, generator=generator) < 0.5  # (count,) mirrored in epoch 1
 
     def mirrored(self, index, epoch: int) -> torch.Tensor:
@@ -433,7 +418,9 @@ class EpochDraws:
         def draw(*args):
             k, self.calls = self.calls, self.calls + 1
             if k not in self.tables:
-                generator = torch.Generator(self.device).manual_seed(mix(self.seed, self.epoch, k))
+                generator = torch.Generator(self.device).manual_seed(
+                    derived_seed(self.seed, self.epoch, k)
+                )
                 self.tables[k] = name, method(Draws(self.count, generator, self.device), *args)
             drawn_by, table = self.tables[k]
             if drawn_by != name:
@@ -688,6 +675,6 @@ class BatchMix:
         """(mixed images (N, C, H, W), soft targets (N, classes) float32) of batch `batch`."""
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         with torch.random.fork_rng(devices=[]):  # the CPU generator only (MixUp/CutMix draw there)
-            torch.default_generator.manual_seed(mix(self.seed, epoch, batch, MIX_STREAM))
+            torch.default_generator.manual_seed(derived_seed(self.seed, epoch, batch, MIX_STREAM))
             x, soft = self.transform(x, y)
         return x.contiguous(memory_format=layout), soft

@@ -23,8 +23,8 @@ from typing import TypeVar
 
 from filelock import FileLock, Timeout
 
-from cnntrain.errors import UserError
-from cnntrain.outputs.files import fsync_dir, write_json
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import fsync_dir, write_json
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

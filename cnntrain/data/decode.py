@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnntrain.core.files import atomic_write
 from cnntrain.data.cache import build_once, load_json, save_json
 from cnntrain.data.sources import ImageSource
-from cnntrain.outputs.files import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the decoding below changes meaning

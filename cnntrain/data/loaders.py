@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from cnntrain.core.seeds import derived_seed
 from cnntrain.data.augment import EpochDraws
 from cnntrain.data.decode import conform
 from cnntrain.data.sources import ImageSource
-from cnntrain.data.splits import batch_bounds, epoch_order, mix
+from cnntrain.data.splits import batch_bounds, epoch_order
 from cnntrain.distributed import SINGLE, World, mask_padding
 
 
@@ -104,7 +105,7 @@ class SampleDataset(Dataset):
         # would also reseed every GPU's, which fork_rng(devices=[]) leaves unrestored (with
         # data.num_workers=0 the training process's dropout would then follow the batch).
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(mix(self.seed, epoch, i))
+            torch.default_generator.manual_seed(derived_seed(self.seed, epoch, i))
             return self.transform(img), int(self.source.targets[i])
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.data import decode
 from cnntrain.data.augment import (
     Options,
@@ -29,9 +31,7 @@ from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLo
 from cnntrain.data.sources import ImageSource, Splits, open_evaluation_data, open_splits
 from cnntrain.data.splits import balanced_weights, seeded_subset, stratified_split
 from cnntrain.distributed import SINGLE, World
-from cnntrain.errors import UserError
 from cnntrain.models import data_defaults
-from cnntrain.spec import InputSpec
 
 log = logging.getLogger(__name__)
 STATS_SAMPLE = 20_000  # images decoded to estimate normalization stats on the DataLoader path

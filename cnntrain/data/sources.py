@@ -26,8 +26,8 @@ from PIL import Image
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from cnntrain.core.errors import UserError
 from cnntrain.data.cache import build_once, publish_folder, scratch_folder
-from cnntrain.errors import UserError
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")

@@ -7,10 +7,7 @@ batches an uninterrupted one would, on either data path.
 import numpy as np
 import torch
 
-
-def mix(*values: int) -> int:
-    """One 63-bit seed from several integers (run seed, epoch, batch...), well scrambled."""
-    return int(np.random.SeedSequence(list(values)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+from cnntrain.core.seeds import derived_seed
 
 
 def stratified_split(
@@ -42,7 +39,7 @@ def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
 
 def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The sample order of one training epoch: a permutation, or weighted draws with replacement."""
-    g = torch.Generator().manual_seed(mix(seed, epoch))
+    g = torch.Generator().manual_seed(derived_seed(seed, epoch))
     if weights is None:
         return torch.randperm(n, generator=g)
     return torch.multinomial(weights, n, replacement=True, generator=g)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cnntrain.callbacks import Callback
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
 
 log = logging.getLogger("cnntrain")

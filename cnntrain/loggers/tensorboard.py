@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cnntrain.callbacks import Callback
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
 
 FINAL_METRICS = ("test/acc", "test/loss", "test/balanced_acc", "best_val/acc")

@@ -1,5 +1,6 @@
 """Models: the registry (registry.py) and the modules that fill it; importing this fills it."""
 
+from cnntrain.core.spec import InputSpec
 from cnntrain.models import article, classic, fast, timm, torchvision  # noqa: F401  (each registers)
 from cnntrain.models.freeze import train_mode
 from cnntrain.models.head import head_name, head_parameter_names
@@ -11,7 +12,6 @@ from cnntrain.models.registry import (
     register,
 )
 from cnntrain.models.transfer import init_from
-from cnntrain.spec import InputSpec
 
 __all__ = [
     "InputSpec",

@@ -8,9 +8,9 @@ article's "dimension mismatch" mistake cannot happen; on 3×32×32 the shapes ar
 import torch
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.registry import register
-from cnntrain.spec import InputSpec
 
 
 def pooled_side(side: int, pools: int, name: str) -> int:

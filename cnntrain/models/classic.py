@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.article import pooled_side
 from cnntrain.models.registry import register
-from cnntrain.spec import InputSpec
 
 
 class LeNet5(nn.Module):

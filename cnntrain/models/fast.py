@@ -9,9 +9,9 @@ max-pool and a bias-free linear head whose logits are scaled down so a high lear
 import torch
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.registry import register
-from cnntrain.spec import InputSpec
 
 
 def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:

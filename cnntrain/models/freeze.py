@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 from cnntrain.models.head import head_parameter_names
 
 # BatchNorm*, SyncBatchNorm and InstanceNorm* all derive from _NormBase (no public base class):

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.freeze import freeze
-from cnntrain.spec import InputSpec
 
 ModelBuilder = Callable[..., nn.Module]
 # Keys every model takes (defaults in conf/config.yaml under `model:`), not builder options:

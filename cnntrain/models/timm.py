@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.registry import register
 from cnntrain.models.torchvision import (
     LOAD_ERRORS,
@@ -34,7 +35,6 @@ from cnntrain.models.torchvision import (
     load_state_dict_file,
     meta_forward_error,
 )
-from cnntrain.spec import InputSpec
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a hub repo
 

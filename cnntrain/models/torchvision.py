@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from cnntrain.errors import UserError
+from cnntrain.core.checkpoint import FORMAT
+from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.models.head import replace_head
 from cnntrain.models.registry import register
 from cnntrain.models.transfer import match_tensors
-from cnntrain.outputs.checkpoint import FORMAT
-from cnntrain.spec import InputSpec
 
 ARCHS = tuple(tv.list_models(module=tv))
 # googlenet and inception_v3 build auxiliary heads unless told not to, and then return tuples in

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnntrain.errors import UserError
+from cnntrain.core.checkpoint import BEST, checkpoint_file, evaluated_weights, load_checkpoint
+from cnntrain.core.errors import UserError
 from cnntrain.models.head import head_parameter_names
-from cnntrain.outputs.checkpoint import evaluated_weights, load_checkpoint
 
 log = logging.getLogger("cnntrain")
 
@@ -53,20 +53,6 @@ def match_tensors(own: dict, saved: dict, model: nn.Module) -> Transfer:
     )
 
 
-def checkpoint_of(source, what: str = "model.init_from") -> Path:
-    """The checkpoint `source` names: a .pt file, or a run folder's best.pt; `what` names
-    `source` in the error when there is none (the key, or the command's argument)."""
-    path = Path(str(source)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
-    if not path.is_file():
-        raise UserError(
-            f"{what}={str(source)!r}: no checkpoint at {path}; "
-            "give a cnntrain run folder or a .pt checkpoint"
-        )
-    return path
-
-
 def architecture(model_cfg) -> str:
     """What must agree for tensors to mean the same: the model name (and torchvision's or timm's
     arch)."""
@@ -83,7 +69,7 @@ def init_from(model: nn.Module, source, model_cfg) -> Transfer:
     thus re-initialised. Logs and returns what was loaded, re-initialised and new; a checkpoint
     of another architecture, or with no parameter in common outside the head, is a UserError.
     """
-    path = checkpoint_of(source)
+    path = checkpoint_file(source, BEST, "model.init_from")
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
     theirs, ours = architecture(saved["config"]["model"]), architecture(model_cfg)
     if theirs != ours:

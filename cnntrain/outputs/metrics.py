@@ -9,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from cnntrain.outputs.files import write_text
+from cnntrain.core.files import write_text
 
 TIME_FIELDS = ("epoch_time_s", "elapsed_s", "train/images_per_s")  # wall-clock, run to run
 

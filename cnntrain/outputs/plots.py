@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import make_grid
 
+from cnntrain.core.files import atomic_write
 from cnntrain.evaluation import confusion_counts, per_class_accuracy
-from cnntrain.outputs.files import atomic_write
 
 DPI = 120  # ~1000-2000 px wide figures: sharp in a browser, well under 1 MB as PNG
 MAX_CELL_NUMBERS = 20  # confusion matrices with more classes show colours only

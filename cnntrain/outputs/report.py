@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from cnntrain.errors import UserError
-from cnntrain.outputs.files import write_text
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import write_text
+from cnntrain.core.overrides import parse_overrides
 from cnntrain.outputs.metrics import read_rows
 from cnntrain.outputs.plots import PLOT_NAMES, plot_curves, plot_sweep_param
 from cnntrain.outputs.sweep import FINISHED, sweep_rows
@@ -299,20 +300,6 @@ def write_eval_report(eval_dir: Path) -> Path:
 
 
 # ---- sweep report ----
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """`a=1 +b=x c=[1, 2]` → {"a": "1", "b": "x", "c": "[1, 2]"} (values may contain spaces)."""
-    settings: dict[str, str] = {}
-    key = None
-    for token in text.split():
-        if "=" in token:
-            key, value = token.split("=", 1)
-            key = key.lstrip("+")  # Hydra's append (+) and force-add (++) prefixes
-            settings[key] = value
-        elif key is not None:  # continues the previous value, split apart at its spaces
-            settings[key] += " " + token
-    return settings
 
 
 def swept_keys(settings: list[dict[str, str]]) -> list[str]:

@@ -14,7 +14,7 @@ from rich.table import Table
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnntrain.outputs.files import write_json, write_text
+from cnntrain.core.files import write_json, write_text
 
 Pair = tuple[int, int]  # (height, width)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from cnntrain.outputs.files import write_text
+from cnntrain.core.files import write_text
 
 COLUMNS = (
     "rank",

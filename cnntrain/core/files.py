@@ -5,7 +5,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cnntrain.errors import UserError
+from cnntrain.core.errors import UserError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

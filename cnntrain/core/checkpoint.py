@@ -1,0 +1,131 @@
+"""The checkpoint file: its format, where a run keeps it, saving it atomically, loading it safely,
+and what must match to load its weights.
+
+A checkpoint is a plain dict of tensors and Python containers, loaded with
+`torch.load(path, weights_only=True)`: loading one never runs code from the file. A run folder
+holds two: checkpoints/last.pt (what a resume continues) and checkpoints/best.pt (the weights a
+trained run is used with: eval, predict, export, model.init_from).
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import atomic_write
+
+FORMAT = "cnntrain-checkpoint/1"
+LAST, BEST = "last.pt", "best.pt"  # under RUN_DIR/checkpoints/
+# What a checkpoint must carry to be used without its run's data (written since this format).
+USE_KEYS = ("spec", "classes", "normalization", "config")
+# `_target_`s that saved configs hold and that have moved since, old → new (resume builds them).
+MOVED_TARGETS: dict[str, str] = {}
+
+
+def run_folder(source) -> Path:
+    """The run folder that `source` names: the folder itself, or the one holding a checkpoint."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+def checkpoint_file(source, name: str, what: str) -> Path:
+    """The checkpoint `source` names: a .pt file itself, or a run folder's checkpoints/`name`
+    (LAST or BEST); `what` names `source` in the error when there is none (the key, or the
+    command's argument)."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / name
+    if not path.is_file():
+        raise UserError(
+            f"{what}={str(source)!r}: no checkpoint at {path}; "
+            "give a cnntrain run folder or a .pt checkpoint"
+        )
+    return path
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """The checkpoint at `path`; a missing, truncated, corrupt or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(
+            f"checkpoint {path} is truncated, corrupt or not a cnntrain checkpoint ({reason})"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} is not a cnntrain checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def saved_config(state: dict) -> dict:
+    """The run's config as its checkpoint saved it, with `_target_`s that have moved since named
+    as they are now (MOVED_TARGETS)."""
+
+    def renamed(node):
+        if isinstance(node, dict):
+            return {k: MOVED_TARGETS.get(v, v) if k == "_target_" else renamed(v)
+                    for k, v in node.items()}  # fmt: skip
+        return [renamed(v) for v in node] if isinstance(node, list) else node
+
+    return renamed(state["config"])
+
+
+def check_usable(state: dict, path: Path) -> None:
+    """Refuse a checkpoint that cannot be used without its run's data (USE_KEYS)."""
+    missing = [key for key in USE_KEYS if key not in state]
+    if missing:
+        raise UserError(
+            f"checkpoint {path} has no {', '.join(missing)}: it was written by an older cnntrain; "
+            "train the run again to use it"
+        )
+
+
+def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
+    """Refuse weights of another architecture or class count, naming the first mismatch."""
+    own = model.state_dict()
+    saved = state["model"]
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    if missing or unexpected:
+        names = ", ".join((missing + unexpected)[:3])
+        raise UserError(f"checkpoint {path} is of another architecture (layers differ: {names})")
+    for key, tensor in own.items():
+        if saved[key].shape != tensor.shape:
+            raise UserError(
+                f"checkpoint {path} does not fit this model: {key} is {tuple(saved[key].shape)} "
+                f"there, {tuple(tensor.shape)} here (another class count or input size?)"
+            )
+
+
+def evaluated_weights(saved: dict) -> dict:
+    """The weights a loaded checkpoint evaluates with: its EMA weights when the run had EMA."""
+    return saved["ema"]["weights"] if saved.get("ema") else saved["model"]
+
+
+def best_weights(path: Path) -> dict:
+    """The weights the checkpoint at `path` evaluates with (evaluated_weights)."""
+    return evaluated_weights(load_checkpoint(path))
+
+
+def remove_torn_writes(folder: Path) -> None:
+    """Temporary files of writes a crash cut short (the files they replace are intact)."""
+    for torn in folder.glob(".*.tmp"):
+        torn.unlink()
+
+
+def holds_epoch(path: Path, epoch: int) -> bool:
+    """Does the checkpoint at `path` hold `epoch`? (False when the run died while writing it.)"""
+    try:
+        return load_checkpoint(path)["progress"]["epoch"] == epoch
+    except UserError:
+        return False
