@@ -177,9 +177,10 @@ def gpu_checks(gpu: bool) -> dict:
 
     from cnntrain.config import compose_config
     from cnntrain.core.device import native_bf16
-    from cnntrain.data.augment import BatchMix, read_options
+    from cnntrain.data.augment.options import read_options
     from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
     from cnntrain.optim import Cosine
+    from cnntrain.training.mixing import BatchMix
 
     device = torch.device("cuda")
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(10)).to(device)

@@ -12,7 +12,7 @@ from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.checks import boolean, check, format_value, integer, number, one_of, optional
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
-from cnntrain.data.augment import read_options
+from cnntrain.data.augment.options import read_options
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.optim import check_scheduler_name

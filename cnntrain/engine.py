@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from cnntrain import distributed
 from cnntrain.core.device import native_bf16
-from cnntrain.data.augment import BatchMix
 from cnntrain.models.fold import folded
 from cnntrain.models.freeze import train_mode
+from cnntrain.training.mixing import BatchMix
 
 log = logging.getLogger("cnntrain")
 SYNC_EVERY = 50  # steps between host reads of the running loss

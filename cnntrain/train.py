@@ -25,18 +25,19 @@ from cnntrain.core.device import select_device
 from cnntrain.core.files import write_json
 from cnntrain.core.seeds import seed_everything
 from cnntrain.data import DataBundle, load_data
-from cnntrain.data.augment import batch_mix, read_options
+from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.splits import seeded_subset
 from cnntrain.engine import EMA, Arithmetic, StepParts, bf16_gradient_hazard, optimizer_steps
 from cnntrain.evaluation import class_counts, class_weights, split_metrics
 from cnntrain.loop import Loop
 from cnntrain.memory import peak_memory, reset_peak_memory
-from cnntrain.models import build_model, init_from
+from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.optim import build_optimizer, build_scheduler
 from cnntrain.outputs.plots import write_run_plots
 from cnntrain.outputs.report import write_run_report
 from cnntrain.outputs.summary import summarize_model, write_summary
 from cnntrain.resume import restore, restore_trainable
+from cnntrain.training.mixing import batch_mix
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -61,7 +62,10 @@ def train(cfg: DictConfig) -> float:
     distributed.start(device)  # joins the process group once (the CLI has, before Hydra)
     device = distributed.local_device(device)
     reset_peak_memory(device)
-    data = load_data(cfg, device, cfg.trainer.channels_last, world)
+    augment = read_options(cfg.data.augment)  # read once: both data paths and MixUp/CutMix
+    wanted = data_defaults(cfg.model) or {}  # e.g. pretrained weights' size, RGB and statistics
+    data = load_data(cfg, device, augment, wanted, channels_last=cfg.trainer.channels_last,
+                     world=world)  # fmt: skip
     model = build_model(cfg.model, data.spec)
     if saved is None:
         init_from_training_images(model, data.train, cfg.trainer.seed)
@@ -77,7 +81,7 @@ def train(cfg: DictConfig) -> float:
     model.to(device, memory_format=layout)
     arithmetic = Arithmetic.for_trainer(cfg.trainer, device, hazard)
     loop = Loop(cfg=cfg, run_dir=run_dir, model=model, data=data,
-                parts=build_step_parts(cfg, model, data, arithmetic),
+                parts=build_step_parts(cfg, model, data, arithmetic, augment),
                 callbacks=build_callbacks(cfg, world.is_main),
                 show_bars=progress_bars_enabled(cfg) and world.is_main)  # fmt: skip
     if saved is not None:
@@ -160,7 +164,8 @@ def init_from_training_images(model, train, seed: int, count: int = 5000) -> Non
         model.init_from_data(train.prep(train.images_at(sample)).cpu())
 
 
-def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> StepParts:
+def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic,
+                     augment: Options) -> StepParts:  # fmt: skip
     trainer = cfg.trainer
     weights = None
     if cfg.loss.class_weights == "auto":
@@ -175,7 +180,7 @@ def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic) -> St
     step_model = distributed.parallel(model, arithmetic.device)
     step_model = compiled(step_model, trainer.compile)
     ema = EMA(model, trainer.ema) if trainer.ema else None
-    mix = batch_mix(read_options(cfg.data.augment), data.spec.num_classes, trainer.seed)
+    mix = batch_mix(augment, data.spec.num_classes, trainer.seed)
     if mix is not None:
         log.info("MixUp/CutMix on: train/acc counts a mixed image's label of larger weight")
     if trainer.accumulate > 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -101,6 +102,17 @@ def make_image_folder(
                 img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "L").convert(mode)
                 img.save(folder / f"img {i:03d}.png")
     return root
+
+
+def load_run_data(cfg, device="cpu", **options):
+    """load_data as train() calls it: data.augment read once, and what the model wants of its
+    data (pretrained weights' size and statistics)."""
+    from cnntrain.data import load_data
+    from cnntrain.data.augment.options import read_options
+    from cnntrain.models import data_defaults
+
+    augment = read_options(cfg.data.augment)
+    return load_data(cfg, torch.device(device), augment, data_defaults(cfg.model) or {}, **options)
 
 
 def train_here(*overrides: str, output_dir: Path, resume: Path | None = None) -> dict:

@@ -10,21 +10,19 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnntrain.core.errors import UserError
-from cnntrain.data.augment import (
-    JITTER,
+from cnntrain.data.augment.batch import batch_augment
+from cnntrain.data.augment.draws import Draws
+from cnntrain.data.augment.kernels import (
     JITTER_OPS,
-    AtImageSize,
-    Draws,
     affine_sources,
     apply_in_order,
-    batch_augment,
     clamp_to_image,
     draw_jitter,
     factor_range,
     gather_pixels,
-    pil_augment,
-    read_options,
 )
+from cnntrain.data.augment.options import JITTER, read_options
+from cnntrain.data.augment.pil import AtImageSize, pil_augment
 
 OFF = {
     "hflip": False,

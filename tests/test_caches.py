@@ -20,10 +20,10 @@ import torch
 from filelock import FileLock
 
 from cnntrain.core.errors import UserError
-from cnntrain.data import decode, load_data, sources
+from cnntrain.data import decode, sources
 from cnntrain.data.sources import open_image_folder
 from cnntrain.data.splits import seeded_subset, stratified_split
-from tests.conftest import REPO, compose_config, make_image_folder
+from tests.conftest import REPO, compose_config, load_run_data, make_image_folder
 
 CPU = torch.device("cpu")
 CHILD_TIMEOUT = 120  # s: a child that hangs fails the test instead of blocking the suite
@@ -118,7 +118,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 from cnntrain.config import register_resolvers
-from cnntrain.data import decode, load_data, pipeline, sources
+from cnntrain.data import decode, pipeline, sources
 from tests.test_caches import config, summary
 
 builds = {"unpack": 0, "decode": 0, "scan": 0, "stats": 0}
@@ -143,7 +143,7 @@ Path(ready).touch()
 deadline = time.time() + 60
 while not Path(go).exists() and time.time() < deadline:
     time.sleep(0.005)
-seen = [summary(load_data(cfg, torch.device("cpu"))) for cfg in configs]
+seen = [summary(load_run_data(cfg, torch.device("cpu"))) for cfg in configs]
 print(json.dumps({"builds": builds, "seen": seen}))
 """
 
@@ -188,7 +188,7 @@ def test_processes_starting_together_on_a_cold_cache_build_each_entry_once(tmp_p
     # One archive, one statistics entry, and per split (train, test) one decode and one scan.
     assert builds == {"unpack": 1, "decode": 2, "scan": 2, "stats": 1}
     # Every process saw all of the data, and the same as one process alone on a fresh cache.
-    alone = summary(load_data(config(archive, tmp_path / "fresh", "data.val_split=0.25"), CPU))
+    alone = summary(load_run_data(config(archive, tmp_path / "fresh", "data.val_split=0.25"), CPU))
     assert alone["counts"] == [18, 6, 24]
     assert all(r["seen"] == [alone, alone] for r in results)
     assert (cache / "archives").is_dir() and not leftovers(cache)
@@ -244,10 +244,10 @@ def test_an_unpack_killed_midway_publishes_nothing_and_blocks_nobody(tmp_path):
 def test_a_healthy_decoded_cache_is_reused_without_decoding(tmp_path, count_decodes):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"))
     cfg = config(root, tmp_path / "cache", "data.loader=tensor")
-    first = summary(load_data(cfg, CPU))
+    first = summary(load_run_data(cfg, CPU))
     assert sum(len(files) for files in count_decodes) == 48  # every image, once
     count_decodes.clear()
-    assert summary(load_data(cfg, CPU)) == first
+    assert summary(load_run_data(cfg, CPU)) == first
     assert count_decodes == []
 
 
@@ -255,7 +255,7 @@ def test_a_healthy_decoded_cache_is_reused_without_decoding(tmp_path, count_deco
 def test_a_changed_file_invalidates_the_decoded_cache(tmp_path, count_decodes, change):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"))
     cfg = config(root, tmp_path / "cache", "data.loader=tensor", "data.val_split=0")
-    before = load_data(cfg, CPU).train.images.clone()
+    before = load_run_data(cfg, CPU).train.images.clone()
     path = sorted((root / "train" / "class a").iterdir())[0]
     if change == "mtime":
         st = path.stat()
@@ -268,7 +268,7 @@ def test_a_changed_file_invalidates_the_decoded_cache(tmp_path, count_decodes, c
         path.write_bytes(new)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     count_decodes.clear()
-    after = load_data(cfg, CPU).train.images
+    after = load_run_data(cfg, CPU).train.images
     assert path in {Path(f) for files in count_decodes for f in files}  # not served from the cache
     if change == "mtime":
         assert torch.equal(before, after)
@@ -281,16 +281,16 @@ def test_a_changed_file_invalidates_the_decoded_cache(tmp_path, count_decodes, c
 def test_other_decoding_settings_get_their_own_entry(tmp_path, count_decodes, setting):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"))
     cache = tmp_path / "cache"
-    plain = load_data(config(root, cache, "data.loader=tensor"), CPU)
+    plain = load_run_data(config(root, cache, "data.loader=tensor"), CPU)
     entries = set(cache_files(cache))
     count_decodes.clear()
-    other = load_data(config(root, cache, "data.loader=tensor", setting), CPU)
+    other = load_run_data(config(root, cache, "data.loader=tensor", setting), CPU)
     assert sum(len(files) for files in count_decodes) == 48
     assert set(cache_files(cache)) > entries  # new entries beside the old ones
     shape = (3, 20, 24) if setting == "data.channels=3" else (1, 10, 12)
     assert other.test.images.shape[1:] == shape and plain.test.images.shape[1:] == (1, 20, 24)
     count_decodes.clear()
-    again = load_data(config(root, cache, "data.loader=tensor"), CPU)
+    again = load_run_data(config(root, cache, "data.loader=tensor"), CPU)
     assert torch.equal(again.test.images, plain.test.images)
     assert count_decodes == []  # the first entry still serves the first settings
 
@@ -321,7 +321,7 @@ def test_a_cache_write_failing_midway_leaves_no_file_and_the_run_goes_on(
     tmp_path, monkeypatch, caplog, loader
 ):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"))
-    expected = summary(load_data(config(root, tmp_path / "ok", f"data.loader={loader}"), CPU))
+    expected = summary(load_run_data(config(root, tmp_path / "ok", f"data.loader={loader}"), CPU))
     written = cache_files(tmp_path / "ok")
     # tensor: decoded/*.pt and stats/*.json; dataloader: decoded/*.unreadable.json and stats
     assert any(f.endswith(".pt" if loader == "tensor" else ".unreadable.json") for f in written)
@@ -329,7 +329,7 @@ def test_a_cache_write_failing_midway_leaves_no_file_and_the_run_goes_on(
     disk_full_midway(monkeypatch)
     cache = tmp_path / "cache"
     with caplog.at_level(logging.WARNING):
-        assert summary(load_data(config(root, cache, f"data.loader={loader}"), CPU)) == expected
+        assert summary(load_run_data(config(root, cache, f"data.loader={loader}"), CPU)) == expected
     assert cache_files(cache) == []  # no half file under a final name, no temporary file left
     failed = [r.getMessage() for r in caplog.records if "could not cache" in r.getMessage()]
     assert len(failed) == len(written) and all("No space left" in m for m in failed)
@@ -338,11 +338,11 @@ def test_a_cache_write_failing_midway_leaves_no_file_and_the_run_goes_on(
 def test_a_failed_rewrite_keeps_the_old_file(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"))
     cache = tmp_path / "cache"
-    load_data(config(root, cache), CPU)
+    load_run_data(config(root, cache), CPU)
     (stats,) = (cache / "stats").glob("*.json")
     stats.write_text("{")  # corrupt: the next run computes it again and writes it anew
     disk_full_midway(monkeypatch)
-    load_data(config(root, cache), CPU)
+    load_run_data(config(root, cache), CPU)
     assert stats.read_text() == "{"  # the failed write replaced nothing
 
 
@@ -366,12 +366,12 @@ def test_a_failing_unpack_leaves_nothing_under_the_final_name(tmp_path, monkeypa
 
 def test_an_unwritable_cache_folder_costs_speed_not_the_run(tmp_path, caplog):
     archive = make_archive(tmp_path)
-    expected = summary(load_data(config(archive, tmp_path / "ok"), CPU))
+    expected = summary(load_run_data(config(archive, tmp_path / "ok"), CPU))
     (tmp_path / "a file").write_text("the cache folder cannot be created under a file")
     cache = tmp_path / "a file" / "cache"
     for loader in ("tensor", "dataloader"):
         with caplog.at_level(logging.WARNING):
-            assert summary(load_data(config(archive, cache, f"data.loader={loader}"), CPU)) == (
+            assert summary(load_run_data(config(archive, cache, f"data.loader={loader}"), CPU)) == (
                 expected
             )
     assert "is not writable" in caplog.text and "for this run only" in caplog.text
@@ -380,29 +380,29 @@ def test_an_unwritable_cache_folder_costs_speed_not_the_run(tmp_path, caplog):
 def test_corrupt_decode_cache_is_rebuilt(tmp_path, caplog):
     root = make_image_folder(tmp_path / "f")
     cfg = config(root, tmp_path / "cache", "data.loader=tensor")
-    first = load_data(cfg, CPU).val.images.clone()
+    first = load_run_data(cfg, CPU).val.images.clone()
     for path in (tmp_path / "cache" / "decoded").glob("*.pt"):
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0xFF  # one flipped bit in the pixel data: torch.load alone misses it
         path.write_bytes(raw)
     with caplog.at_level(logging.WARNING):
-        again = load_data(cfg, CPU).val.images
+        again = load_run_data(cfg, CPU).val.images
     warned = [m for m in caplog.messages if "unreadable" in m and "decoding again" in m]
     assert len(warned) == 2  # train and val, each said once
     assert torch.equal(first, again)
     caplog.clear()
-    assert torch.equal(load_data(cfg, CPU).val.images, first)
+    assert torch.equal(load_run_data(cfg, CPU).val.images, first)
     assert not [m for m in caplog.messages if "cache" in m]  # rebuilt for good
 
 
 def test_corrupt_statistics_are_computed_again(tmp_path, caplog):
     root = make_image_folder(tmp_path / "f")
     cfg = config(root, tmp_path / "cache")
-    first = load_data(cfg, CPU)
+    first = load_run_data(cfg, CPU)
     (stats,) = (tmp_path / "cache" / "stats").glob("*.json")
     stats.write_text('{"mean": [0.')  # as a plain write cut short would have left it
     with caplog.at_level(logging.WARNING):
-        again = load_data(cfg, CPU)
+        again = load_run_data(cfg, CPU)
     assert "is unreadable" in caplog.text
     assert (again.mean, again.std) == (first.mean, first.std)
     assert json.loads(stats.read_text()) == {"mean": first.mean, "std": first.std}
@@ -430,7 +430,7 @@ def test_capped_runs_decode_only_the_images_they_use_and_the_same_as_before(
     tmp_path, count_decodes, loader
 ):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=40)
-    data = load_data(config(root, tmp_path / "cache", f"data.loader={loader}", *CAPS), CPU)
+    data = load_run_data(config(root, tmp_path / "cache", f"data.loader={loader}", *CAPS), CPU)
     expected = chosen_files(root, val_split=0.25, max_train=10, max_eval=6)
     for name, part in zip(expected, (data.train, data.val, data.test), strict=True):
         pixels = [decode.decode_file(f, 1, (20, 24)) for f in expected[name]]
@@ -450,7 +450,7 @@ def test_each_choice_is_its_own_entry_and_serves_only_its_images(tmp_path, count
         cfg = config(
             root, cache, "data.loader=tensor", *CAPS, f"data.max_train_samples={max_train}"
         )
-        data = load_data(cfg, CPU)
+        data = load_run_data(cfg, CPU)
         files = chosen_files(root, val_split=0.25, max_train=max_train, max_eval=6)["train"]
         pixels = torch.from_numpy(np.stack([decode.decode_file(f, 1, (20, 24)) for f in files]))
         assert torch.equal(data.train.images, pixels)
@@ -469,7 +469,7 @@ def test_an_unreadable_chosen_file_is_dropped_and_unchosen_ones_are_never_read(
     chosen_bad.write_bytes(b"")
     Path(unchosen[0]).write_bytes(b"not an image")
     with caplog.at_level(logging.WARNING):
-        data = load_data(config(root, tmp_path / "cache", "data.loader=tensor", *CAPS), CPU)
+        data = load_run_data(config(root, tmp_path / "cache", "data.loader=tensor", *CAPS), CPU)
     (warning,) = [m for m in caplog.messages if "unreadable" in m]
     assert warning.startswith("skipped 1 unreadable image file(s) in train/") and (
         str(chosen_bad) in warning

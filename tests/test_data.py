@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from cnntrain.core.errors import UserError
-from cnntrain.data import load_data
 from cnntrain.data.decode import channel_stats
 from cnntrain.data.sources import open_image_folder, read_idx
 from cnntrain.data.splits import epoch_order, seeded_subset, stratified_split
-from tests.conftest import FASHION_DIR, compose_config, make_image_folder, needs_fashion
+from tests.conftest import (
+    FASHION_DIR,
+    compose_config,
+    load_run_data,
+    make_image_folder,
+    needs_fashion,
+)
 
 CPU = torch.device("cpu")
 
@@ -53,7 +58,7 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
 
 def test_imagefolder_grayscale_png_with_spaces_and_only_train_val(tmp_path):
     root = make_image_folder(tmp_path / "pets", classes=("big dog", "small cat", "fish"))
-    data = load_data(folder_config(root), CPU)
+    data = load_run_data(folder_config(root), CPU)
     assert data.classes == ["big dog", "fish", "small cat"]
     assert (data.spec.channels, data.spec.height, data.spec.width) == (1, 20, 24)
     assert (data.val_name, data.test_name) == (
@@ -66,7 +71,7 @@ def test_imagefolder_grayscale_png_with_spaces_and_only_train_val(tmp_path):
 
 def test_images_of_any_mode_and_size_are_converted(tmp_path):
     root = make_image_folder(tmp_path / "rgba", mode="RGBA")
-    data = load_data(folder_config(root, "data.channels=3", "data.image_size=[16,12]"), CPU)
+    data = load_run_data(folder_config(root, "data.channels=3", "data.image_size=[16,12]"), CPU)
     assert (data.spec.channels, data.spec.height, data.spec.width) == (3, 16, 12)
     assert next(data.val.batches())[0].shape[1:] == (3, 16, 12)
 
@@ -74,7 +79,7 @@ def test_images_of_any_mode_and_size_are_converted(tmp_path):
 def test_splits_are_disjoint_and_stats_come_from_train_only(tmp_path):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=30)
     cfg = folder_config(root, "data.val_split=0.2", "data.loader=tensor")
-    data = load_data(cfg, CPU)
+    data = load_run_data(cfg, CPU)
     assert (data.train.count, data.val.count, data.test.count) == (48, 12, 60)
     train_pixels = {bytes(img.numpy()) for img in data.train.images}
     val_pixels = {bytes(img.numpy()) for img in data.val.images}
@@ -88,7 +93,7 @@ def test_splits_are_disjoint_and_stats_come_from_train_only(tmp_path):
 def test_without_a_val_split_one_capped_test_loader_serves_both_evaluations(tmp_path, caplog):
     root = make_image_folder(tmp_path / "f", splits=("train", "test"), per_class=30)
     cfg = folder_config(root, "data.val_split=0", "data.max_eval_samples=25")
-    data = load_data(cfg, CPU)
+    data = load_run_data(cfg, CPU)
     assert data.val is data.test and data.test.count == 25
     assert (data.val_name, data.test_name) == ("test", "test")
     assert "evaluating every epoch on the test split" in caplog.text
@@ -98,7 +103,7 @@ def test_evaluation_batches_are_deterministic_and_unaugmented(tmp_path):
     root = make_image_folder(tmp_path / "f")
     augmented = ("data.augment.rotation=30", "data.augment.crop_padding=4")
     for loader in ("tensor", "dataloader"):
-        data = load_data(folder_config(root, *augmented, f"data.loader={loader}"), CPU)
+        data = load_run_data(folder_config(root, *augmented, f"data.loader={loader}"), CPU)
         first = torch.cat([x for x, _ in data.val.batches()])
         again = torch.cat([x for x, _ in data.val.batches(epoch=5)])
         assert torch.equal(first, again), loader
@@ -116,7 +121,7 @@ def test_evaluation_batches_are_deterministic_and_unaugmented(tmp_path):
 def test_tensor_and_dataloader_paths_draw_the_same_batches(tmp_path, augment):
     root = make_image_folder(tmp_path / "f", per_class=20)
     loaders = {
-        kind: load_data(
+        kind: load_run_data(
             folder_config(root, f"data.loader={kind}", "data.batch_size=8", *augment), CPU
         )
         for kind in ("tensor", "dataloader")
@@ -135,7 +140,7 @@ def test_a_restarted_epoch_draws_the_remaining_batches_unchanged(tmp_path):
         cfg = folder_config(
             root, f"data.loader={kind}", "data.batch_size=8", "data.augment.crop_padding=3"
         )
-        data = load_data(cfg, CPU)
+        data = load_run_data(cfg, CPU)
         whole = [x for x, _ in data.train.batches(epoch=2)]
         tail = [x for x, _ in data.train.batches(epoch=2, start=2)]
         assert all(torch.equal(a, b) for a, b in zip(whole[2:], tail, strict=True))
@@ -163,13 +168,13 @@ def test_unreadable_images_are_skipped_with_one_warning(tmp_path, caplog, loader
     (root / "train" / "class b" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "train" / "class b" / "notes.jpg").write_text("not an image")
     with caplog.at_level(logging.WARNING):
-        data = load_data(folder_config(root, f"data.loader={loader}"), CPU)
+        data = load_run_data(folder_config(root, f"data.loader={loader}"), CPU)
     warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 1 and "skipped 3 unreadable" in warnings[0]
     assert "empty.png" in warnings[0]
     assert data.train.count == 20
     with pytest.raises(UserError, match="3 unreadable image file"):
-        load_data(folder_config(root, f"data.loader={loader}", "data.on_bad_image=error"), CPU)
+        load_run_data(folder_config(root, f"data.loader={loader}", "data.on_bad_image=error"), CPU)
 
 
 @needs_fashion
@@ -184,7 +189,7 @@ def test_fashion_mnist_idx_files_are_read():
 def test_a_cutout_larger_than_the_images_is_refused_before_training(tmp_path, loader):
     root = make_image_folder(tmp_path / "f")  # 20×24 images
     with pytest.raises(UserError) as e:
-        load_data(folder_config(root, f"data.loader={loader}", "data.augment.cutout=20"), CPU)
+        load_run_data(folder_config(root, f"data.loader={loader}", "data.augment.cutout=20"), CPU)
     assert str(e.value) == (
         "data.augment.cutout=20 is not valid for 20×24 images; "
         "use a side smaller than 20 px (0 = off)"

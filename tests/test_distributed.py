@@ -18,14 +18,14 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.data import load_data
-from cnntrain.data.augment import EpochDraws
+from cnntrain.data.augment.draws import EpochDraws
 from cnntrain.data.splits import batch_bounds
 from cnntrain.distributed import IGNORED, GlooSyncBatchNorm, World, mask_padding
 from cnntrain.outputs.metrics import TIME_FIELDS
 from tests.conftest import (
     REPO,
     compose_config,
+    load_run_data,
     make_image_folder,
     read_jsonl,
     run_cli,
@@ -135,8 +135,8 @@ def test_an_image_is_augmented_alike_by_one_process_or_two(image_root, loader):
     changes = (f"data.loader={loader}", "data.num_workers=0", "data.max_train_samples=40",
                "data.batch_size=8", *augment)  # fmt: skip
     cfg = compose_config(*args(image_root, *changes))
-    one = load_data(cfg, CPU).train
-    two = [load_data(cfg, CPU, world=World(2, r, r, 2)).train for r in range(2)]
+    one = load_run_data(cfg, CPU).train
+    two = [load_run_data(cfg, CPU, world=World(2, r, r, 2)).train for r in range(2)]
     for epoch in (1, 2):
         parts = zip(*(loader.batches(epoch) for loader in two), strict=True)
         for (x, y), ((x0, y0), (x1, y1)) in zip(one.batches(epoch), parts, strict=True):
@@ -194,7 +194,7 @@ def test_gloo_sync_batchnorm_computes_what_batchnorm_does(gloo_alone):
 
 def test_dataloader_workers_leave_signals_to_the_training_process(image_root):
     cfg = compose_config(*args(image_root, "data.loader=dataloader", "data.num_workers=1"))
-    train = load_data(cfg, CPU).train
+    train = load_run_data(cfg, CPU).train
     batches = train.batches(1)
     first = next(batches)[1]
     for worker in multiprocessing.active_children():  # torchrun signals the whole group

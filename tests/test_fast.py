@@ -14,13 +14,12 @@ from cnntrain.callbacks import Lookahead
 from cnntrain.config import validate
 from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
-from cnntrain.data import load_data
-from cnntrain.data.augment import AlternatingFlip
+from cnntrain.data.augment.flip import AlternatingFlip
 from cnntrain.data.splits import epoch_order
 from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.models import build_model
 from cnntrain.optim import Triangle
-from tests.conftest import compose_config, make_image_folder, train_here
+from tests.conftest import compose_config, load_run_data, make_image_folder, train_here
 from tests.test_data import CPU, folder_config
 from tests.test_engine import ListLoader
 from tests.test_resume_every import FAULT, QUIET, assert_same_run
@@ -162,7 +161,7 @@ def mirrored_in(batches, data, epoch: int) -> dict[int, bool]:
 
 def test_alternating_flip_is_the_same_per_image_and_epoch_on_both_data_paths(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=20, size=(6, 7))  # not mirror-symmetric
-    loaders = {kind: load_data(folder_config(root, f"data.loader={kind}", "data.batch_size=8",
+    loaders = {kind: load_run_data(folder_config(root, f"data.loader={kind}", "data.batch_size=8",
                                              "data.augment.hflip=alternate"), CPU)
                for kind in ("tensor", "dataloader")}  # fmt: skip
     seen = {}

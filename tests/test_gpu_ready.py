@@ -10,10 +10,11 @@ from torch import nn
 
 from cnntrain import compiling, engine
 from cnntrain.core.errors import UserError
-from cnntrain.data.augment import BatchMix, read_options
+from cnntrain.data.augment.options import read_options
 from cnntrain.data.loaders import SampleDataset
 from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
 from cnntrain.optim import build_optimizer, build_scheduler
+from cnntrain.training.mixing import BatchMix
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 
 CPU = torch.device("cpu")

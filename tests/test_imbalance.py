@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from cnntrain.data import load_data
 from cnntrain.data.splits import balanced_weights, epoch_order
 from cnntrain.evaluation import class_weights
-from tests.conftest import compose_config, make_image_folder, run_cli, run_folders
+from tests.conftest import compose_config, load_run_data, make_image_folder, run_cli, run_folders
 
 COUNTS = [60, 12]  # training images of "common" and "rare": 5× imbalanced
 
@@ -40,7 +39,7 @@ def test_balanced_sampler_reaches_the_training_loader(tmp_path):
     root = make_image_folder(tmp_path / "f", classes=("common", "rare"), per_class=COUNTS)
     cfg = compose_config("data=imagefolder", f"data.root={root}", "data.sampler=balanced",
                          "data.batch_size=8", output_dir="unused")  # fmt: skip
-    data = load_data(cfg, torch.device("cpu"))
+    data = load_run_data(cfg, torch.device("cpu"))
     drawn = torch.cat([y for _, y in data.train.batches(epoch=1)])
     assert 0.3 < drawn.float().mean().item() < 0.7  # rare is 1/6 of the folder, ~1/2 of draws
 

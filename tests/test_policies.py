@@ -10,8 +10,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnntrain.core.errors import UserError
-from cnntrain.data.augment import Draws, pil_augment, read_options
-from cnntrain.data.policies import (
+from cnntrain.data.augment.draws import Draws
+from cnntrain.data.augment.options import read_options
+from cnntrain.data.augment.pil import pil_augment
+from cnntrain.data.augment.policies import (
     OPS,
     AugMix,
     AutoAugment,

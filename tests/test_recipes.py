@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.data.augment import BatchMix, read_options
+from cnntrain.data.augment.options import read_options
 from cnntrain.engine import Arithmetic, StepParts, Totals, train_one_epoch
 from cnntrain.models import InputSpec, build_model
 from cnntrain.optim import Cosine
+from cnntrain.training.mixing import BatchMix
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 from tests.test_augment import KS, Z, augment_cfg, ks_uniform
 from tests.test_resume_every import assert_same_run, interrupted_and_resumed

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from cnntrain.core.checkpoint import load_checkpoint
-from cnntrain.data import load_data
+from cnntrain.data.augment.options import read_options
 from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.evaluation import class_weights
 from cnntrain.models import build_model
 from cnntrain.train import build_step_parts
-from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
+from tests.conftest import compose_config, load_run_data, make_image_folder, read_jsonl, train_here
 
 CPU = torch.device("cpu")
 
@@ -28,7 +28,7 @@ def test_the_final_test_uses_the_best_epochs_ema_weights(tmp_path):
     assert results["test/split"] == "test" and rows[0]["val/split"] == "val"
 
     cfg = compose_config(*overrides, output_dir=run)
-    data = load_data(cfg, CPU)
+    data = load_run_data(cfg, CPU)
     model = build_model(cfg.model, data.spec)
     test_loss = {}
     for name, weights in (("ema", best["ema"]["weights"]), ("raw", best["model"])):
@@ -43,8 +43,9 @@ def test_auto_class_weights_reach_the_loss(tmp_path):
     overrides = ("data=imagefolder", f"data.root={root}", "model=simplecnn",
                  "loss.class_weights=auto", "data.num_workers=0")  # fmt: skip
     cfg = compose_config(*overrides, output_dir="unused")
-    data = load_data(cfg, CPU)
+    data = load_run_data(cfg, CPU)
     model = build_model(cfg.model, data.spec)
-    parts = build_step_parts(cfg, model, data, Arithmetic(CPU, None))
+    parts = build_step_parts(cfg, model, data, Arithmetic(CPU, None),
+                             read_options(cfg.data.augment))  # fmt: skip
     expected = class_weights(data.train.targets, 2)
     assert torch.equal(parts.loss_fn.weight, expected) and expected[1] > expected[0]

@@ -6,7 +6,7 @@ from cnntrain.cli.common import fail, preflight
 from cnntrain.config import register_resolvers
 from cnntrain.core.errors import UserError
 from cnntrain.data import input_spec
-from cnntrain.models import build_model
+from cnntrain.models import build_model, data_defaults
 from cnntrain.outputs.console import console
 from cnntrain.outputs.summary import summarize_model, summary_table
 
@@ -16,7 +16,7 @@ def main() -> None:
     register_resolvers()
     cfg = preflight([*sys.argv[1:], "paths.output_dir=unused"])
     try:
-        spec, _ = input_spec(cfg)
+        spec, _ = input_spec(cfg, data_defaults(cfg.model) or {})
         model = build_model(cfg.model, spec)
     except UserError as e:
         fail(str(e))

@@ -3,9 +3,9 @@
 from cnntrain.data.pipeline import (
     DataBundle,
     EvaluationSplit,
-    input_spec,
     load_data,
     load_evaluation_split,
 )
+from cnntrain.data.shape import input_spec
 
 __all__ = ["DataBundle", "EvaluationSplit", "input_spec", "load_data", "load_evaluation_split"]

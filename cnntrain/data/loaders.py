@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from cnntrain.core.seeds import derived_seed
-from cnntrain.data.augment import EpochDraws
+from cnntrain.data.augment.draws import EpochDraws
 from cnntrain.data.decode import conform
 from cnntrain.data.sources import ImageSource
 from cnntrain.data.splits import batch_bounds, epoch_order

@@ -16,9 +16,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from cnntrain.data.augment import (
-    Draws,
-    Options,
+from cnntrain.data.augment.draws import Draws
+from cnntrain.data.augment.kernels import (
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,
@@ -27,6 +26,7 @@ from cnntrain.data.augment import (
     rotation_matrix,
     warp,
 )
+from cnntrain.data.augment.options import Options
 
 AUTOAUGMENT_BINS = 10  # AutoAugment's and AugMix's magnitude tables have 10 bins
 MAX_AUGMIX_DEPTH = 3  # chain_depth=-1: 1 to 3 ops per chain, as torchvision's AugMix

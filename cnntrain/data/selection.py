@@ -1,0 +1,129 @@
+"""Which files of each split a run uses: the validation split carved from train, the sample caps
+(seeded draws over the files as listed, before any is decoded), and the unreadable ones dropped."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnntrain.core.errors import UserError
+from cnntrain.data import decode
+from cnntrain.data.sources import ImageSource, Splits
+from cnntrain.data.splits import seeded_subset, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Part:
+    """A split ready for a loader: its source, and its decoded pixels on the tensor path."""
+
+    source: ImageSource
+    images: torch.Tensor | None = None  # (N, C, H, W) uint8
+
+
+@dataclass
+class Choice:
+    """The files of one split that a loader uses, before any is decoded."""
+
+    split: str  # "train", "val" or "test"
+    indices: np.ndarray  # (n,) sorted indices into found.splits[split]
+
+
+def readable_parts(found: Splits, chosen, d, paths, channels, size, kind) -> list[Part]:
+    """A Part per Choice; each split's chosen files are decoded or checked once, together."""
+    readable = {}
+    for split in dict.fromkeys(c.split for c in chosen):
+        indices = np.unique(np.concatenate([c.indices for c in chosen if c.split == split]))
+        readable[split] = readable_part(found, split, indices, d, paths, channels, size, kind)
+    parts = {id(c): narrow(*readable[c.split], c.indices) for c in chosen}
+    return [parts[id(c)] for c in chosen]  # a Choice serving two roles gives one Part
+
+
+def readable_part(found: Splits, split, indices, d, paths, channels, size, kind):
+    """(Part, kept): files `indices` of `split` minus unreadable ones (per `data.on_bad_image`),
+    decoded on the tensor path, and the indices of the files kept.
+
+    The cache entry is the whole split's when every file is chosen, else keyed by the choice.
+    """
+    source = found.splits[split]
+    chosen = None if len(indices) == len(source) else indices
+    source = source if chosen is None else source.subset(indices)
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size, chosen)
+    cache = Path(paths.cache_dir).expanduser()
+    workers = max(1, d.num_workers)
+    if kind == "tensor":
+        images, bad = decode.decoded_split(source, key, cache, channels, size, workers)
+    else:
+        images, bad = None, decode.unreadable_files(source, key, cache, channels, size, workers)
+    if bad:
+        report_unreadable(source, bad, split, d.on_bad_image)
+        keep = np.setdiff1d(np.arange(len(source)), bad)
+        source, indices = source.subset(keep), indices[keep]
+    return Part(source, images), indices
+
+
+def narrow(part: Part, kept: np.ndarray, indices: np.ndarray) -> Part:
+    """The rows of `part`, whose files are `kept`, that are among `indices` (in data order)."""
+    rows = np.flatnonzero(np.isin(kept, indices))
+    return part if len(rows) == len(kept) else select(part, rows)
+
+
+def report_unreadable(source: ImageSource, bad: list[int], split: str, policy: str) -> None:
+    names = ", ".join(source.files[i] for i in bad[:3]) + (", …" if len(bad) > 3 else "")
+    if policy == "error":
+        raise UserError(
+            f"{len(bad)} unreadable image file(s) in {split}/: {names}; fix or remove them, "
+            "or set data.on_bad_image=skip"
+        )
+    log.warning("skipped %d unreadable image file(s) in %s/: %s", len(bad), split, names)
+
+
+def select(part: Part, indices: np.ndarray) -> Part:
+    images = None if part.images is None else part.images[torch.as_tensor(indices)]
+    return Part(part.source.subset(indices), images)
+
+
+def partition(found: Splits, d) -> tuple[tuple[Choice, Choice, Choice], str, str]:
+    """((train, val, test), val_name, test_name): val carved from train unless the data has one.
+
+    The validation split and the sample caps are seeded draws over the files as listed, made
+    before any file is decoded, so a capped run decodes only its own images. Their readability
+    is checked afterwards: a chosen file that cannot be read is dropped (`data.on_bad_image=skip`,
+    with the warning) or refused (`error`), and its split is that many images short of its cap
+    (no replacement is drawn: finding one would mean reading files the run does not use).
+    """
+    train, seed = Choice("train", np.arange(len(found.splits["train"]))), d.split_seed
+    if "val" in found.splits:
+        val = Choice("val", np.arange(len(found.splits["val"])))
+    elif d.val_split > 0:
+        train_idx, val_idx = stratified_split(found.splits["train"].targets, d.val_split, seed)
+        train, val = Choice("train", train_idx), Choice("train", val_idx)
+    else:
+        val = None
+    test = Choice("test", np.arange(len(found.splits["test"]))) if "test" in found.splits else None
+    if val is None and test is None:
+        raise UserError("data.val_split=0 but the data has no val/ or test/ split to evaluate on")
+    val_name, test_name = "val", "test"
+    if val is None:
+        log.warning(
+            "data.val_split=0: evaluating every epoch on the test split (it is no longer held out)"
+        )
+        val, val_name = test, "test"
+    if test is None:
+        log.warning("the data has no test split: the final evaluation uses the validation split")
+        test, test_name = val, "val"
+    train = cap(train, d.max_train_samples, seed)
+    shared = val is test  # one split serves both: one cap, one loader
+    val = cap(val, d.max_eval_samples, seed + 1)
+    test = val if shared else cap(test, d.max_eval_samples, seed + 2)
+    return (train, val, test), val_name, test_name
+
+
+def cap(choice: Choice, limit: int | None, seed: int) -> Choice:
+    chosen = seeded_subset(np.arange(len(choice.indices)), limit, seed)
+    if len(chosen) == len(choice.indices):
+        return choice
+    return Choice(choice.split, choice.indices[chosen])
