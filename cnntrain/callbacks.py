@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from cnntrain.core.checkpoint import holds_epoch, remove_torn_writes, save_checkpoint
 from cnntrain.engine import optimizer_steps
-from cnntrain.outputs.metrics import MetricsLog
+from cnntrain.reporting.metrics_log import MetricsLog
 from cnntrain.resume import checkpoint_state
 
 log = logging.getLogger("cnntrain")

@@ -7,18 +7,17 @@ host sync is a finite-loss check every SYNC_EVERY steps (it also refreshes the p
 import contextlib
 import copy
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnntrain import distributed
 from cnntrain.core.device import native_bf16
 from cnntrain.models.fold import folded
 from cnntrain.models.freeze import train_mode
+from cnntrain.reporting.progress import progress_bar
 from cnntrain.training.mixing import BatchMix
 
 log = logging.getLogger("cnntrain")
@@ -251,18 +250,6 @@ def micro_step_context(model: nn.Module, last: bool):
     (DistributedDataParallel: no gradient all-reduce until the group's last batch)."""
     no_sync = getattr(model, "no_sync", None)
     return contextlib.nullcontext() if last or no_sync is None else no_sync()
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
-    return tqdm(
-        total=total,
-        desc=desc,
-        initial=initial,
-        disable=not enabled,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
 
 
 def train_one_epoch(

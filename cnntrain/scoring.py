@@ -15,11 +15,11 @@ from cnntrain.core.files import write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.engine import Arithmetic, evaluate
-from cnntrain.evaluation import split_metrics
 from cnntrain.inference import TrainedModel, load_trained
-from cnntrain.outputs.plots import write_test_plots
-from cnntrain.outputs.report import write_eval_report
-from cnntrain.train import progress_bars_enabled
+from cnntrain.metrics import split_metrics
+from cnntrain.reporting.plots import write_test_plots
+from cnntrain.reporting.progress import progress_bars_enabled
+from cnntrain.reporting.report import write_eval_report
 
 # Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
 # what network it tests.

@@ -8,7 +8,6 @@ and rank 0 alone fills the run folder (distributed.py).
 """
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -28,14 +27,15 @@ from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.splits import seeded_subset
 from cnntrain.engine import EMA, Arithmetic, StepParts, bf16_gradient_hazard, optimizer_steps
-from cnntrain.evaluation import class_counts, class_weights, split_metrics
 from cnntrain.loop import Loop
 from cnntrain.memory import peak_memory, reset_peak_memory
+from cnntrain.metrics import class_counts, class_weights, split_metrics
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.optim import build_optimizer, build_scheduler
-from cnntrain.outputs.plots import write_run_plots
-from cnntrain.outputs.report import write_run_report
-from cnntrain.outputs.summary import summarize_model, write_summary
+from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
+from cnntrain.reporting.plots import write_run_plots
+from cnntrain.reporting.progress import progress_bars_enabled
+from cnntrain.reporting.report import write_run_report
 from cnntrain.resume import restore, restore_trainable
 from cnntrain.training.mixing import batch_mix
 
@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> float:
     counts = class_counts(data.train.targets, data.classes)
     log_class_balance(counts)
     if world.is_main:
-        write_summary(summarize_model(model, shape), run_dir)
+        write_layer_summary(summarize_layers(model, shape), run_dir)
     try:
         results = fit_and_test(loop, counts, started)
     except BaseException as e:
@@ -221,15 +221,3 @@ def log_class_balance(counts: dict[str, int]) -> None:
             largest, counts[largest], smallest, counts[smallest],
             counts[largest] / max(1, counts[smallest]),
         )  # fmt: skip
-
-
-def progress_bars_enabled(cfg) -> bool:
-    """tqdm bars: on for a terminal in a single run (`auto`), or as `trainer.progress` says."""
-    setting = cfg.trainer.progress
-    if setting != "auto":
-        return bool(setting)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return sys.stderr.isatty() and not multirun

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnntrain.outputs.metrics import TIME_FIELDS
+from cnntrain.reporting.metrics_log import TIME_FIELDS
 from tests.conftest import (
     make_image_folder,
     needs_cifar,

@@ -21,7 +21,7 @@ from torch import nn
 from cnntrain.data.augment.draws import EpochDraws
 from cnntrain.data.splits import batch_bounds
 from cnntrain.distributed import IGNORED, GlooSyncBatchNorm, World, mask_padding
-from cnntrain.outputs.metrics import TIME_FIELDS
+from cnntrain.reporting.metrics_log import TIME_FIELDS
 from tests.conftest import (
     REPO,
     compose_config,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnntrain.data.splits import balanced_weights, epoch_order
-from cnntrain.evaluation import class_weights
+from cnntrain.metrics import class_weights
 from tests.conftest import compose_config, load_run_data, make_image_folder, run_cli, run_folders
 
 COUNTS = [60, 12]  # training images of "common" and "rare": 5× imbalanced

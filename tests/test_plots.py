@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnntrain.outputs import plots
-from cnntrain.outputs.plots import (
+from cnntrain.reporting import plots
+from cnntrain.reporting.plots import (
     PLOT_NAMES,
     confusion_counts,
     conv_activations,

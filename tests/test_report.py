@@ -12,8 +12,8 @@ from PIL import Image
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import parse_overrides
-from cnntrain.outputs.report import build_report, swept_keys, write_sweep_report
-from cnntrain.outputs.sweep import sweep_rows
+from cnntrain.reporting.report import build_report, swept_keys, write_sweep_report
+from cnntrain.reporting.sweep_table import sweep_rows
 
 ODD_CLASS = "<cat> & dog"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

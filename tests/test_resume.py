@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnntrain.outputs.metrics import TIME_FIELDS
+from cnntrain.reporting.metrics_log import TIME_FIELDS
 from tests.conftest import make_image_folder, read_jsonl, run_cli, run_folders, run_with_fault
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnntrain.outputs.summary import summarize_model, summary_table, write_summary
+from cnntrain.reporting.layer_table import layers_table, summarize_layers, write_layer_summary
 
 
 def summarize(model: nn.Module, input_shape=(3, 8, 8)) -> dict:
-    """summarize_model, checking what must hold for every model: JSON-clean, params add up."""
-    summary = summarize_model(model, input_shape)
+    """summarize_layers, checking what must hold for every model: JSON-clean, params add up."""
+    summary = summarize_layers(model, input_shape)
     assert json.loads(json.dumps(summary)) == summary
     assert sum(layer["params"] for layer in summary["layers"]) == sum(
         p.numel() for p in model.parameters()
@@ -289,7 +289,7 @@ def test_runs_on_the_models_dtype():
 
 def test_table_has_a_row_per_layer_and_totals():
     summary = summarize(cifar10cnn(), (3, 32, 32))
-    table = summary_table(summary)
+    table = layers_table(summary)
     headers = [c.header for c in table.columns]
     assert headers == ["Layer", "Type", "Output shape", "Params", "MACs", "RF", "Jump"]
     cells = {c.header: list(c.cells) for c in table.columns}
@@ -309,7 +309,7 @@ def test_table_has_a_row_per_layer_and_totals():
 
 def test_write_summary_writes_json_and_text(tmp_path):
     summary = summarize(nn.Sequential(Gained(), nn.Flatten(), nn.Linear(192, 4)))
-    write_summary(summary, tmp_path)
+    write_layer_summary(summary, tmp_path)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == summary
     assert set(saved) == {"input_shape", "layers", "total_params", "trainable_params", "total_macs"}

@@ -10,8 +10,8 @@ from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.inference import load_trained
-from cnntrain.outputs.console import console
 from cnntrain.prediction import TOP_K, Predictions, find_images, predict, write_csv
+from cnntrain.reporting.console import console
 
 ROWS_SHOWN = 10  # rows of the printed table; the CSV has them all
 
@@ -56,11 +56,11 @@ def main() -> None:
     if predictions.skipped:
         names = ", ".join(predictions.skipped[:3]) + (", …" if len(predictions.skipped) > 3 else "")
         warn(f"skipped {len(predictions.skipped)} unreadable file(s): {names}")
-    console.print(summary_table(predictions))
+    console.print(layers_table(predictions))
     print(f"predictions: {args.out}", flush=True)
 
 
-def summary_table(predictions: Predictions) -> Table:
+def layers_table(predictions: Predictions) -> Table:
     """The first ROWS_SHOWN predictions, and how many images each class got."""
     rows = predictions.rows
     counts = Counter(row[1] for row in rows)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from cnntrain.cli.common import fail
 from cnntrain.core.errors import UserError
-from cnntrain.outputs.console import console
-from cnntrain.outputs.report import build_report, is_sweep_folder
-from cnntrain.outputs.sweep import write_sweep_summary
+from cnntrain.reporting.console import console
+from cnntrain.reporting.report import build_report, is_sweep_folder
+from cnntrain.reporting.sweep_table import write_sweep_summary
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from cnntrain.config import register_resolvers
 from cnntrain.core.errors import UserError
 from cnntrain.data import input_spec
 from cnntrain.models import build_model, data_defaults
-from cnntrain.outputs.console import console
-from cnntrain.outputs.summary import summarize_model, summary_table
+from cnntrain.reporting.console import console
+from cnntrain.reporting.layer_table import layers_table, summarize_layers
 
 
 def main() -> None:
@@ -20,4 +20,4 @@ def main() -> None:
         model = build_model(cfg.model, spec)
     except UserError as e:
         fail(str(e))
-    console.print(summary_table(summarize_model(model, (spec.channels, spec.height, spec.width))))
+    console.print(layers_table(summarize_layers(model, (spec.channels, spec.height, spec.width))))

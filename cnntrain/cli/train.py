@@ -24,7 +24,7 @@ from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
-from cnntrain.outputs.console import config_tree, console
+from cnntrain.reporting.console import config_tree, console
 from cnntrain.resume import RESUMABLE_KEYS, WATCHING_GROUPS, may_change_on_resume, resumed_config
 from cnntrain.sweep_jobs import sweep_job
 from cnntrain.train import train

@@ -34,8 +34,8 @@ from optuna.trial import FrozenTrial, TrialState
 from cnntrain.cli.common import fail
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write, write_text
-from cnntrain.outputs.plots import DPI
 from cnntrain.pruning import PRUNER_ATTR, build_pruner, named_object, open_storage
+from cnntrain.reporting.plots import DPI
 from cnntrain.sweep_jobs import job_is_running
 
 log = logging.getLogger("cnntrain")

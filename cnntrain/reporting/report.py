@@ -12,9 +12,9 @@ import yaml
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.core.overrides import parse_overrides
-from cnntrain.outputs.metrics import read_rows
-from cnntrain.outputs.plots import PLOT_NAMES, plot_curves, plot_sweep_param
-from cnntrain.outputs.sweep import FINISHED, sweep_rows
+from cnntrain.reporting.metrics_log import read_rows
+from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
+from cnntrain.reporting.sweep_table import FINISHED, sweep_rows
 
 CAPTIONS = {
     "curves": "Loss, accuracy and learning rate per epoch.",

@@ -51,7 +51,7 @@ class Field:
         return self.window(self.hw, self.hw, (1, 1), None)
 
     def after(self, shape: torch.Size) -> "Field":
-        """After an op not modelled as a window, from its output's shape (see summarize_model)."""
+        """After an op not modelled as a window, from its output's shape (see summarize_layers)."""
         hw = tuple(shape[-2:])
         if self.hw is None or (len(shape) >= 3 and hw == self.hw):
             return self  # elementwise or along C (BN, ReLU, +, cat), or already flat (Linear)
@@ -162,7 +162,7 @@ class FieldTracker(TorchFunctionMode):
 
 
 def count_macs(module: nn.Module, out: torch.Tensor | None) -> int:
-    """Multiply-accumulates of one call on a batch of 1 (convention in summarize_model)."""
+    """Multiply-accumulates of one call on a batch of 1 (convention in summarize_layers)."""
     if out is None:
         return 0
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -204,7 +204,7 @@ def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def summarize_model(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
+def summarize_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     """One forward pass of a zero batch (1, C, H, W) through `model`, recorded per layer.
 
     `layers` has one row per call of a leaf module (no children) in execution order, named as in
@@ -286,7 +286,7 @@ def dims(value) -> str:
     return "×".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def summary_table(summary: dict) -> Table:
+def layers_table(summary: dict) -> Table:
     """The summary as a rich table: one row per layer, totals in the footer."""
     c, h, w = summary["input_shape"]
     table = Table(
@@ -321,8 +321,8 @@ def render_text(table: Table) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
-def write_summary(summary: dict, run_dir: Path) -> None:
+def write_layer_summary(summary: dict, run_dir: Path) -> None:
     """Write run_dir/summary.json (the dict) and run_dir/summary.txt (the table as text)."""
     run_dir = Path(run_dir)
     write_json(run_dir / "summary.json", summary)
-    write_text(run_dir / "summary.txt", render_text(summary_table(summary)))
+    write_text(run_dir / "summary.txt", render_text(layers_table(summary)))

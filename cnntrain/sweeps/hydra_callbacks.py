@@ -4,9 +4,9 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from cnntrain.outputs.console import console
-from cnntrain.outputs.report import write_sweep_report
-from cnntrain.outputs.sweep import FINISHED, sweep_table, write_sweep_summary
+from cnntrain.reporting.console import console
+from cnntrain.reporting.report import write_sweep_report
+from cnntrain.reporting.sweep_table import FINISHED, sweep_table, write_sweep_summary
 
 
 class SweepSummary(Callback):

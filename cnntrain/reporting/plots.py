@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from cnntrain.core.files import atomic_write
-from cnntrain.evaluation import confusion_counts, per_class_accuracy
+from cnntrain.metrics import confusion_counts, per_class_accuracy
 
 DPI = 120  # ~1000-2000 px wide figures: sharp in a browser, well under 1 MB as PNG
 MAX_CELL_NUMBERS = 20  # confusion matrices with more classes show colours only
