@@ -175,12 +175,14 @@ def gpu_checks(gpu: bool) -> dict:
         return {"skipped": "no GPU"}
     from torch import nn
 
-    from cnntrain.config import compose_config
+    from cnntrain.config.compose import compose_config
     from cnntrain.core.device import native_bf16
     from cnntrain.data.augment.options import read_options
-    from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
-    from cnntrain.optim import Cosine
+    from cnntrain.training.ema import EMA
     from cnntrain.training.mixing import BatchMix
+    from cnntrain.training.precision import Arithmetic
+    from cnntrain.training.schedules import Cosine
+    from cnntrain.training.step import StepParts, Totals, optimizer_step
 
     device = torch.device("cuda")
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(10)).to(device)

@@ -16,9 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from cnntrain import distributed
-from cnntrain.callbacks import build_callbacks
-from cnntrain.compiling import compile_mode, compiled, warm_up
-from cnntrain.config import validate
+from cnntrain.config.rules import validate
 from cnntrain.core.checkpoint import LAST, checkpoint_file, load_checkpoint
 from cnntrain.core.device import select_device
 from cnntrain.core.files import write_json
@@ -26,18 +24,22 @@ from cnntrain.core.seeds import seed_everything
 from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.splits import seeded_subset
-from cnntrain.engine import EMA, Arithmetic, StepParts, bf16_gradient_hazard, optimizer_steps
-from cnntrain.loop import Loop
-from cnntrain.memory import peak_memory, reset_peak_memory
 from cnntrain.metrics import class_counts, class_weights, split_metrics
 from cnntrain.models import build_model, data_defaults, init_from
-from cnntrain.optim import build_optimizer, build_scheduler
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
 from cnntrain.reporting.plots import write_run_plots
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
-from cnntrain.resume import restore, restore_trainable
+from cnntrain.training.callbacks import build_callbacks
+from cnntrain.training.compiling import compile_mode, compiled, warm_up
+from cnntrain.training.ema import EMA
+from cnntrain.training.loop import Loop
+from cnntrain.training.memory import peak_memory, reset_peak_memory
 from cnntrain.training.mixing import batch_mix
+from cnntrain.training.optim import build_optimizer, build_scheduler
+from cnntrain.training.precision import Arithmetic, bf16_gradient_hazard
+from cnntrain.training.resume import restore, restore_trainable
+from cnntrain.training.step import StepParts, optimizer_steps
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -123,7 +125,7 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
 
 def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: float) -> dict:
     """results.json, and the plots and report unless `trainer.plots` is false; the results."""
-    data, p = loop.data, loop.progress
+    data, p = loop.data, loop.state
     results = {
         **split_metrics(out, data.classes, "test"),
         "test/split": data.test_name,

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from cnntrain.config import register_resolvers
+from cnntrain.config.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -115,12 +115,26 @@ def load_run_data(cfg, device="cpu", **options):
     return load_data(cfg, torch.device(device), augment, data_defaults(cfg.model) or {}, **options)
 
 
+def train_epoch(parts, loader, epoch: int, totals, start: int = 0) -> int:
+    """The epoch loop's training steps alone (training/loop.py without events, bars or stops):
+    batches `start`… of `loader` through train_batch, then the end-of-epoch checks; the next
+    batch index."""
+    from cnntrain.models.freeze import train_mode
+    from cnntrain.training.step import settle, train_batch
+
+    train_mode(parts.model)
+    for step, (x, y) in enumerate(loader.batches(epoch, start), start):
+        train_batch(parts, x, y, epoch, step, len(loader), totals)
+    settle(parts, totals, epoch)
+    return len(loader)
+
+
 def train_here(*overrides: str, output_dir: Path, resume: Path | None = None) -> dict:
     """`cnntrain *overrides` in this process (no start-up cost); its results.json.
 
     With `resume`, continue that run as `cnntrain resume=RUN *overrides` would.
     """
-    from cnntrain.resume import resumed_config
+    from cnntrain.config.resumed import resumed_config
     from cnntrain.train import train
 
     if resume is None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cnntrain.callbacks import Callback
+from cnntrain.training.callback import Callback
 
 
 def die() -> None:
@@ -62,7 +62,7 @@ class Fault(Callback):
         self.resumed = False
 
     def on_fit_start(self, loop) -> None:
-        self.resumed = loop.progress.epoch > 0 or loop.progress.step > 0
+        self.resumed = loop.state.epoch > 0 or loop.state.step > 0
         if self.kind == "barrier":
             wait_for_peers(int(self.params[0]), Path(":".join(self.params[1:])))
         if self.kind == "kill-in-save":  # what a crash mid-write leaves under the final name
@@ -121,7 +121,7 @@ class Fault(Callback):
         from hydra.core.hydra_config import HydraConfig
 
         job, epoch = (int(p) for p in self.params)
-        here = HydraConfig.get().job.num == job and loop.progress.epoch == epoch
+        here = HydraConfig.get().job.num == job and loop.state.epoch == epoch
         if here and name == "last.pt" and not self.resumed:
             while True:
                 time.sleep(1)

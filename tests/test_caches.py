@@ -117,8 +117,9 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch
-from cnntrain.config import register_resolvers
-from cnntrain.data import decode, pipeline, sources
+from cnntrain.config.resolvers import register_resolvers
+from cnntrain.data import decode, normalization, sources
+from tests.conftest import load_run_data
 from tests.test_caches import config, summary
 
 builds = {"unpack": 0, "decode": 0, "scan": 0, "stats": 0}
@@ -131,7 +132,7 @@ def counted(name, build):
 sources.extract = counted("unpack", sources.extract)
 decode.decode_entry = counted("decode", decode.decode_entry)
 decode.scan_unreadable = counted("scan", decode.scan_unreadable)
-pipeline.training_stats = counted("stats", pipeline.training_stats)
+normalization.training_stats = counted("stats", normalization.training_stats)
 
 archive, cache, ready, go = sys.argv[1:]
 register_resolvers()

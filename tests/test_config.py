@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cnntrain.models import InputSpec, build_model, model_names
-from cnntrain.optim import build_optimizer, build_scheduler
+from cnntrain.training.optim import build_optimizer, build_scheduler
 from tests.conftest import CONF, compose_config
 
 

@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.callbacks import Callback
-from cnntrain.engine import EMA, Arithmetic, Totals, evaluate
-from cnntrain.loop import Loop
+from cnntrain.training.callback import Callback
+from cnntrain.training.ema import EMA
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.loop import Loop
+from cnntrain.training.precision import Arithmetic
+from cnntrain.training.step import Totals
 
 
 def test_ema_decay_warms_up_as_1_plus_n_over_10_plus_n_then_holds():
@@ -134,7 +137,7 @@ def test_evaluation_runs_in_eval_mode_without_gradients_and_restores_the_mode():
 
 
 def test_peak_memory_is_this_jobs_not_the_process_lifetimes():
-    from cnntrain.memory import host_peak_kib, reset_peak_memory
+    from cnntrain.training.memory import host_peak_kib, reset_peak_memory
 
     big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
     del big
@@ -144,7 +147,7 @@ def test_peak_memory_is_this_jobs_not_the_process_lifetimes():
 
 
 def test_evaluation_folds_batchnorm_into_convolutions_with_the_same_outputs():
-    from cnntrain.config import compose_config
+    from cnntrain.config.compose import compose_config
     from cnntrain.core.spec import InputSpec
     from cnntrain.models import build_model
     from cnntrain.models.fold import folded
@@ -182,7 +185,7 @@ def test_a_conv_strided_past_a_narrow_input_keeps_auto_precision_off_bf16_on_cpu
     """oneDNN's bf16 weight gradient is garbage for such a conv on AVX512-BF16 CPUs (torch
     2.14.1): ResNet-18's last stage on 16 px images. `auto` then trains in float32."""
     from cnntrain.core.device import native_bf16
-    from cnntrain.engine import autocast_dtype, bf16_gradient_hazard
+    from cnntrain.training.precision import autocast_dtype, bf16_gradient_hazard
 
     narrow = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.Conv2d(8, 8, 3, 2, 1))
     assert bf16_gradient_hazard(narrow, (3, 4, 4)) == "1"  # 1×1 input, stride 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnntrain.cli import train as cli_train
-from cnntrain.config import validate
+from cnntrain.config.rules import validate
 from cnntrain.core import checkpoint
 from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError

@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.callbacks import Lookahead
-from cnntrain.config import validate
+from cnntrain.config.rules import validate
 from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.augment.flip import AlternatingFlip
 from cnntrain.data.splits import epoch_order
-from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.models import build_model
-from cnntrain.optim import Triangle
+from cnntrain.training.callbacks import Lookahead
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.precision import Arithmetic
+from cnntrain.training.schedules import Triangle
 from tests.conftest import compose_config, load_run_data, make_image_folder, train_here
 from tests.test_data import CPU, folder_config
 from tests.test_engine import ListLoader

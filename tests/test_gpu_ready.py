@@ -8,13 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain import compiling, engine
+from cnntrain.core.device import native_bf16
 from cnntrain.core.errors import UserError
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.loaders import SampleDataset
-from cnntrain.engine import EMA, Arithmetic, StepParts, Totals, optimizer_step
-from cnntrain.optim import build_optimizer, build_scheduler
+from cnntrain.training import compiling
+from cnntrain.training.ema import EMA
 from cnntrain.training.mixing import BatchMix
+from cnntrain.training.optim import build_optimizer, build_scheduler
+from cnntrain.training.precision import Arithmetic, autocast_dtype, set_cuda_math
+from cnntrain.training.step import StepParts, Totals, optimizer_step, take_back_skipped_steps
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 
 CPU = torch.device("cpu")
@@ -68,15 +71,15 @@ def test_on_a_gpu_cudnn_autotunes_and_only_precision_32_is_strict_fp32(
     precision, mode, cuda_math_flags
 ):
     torch.backends.cudnn.benchmark = False
-    engine.set_cuda_math(precision, torch.device("cuda:1"))
+    set_cuda_math(precision, torch.device("cuda:1"))
     assert torch.backends.cudnn.benchmark
     assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision
     assert torch.backends.cuda.matmul.fp32_precision == mode
 
 
 def test_precision_tf32_is_plain_fp32_arithmetic_and_a_bad_value_is_named():
-    assert engine.autocast_dtype("tf32", CPU) is None
-    from cnntrain.config import validate
+    assert autocast_dtype("tf32", CPU) is None
+    from cnntrain.config.rules import validate
 
     with pytest.raises(UserError, match=r"trainer\.precision='fp8'.*tf32"):
         validate(compose_config("trainer.precision=fp8"))
@@ -97,8 +100,8 @@ def test_native_bf16_asks_the_training_gpu_not_the_current_one(monkeypatch):
     monkeypatch.setattr(
         torch.cuda, "is_bf16_supported", lambda including_emulation: entered[-1] == 2
     )
-    assert engine.native_bf16(torch.device("cuda:2"))
-    assert not engine.native_bf16(torch.device("cuda:0"))
+    assert native_bf16(torch.device("cuda:2"))
+    assert not native_bf16(torch.device("cuda:0"))
 
 
 def fp16_parts(ema_decay=0.5):
@@ -138,13 +141,13 @@ def test_an_overflowed_fp16_step_moves_no_weight_no_average_and_no_schedule(monk
     assert not synced  # no host read in the step
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot(parts), strict=True))
     assert parts.scheduler.last_epoch == 1  # moved, to be taken back at the next sync
-    engine.take_back_skipped_steps(parts, totals)
+    take_back_skipped_steps(parts, totals)
     assert parts.scheduler.last_epoch == 0 and parts.optimizer.param_groups[0]["lr"] == lr0
     assert float(totals.skipped) == 0
 
     backward(parts, overflow=False)
     optimizer_step(parts, totals)
-    engine.take_back_skipped_steps(parts, totals)
+    take_back_skipped_steps(parts, totals)
     after = snapshot(parts)
     weight, average = after[0], after[2]
     assert not torch.equal(weight, before[0]) and not torch.equal(average, before[2])

@@ -14,12 +14,10 @@ from torch.nn.modules.module import register_module_forward_hook
 from torchvision import models as tv
 from torchvision.models import regnet
 
-from cnntrain.config import validate
+from cnntrain.config.rules import validate
 from cnntrain.core.checkpoint import load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError
 from cnntrain.data.loaders import BatchPrep, TensorLoader
-from cnntrain.engine import Arithmetic, StepParts, Totals, train_one_epoch
-from cnntrain.inference import load_trained
 from cnntrain.models import (
     InputSpec,
     build_model,
@@ -31,8 +29,11 @@ from cnntrain.models import (
 )
 from cnntrain.models.registry import build_architecture
 from cnntrain.models.torchvision import ARCHS
-from cnntrain.optim import build_optimizer
-from tests.conftest import compose_config, make_image_folder, train_here
+from cnntrain.trained.load import load_trained
+from cnntrain.training.optim import build_optimizer
+from cnntrain.training.precision import Arithmetic
+from cnntrain.training.step import StepParts, Totals
+from tests.conftest import compose_config, make_image_folder, train_epoch, train_here
 
 SPEC = InputSpec(3, 32, 32, 7)
 
@@ -259,7 +260,7 @@ def train_steps(model: nn.Module, steps: int = 3) -> None:
     images = torch.randint(0, 256, (8 * steps, 3, 32, 32), dtype=torch.uint8)
     targets = torch.arange(8 * steps) % 7
     prep = BatchPrep([0.5] * 3, [0.25] * 3, torch.device("cpu"), False)
-    train_one_epoch(parts, TensorLoader(images, targets, 8, True, 0, prep), 1, Totals.zeros("cpu"))
+    train_epoch(parts, TensorLoader(images, targets, 8, True, 0, prep), 1, Totals.zeros("cpu"))
 
 
 def changed_tensors(model: nn.Module, before: dict) -> list[str]:

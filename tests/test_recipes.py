@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from cnntrain.data.augment.options import read_options
-from cnntrain.engine import Arithmetic, StepParts, Totals, train_one_epoch
 from cnntrain.models import InputSpec, build_model
-from cnntrain.optim import Cosine
 from cnntrain.training.mixing import BatchMix
-from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
+from cnntrain.training.precision import Arithmetic
+from cnntrain.training.schedules import Cosine
+from cnntrain.training.step import StepParts, Totals, train_batch
+from tests.conftest import compose_config, make_image_folder, read_jsonl, train_epoch, train_here
 from tests.test_augment import KS, Z, augment_cfg, ks_uniform
 from tests.test_resume_every import assert_same_run, interrupted_and_resumed
 
@@ -105,7 +106,7 @@ def test_label_smoothing_composes_with_soft_targets():
 
 
 class Batches:
-    """What train_one_epoch needs of a loader: len() and batches(epoch, start)."""
+    """What the epoch loop needs of a loader: len() and batches(epoch, start)."""
 
     def __init__(self, x, y, size):
         self.items = list(zip(x.split(size), y.split(size), strict=True))
@@ -133,7 +134,7 @@ def test_batch_64_times_2_takes_the_steps_of_batch_128():
     big, small = lenet_parts(1, 2), lenet_parts(2, 2)
     for epoch in (1, 2):  # 2 optimizer steps per epoch each, through the warm-up and the decay
         for parts, size in ((big, 128), (small, 64)):
-            train_one_epoch(parts, Batches(x, y, size), epoch, Totals.zeros(CPU))
+            train_epoch(parts, Batches(x, y, size), epoch, Totals.zeros(CPU))
     assert small.scheduler.last_epoch == big.scheduler.last_epoch == 4  # optimizer steps
     assert small.optimizer.param_groups[0]["lr"] == big.optimizer.param_groups[0]["lr"]
     for a, b in zip(big.model.parameters(), small.model.parameters(), strict=True):
@@ -143,16 +144,15 @@ def test_batch_64_times_2_takes_the_steps_of_batch_128():
     assert moved > 0.1  # the weights did train (far beyond the tolerance above)
 
 
-def test_an_epoch_that_does_not_divide_steps_on_its_remainder_and_stops_only_between_steps():
+def test_an_epoch_that_does_not_divide_steps_on_its_remainder_and_ends_steps_in_groups():
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(320, 1, 8, 8, generator=g), torch.randint(CLASSES, (320,), generator=g)
     parts = lenet_parts(2, 3, ema=None)
     totals = Totals.zeros(CPU)
-    seen = []
-    stop = train_one_epoch(parts, Batches(x, y, 64), 1, totals, on_batch_start=seen.append,
-                           stop_requested=lambda: True)  # fmt: skip
-    assert stop == 2 and seen == [0, 1]  # asked to stop in batch 0: the step ends after batch 1
-    assert train_one_epoch(parts, Batches(x, y, 64), 1, totals, start=2) == 5
+    batches = Batches(x, y, 64)
+    ended = [train_batch(parts, x, y, 1, step, len(batches), totals)
+             for step, (x, y) in enumerate(batches.batches(1, 0))]  # fmt: skip
+    assert ended == [False, True, False, True, True]  # the loop stops only after a True
     assert parts.scheduler.last_epoch == 3  # 5 batches: steps of 2, 2 and the last 1
     assert totals.count == 320
 

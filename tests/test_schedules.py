@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from cnntrain.optim import build_optimizer, build_scheduler
+from cnntrain.training.optim import build_optimizer, build_scheduler
 from tests.conftest import compose_config, make_image_folder, read_jsonl, train_here
 
 STEPS = 10  # optimizer steps per epoch

@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from cnntrain.config import run_token
+from cnntrain.config.resolvers import run_token
 from cnntrain.core.errors import UserError
-from cnntrain.sweep_jobs import cpu_share, free_slot, jobs_at_once, usable_cores
+from cnntrain.sweeps.jobs import cpu_share, free_slot, jobs_at_once, usable_cores
 from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED, grid_points, search_space
 from tests.conftest import CONF, REPO, make_image_folder, read_jsonl, train_here
 
@@ -155,7 +155,7 @@ def test_a_job_reports_every_epoch_to_its_trial_and_stops_when_pruned(image_root
     hopeless = study.ask()
     results = train_here(
         *tiny(image_root, epochs=2), "optimizer.lr=1e-7",
-        "+callbacks.optuna_pruning._target_=cnntrain.pruning.OptunaPruning",
+        "+callbacks.optuna_pruning._target_=cnntrain.sweeps.pruning.OptunaPruning",
         f"+callbacks.optuna_pruning.storage={storage}", "+callbacks.optuna_pruning.study_name=s",
         f"+callbacks.optuna_pruning.trial_number={hopeless.number}",
         output_dir=tmp_path / "run",

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from cnntrain.engine import SYNC_EVERY
+from cnntrain.training.step import SYNC_EVERY
 from tests.conftest import make_image_folder, read_jsonl, run_cli, run_folders, run_with_fault
 
 pytestmark = pytest.mark.slow

@@ -5,10 +5,11 @@ import torch
 
 from cnntrain.core.checkpoint import load_checkpoint
 from cnntrain.data.augment.options import read_options
-from cnntrain.engine import Arithmetic, evaluate
 from cnntrain.metrics import class_weights
 from cnntrain.models import build_model
 from cnntrain.train import build_step_parts
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.precision import Arithmetic
 from tests.conftest import compose_config, load_run_data, make_image_folder, read_jsonl, train_here
 
 CPU = torch.device("cpu")

@@ -22,10 +22,11 @@ from cnntrain.cli import export as export_cli
 from cnntrain.cli import predict as predict_cli
 from cnntrain.core.checkpoint import load_checkpoint
 from cnntrain.data import load_evaluation_split
-from cnntrain.engine import Arithmetic, evaluate
-from cnntrain.export import WRITERS, export_run, run_torchscript
-from cnntrain.inference import load_trained, unit_range
-from cnntrain.scoring import eval_config
+from cnntrain.trained.eval import eval_config
+from cnntrain.trained.export import WRITERS, export_run, run_torchscript
+from cnntrain.trained.load import load_trained, unit_range
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.precision import Arithmetic
 from tests.conftest import compose_config, make_image_folder, train_here
 
 CLASSES = ("cat", "dog", "fish")

@@ -13,7 +13,8 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.logging import RichHandler
 
-from cnntrain.config import CONF_DIR, unknown_keys, validate
+from cnntrain.config.compose import CONF_DIR
+from cnntrain.config.rules import unknown_keys, validate
 from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import is_group_choice
 from cnntrain.distributed import rank_prefix

@@ -1,9 +1,9 @@
 """`cnntrain-eval RUN_DIR [overrides…]`: test a run's best weights on its test split or new data."""
 
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
-from cnntrain.config import register_resolvers
+from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
-from cnntrain.scoring import EVAL_KEYS, check_eval_overrides, evaluate_run
+from cnntrain.trained.eval import EVAL_KEYS, check_eval_overrides, evaluate_run
 
 DESCRIPTION = f"""Evaluate the best weights of a cnntrain run (its EMA weights when it kept an
 EMA) on the run's own test split, or on other data given as overrides, e.g.

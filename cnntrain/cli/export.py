@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
-from cnntrain.config import register_resolvers
+from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
-from cnntrain.export import FILE_NAMES, TOLERANCE, export_run
+from cnntrain.trained.export import FILE_NAMES, TOLERANCE, export_run
 
 DESCRIPTION = f"""Export the best weights of a cnntrain run (its EMA weights when it kept an
 EMA) as ONNX or TorchScript. The exported network takes float32 pixels in [0, 1], shape

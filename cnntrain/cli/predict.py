@@ -9,9 +9,9 @@ from rich.table import Table
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
-from cnntrain.inference import load_trained
-from cnntrain.prediction import TOP_K, Predictions, find_images, predict, write_csv
 from cnntrain.reporting.console import console
+from cnntrain.trained.load import load_trained
+from cnntrain.trained.predict import TOP_K, Predictions, find_images, predict, write_csv
 
 ROWS_SHOWN = 10  # rows of the printed table; the CSV has them all
 

@@ -3,7 +3,7 @@
 import sys
 
 from cnntrain.cli.common import fail, preflight
-from cnntrain.config import register_resolvers
+from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
 from cnntrain.data import input_spec
 from cnntrain.models import build_model, data_defaults

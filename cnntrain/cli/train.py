@@ -19,14 +19,19 @@ from omegaconf import DictConfig
 
 from cnntrain import distributed
 from cnntrain.cli.common import CONF_PATH, fail, preflight
-from cnntrain.config import register_resolvers
+from cnntrain.config.resolvers import register_resolvers
+from cnntrain.config.resumed import (
+    RESUMABLE_KEYS,
+    WATCHING_GROUPS,
+    may_change_on_resume,
+    resumed_config,
+)
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.reporting.console import config_tree, console
-from cnntrain.resume import RESUMABLE_KEYS, WATCHING_GROUPS, may_change_on_resume, resumed_config
-from cnntrain.sweep_jobs import sweep_job
+from cnntrain.sweeps.jobs import sweep_job
 from cnntrain.train import train
 
 

@@ -21,7 +21,10 @@ LAST, BEST = "last.pt", "best.pt"  # under RUN_DIR/checkpoints/
 # What a checkpoint must carry to be used without its run's data (written since this format).
 USE_KEYS = ("spec", "classes", "normalization", "config")
 # `_target_`s that saved configs hold and that have moved since, old → new (resume builds them).
-MOVED_TARGETS: dict[str, str] = {}
+MOVED_TARGETS = {
+    f"cnntrain.optim.{name}": f"cnntrain.training.schedules.{name}"
+    for name in ("Constant", "Step", "Cosine", "OneCycle", "Triangle")
+} | {"cnntrain.pruning.OptunaPruning": "cnntrain.sweeps.pruning.OptunaPruning"}
 
 
 def run_folder(source) -> Path:

@@ -15,9 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-from cnntrain.callbacks import Callback
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
+from cnntrain.training.callback import Callback
 
 log = logging.getLogger("cnntrain")
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
@@ -52,7 +52,7 @@ class MLflowLogger(Callback):
                 log.info("mlflow: continuing run %s in %s", self.run_id, self.tracking_uri)
             else:
                 self.start_run(loop)
-            self.send_rows(loop.progress.rows)
+            self.send_rows(loop.state.rows)
         except (MlflowException, OSError) as e:
             reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise UserError(
@@ -117,13 +117,13 @@ class MLflowLogger(Callback):
 
     def on_checkpoint(self, loop, name: str, path) -> None:
         if name == "last.pt":  # its epochs are what a resume would continue from
-            self.send_rows(loop.progress.rows)
+            self.send_rows(loop.state.rows)
 
     def on_fit_end(self, loop, results: dict) -> None:
         from mlflow.entities import Metric
 
-        self.send_rows(loop.progress.rows)
-        now, step = int(time.time() * 1000), loop.progress.epoch
+        self.send_rows(loop.state.rows)
+        now, step = int(time.time() * 1000), loop.state.epoch
         final = [
             Metric(key, float(value), now, step)
             for key, value in results.items()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnntrain.callbacks import Callback
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
+from cnntrain.training.callback import Callback
 
 FINAL_METRICS = ("test/acc", "test/loss", "test/balanced_acc", "best_val/acc")
 IMAGES = ("confusion_matrix", "feature_maps", "misclassified")  # plots/<name>.png

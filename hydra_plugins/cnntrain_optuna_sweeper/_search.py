@@ -34,9 +34,9 @@ from optuna.trial import FrozenTrial, TrialState
 from cnntrain.cli.common import fail
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write, write_text
-from cnntrain.pruning import PRUNER_ATTR, build_pruner, named_object, open_storage
 from cnntrain.reporting.plots import DPI
-from cnntrain.sweep_jobs import job_is_running
+from cnntrain.sweeps.jobs import job_is_running
+from cnntrain.sweeps.pruning import PRUNER_ATTR, build_pruner, named_object, open_storage
 
 log = logging.getLogger("cnntrain")
 
@@ -287,7 +287,7 @@ class Search:
         overrides = [
             *self.fixed,
             *(f"{key}={override_value(value)}" for key, value in trial.params.items()),
-            f"{wiring}_target_=cnntrain.pruning.OptunaPruning",
+            f"{wiring}_target_=cnntrain.sweeps.pruning.OptunaPruning",
             f"{wiring}storage={override_value(self.url)}",
             f"{wiring}study_name={override_value(self.study_name)}",
             f"{wiring}trial_number={trial.number}",

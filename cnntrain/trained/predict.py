@@ -20,9 +20,9 @@ from cnntrain.core.files import write_text
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import DECODE_ERRORS
 from cnntrain.data.sources import ARCHIVE_SUFFIXES
-from cnntrain.engine import model_logits
-from cnntrain.inference import TrainedModel, image_pixels, unit_range
 from cnntrain.reporting.progress import progress_bar
+from cnntrain.trained.load import TrainedModel, image_pixels, unit_range
+from cnntrain.training.evaluate import model_logits
 
 TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
 ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)

@@ -14,7 +14,7 @@ from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cnntrain.resume import resumed_config
+from cnntrain.config.resumed import resumed_config
 
 log = logging.getLogger("cnntrain")
 JOB_LOCK = ".job.lock"  # in the job folder, held while the job runs (the OS drops it if it dies)

@@ -1,84 +1,12 @@
-"""Optimizers and learning-rate schedules, both built from config as Hydra `_target_` + `_partial_`.
+"""Learning-rate schedules, stepped once per optimizer step and planned over the whole run; a
+resumed run given more epochs stretches what is left of the plan (`resize`)."""
 
-Every schedule is stepped once per optimizer step, so StepLR's `step_size` epochs become
-`step_size × steps_per_epoch` steps (the article's per-epoch StepLR, the same lr per epoch), and
-cosine and one-cycle change smoothly every step. A schedule that runs to an end (cosine,
-one-cycle) is planned over the whole run; when a resumed run is given more epochs, `resize`
-stretches what is left of the plan over the new length: the next step's learning rate is the one
-the old plan gave, and the end value is reached at the new last step (no jump, no warm-up again).
-"""
-
-import inspect
 import logging
 import math
 
-from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
-from torch import nn
-from torch.optim import Optimizer, lr_scheduler
-
-from cnntrain.core.errors import UserError
-from cnntrain.models.head import head_parameter_names
+from torch.optim import lr_scheduler
 
 log = logging.getLogger(__name__)
-# BatchNorm*, SyncBatchNorm and InstanceNorm* all derive from _NormBase (no public base class).
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def build_optimizer(optimizer_cfg, model: nn.Module, fused: bool = False) -> Optimizer:
-    """The optimizer `optimizer_cfg` names, over the trainable parameters (frozen ones stay out:
-    no update, no weight decay).
-
-    With `norm_lr_scale` ≠ 1, normalization layers' parameters form a second group at
-    `lr × norm_lr_scale` and `weight_decay / norm_lr_scale` (the same shrinkage per step): with a
-    frozen BN scale (FastNet) the shifts must move fast, as in the public CIFAR-10 speed runs.
-    With `head_lr_scale` ≠ 1, the classification head (models/head.py) forms the last group at
-    `lr × head_lr_scale`, weight decay unchanged: a new head on a pretrained body learns faster.
-    Group 0 always holds the rest (it may be empty, as with model.freeze=backbone).
-    `fused`: the fused implementation, where the class has one (fp16 needs it: engine.py).
-    """
-    options = OmegaConf.to_container(optimizer_cfg)
-    norm_scale = options.pop("norm_lr_scale", 1.0)
-    head_scale = options.pop("head_lr_scale", 1.0)
-    lr, decay = options["lr"], options.get("weight_decay", 0.0)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = head_parameter_names(model) if head_scale != 1.0 else set()
-    norm = set()
-    if norm_scale != 1.0:
-        norm = {
-            id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()
-        }
-    groups = [{"params": [p for n, p in trainable if n not in head and id(p) not in norm]}]
-    if norm_scale != 1.0:
-        in_norm = [p for n, p in trainable if n not in head and id(p) in norm]
-        groups.append(
-            {"params": in_norm, "lr": lr * norm_scale, "weight_decay": decay / norm_scale}
-        )
-    if head_scale != 1.0:
-        groups.append({"params": [p for n, p in trainable if n in head], "lr": lr * head_scale})
-    # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
-    build = instantiate(options, _convert_="all")
-    if fused and "fused" in inspect.signature(build.func).parameters:
-        return build(groups, fused=True)
-    return build(groups)
-
-
-def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
-    """The schedule `scheduler_cfg` names (its `_target_`), planned over `epochs` epochs."""
-    options = OmegaConf.to_container(scheduler_cfg)
-    options.pop("name", None)  # the option's name, for people and sweep tables
-    make = instantiate(options, _convert_="all")
-    return make(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
-
-
-def check_scheduler_name(scheduler_cfg) -> None:
-    """`scheduler.name` must be the name of the class `scheduler._target_` builds."""
-    built = getattr(get_class(scheduler_cfg._target_), "name", None)
-    if scheduler_cfg.get("name", built) != built:
-        raise UserError(
-            f"scheduler.name={scheduler_cfg.name!r} does not match scheduler._target_ "
-            f"({scheduler_cfg._target_}, a {built!r} schedule); choose one with scheduler=OPTION"
-        )
 
 
 class Schedule(lr_scheduler.LRScheduler):

@@ -14,12 +14,13 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
-from cnntrain.engine import Arithmetic, evaluate
-from cnntrain.inference import TrainedModel, load_trained
 from cnntrain.metrics import split_metrics
 from cnntrain.reporting.plots import write_test_plots
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_eval_report
+from cnntrain.trained.load import TrainedModel, load_trained
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.precision import Arithmetic
 
 # Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
 # what network it tests.

@@ -5,8 +5,8 @@ import logging
 
 from hydra.utils import instantiate
 
-from cnntrain.callbacks import Callback
 from cnntrain.core.errors import UserError
+from cnntrain.training.callback import Callback
 
 log = logging.getLogger("cnntrain")
 
@@ -86,13 +86,13 @@ class OptunaPruning(Callback):
         self.trial = optuna.trial.Trial(study, trial_id)
         self.metric = loop.cfg.optimized_metric
         reported = storage.get_trial(trial_id).intermediate_values
-        rows = loop.progress.rows  # a resumed run's epochs so far: a retried trial starts bare
+        rows = loop.state.rows  # a resumed run's epochs so far: a retried trial starts bare
         for n in range(len(rows)):
             if rows[n]["epoch"] not in reported:
                 self.trial.report(epoch_value(self.metric, rows[: n + 1]), rows[n]["epoch"])
 
     def on_epoch_end(self, loop, row: dict) -> None:
-        self.trial.report(epoch_value(self.metric, loop.progress.rows), row["epoch"])
+        self.trial.report(epoch_value(self.metric, loop.state.rows), row["epoch"])
         if self.trial.should_prune():
             log.info("trial %d pruned after epoch %d", self.trial_number, row["epoch"])
             loop.stop("pruned")

@@ -22,96 +22,25 @@ are every rank's. The epoch's totals are summed over ranks before they are read.
 
 import logging
 import math
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from cnntrain import distributed
-from cnntrain.callbacks import Callback
 from cnntrain.core.checkpoint import best_weights
 from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
-from cnntrain.engine import SYNC_EVERY, Diverged, StepParts, Totals, evaluate, train_one_epoch
+from cnntrain.models.freeze import train_mode
+from cnntrain.reporting.progress import progress_bar
+from cnntrain.training.callback import Callback
+from cnntrain.training.evaluate import evaluate
+from cnntrain.training.signals import StopSignal
+from cnntrain.training.state import RunState
+from cnntrain.training.step import SYNC_EVERY, Diverged, StepParts, Totals, settle, train_batch
 
 log = logging.getLogger("cnntrain")
-
-
-@dataclass
-class Progress:
-    """Where the run is: saved in every checkpoint, restored on resume."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # batches done of epoch+1 (non-zero only after an interruption)
-    totals: dict | None = None  # Totals of the unfinished epoch
-    epoch_time_s: float = 0.0  # time spent in the unfinished epoch
-    elapsed_s: float = 0.0  # training time so far (s), excluding start-up and final test
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    rows: list[dict] = field(default_factory=list)
-    stopped_by: str | None = None  # why training ended early ("target_accuracy", "pruned", …)
-
-    def record(self, row: dict) -> None:
-        """Close the epoch of `row`: it joins the rows, and becomes best if it improved."""
-        self.epoch, self.step, self.totals, self.epoch_time_s = row["epoch"], 0, None, 0.0
-        self.rows.append(row)
-        if row["val/acc"] > self.best_acc:
-            self.best_acc, self.best_epoch = row["val/acc"], row["epoch"]
-
-
-class StopSignal:
-    """First SIGINT/SIGTERM, or SIGUSR1/SIGUSR2 (what Slurm and submitit send before a preemption
-    or a time limit): finish the current step, checkpoint, exit. A second: exit at once.
-
-    With several processes every rank must stop at the same step, so a signal is only noted and
-    `agree()`, at the loop's host syncs (every SYNC_EVERY steps and at each epoch's end), makes
-    it every rank's stop: a distributed stop takes effect within SYNC_EVERY steps. A second
-    signal does not exit at once there (Slurm signals every process of a job, and torchrun then
-    forwards the signal again); torchrun kills ranks that outlast its shutdown timeout."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self, ranks: int = 1):
-        self.ranks = ranks
-        self.received = None  # the signal this process got
-        self.signum = None  # the signal that stops the run (with several ranks: once agreed)
-
-    def __enter__(self):
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():  # signals need the main thread
-            for s in self.SIGNALS:
-                self.previous[s] = signal.signal(s, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.received is not None:
-            if self.ranks == 1:
-                raise SystemExit(128 + signum)
-            return
-        self.received = signum
-        name = signal.Signals(signum).name
-        if self.ranks == 1:
-            self.signum = signum
-            log.warning("%s received: stopping after this step (again to quit now)", name)
-        else:
-            log.warning("%s received: every process stops within %d steps", name, SYNC_EVERY)
-
-    def agree(self) -> None:
-        """With several ranks (a collective: all call it at the same points): stop if any got a
-        signal, with the highest signal number any got."""
-        if self.ranks > 1:
-            self.signum = distributed.max_over_ranks(self.received or 0) or None
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 class Loop:
@@ -124,7 +53,7 @@ class Loop:
         self.callbacks = callbacks  # name → Callback, in the order they hear each event
         self.epochs = cfg.trainer.epochs
         self.show_bars = show_bars
-        self.progress = Progress()
+        self.state = RunState()
         # When per-epoch evaluation runs on the test loader itself (data.val_split=0), the best
         # epoch's outputs are the final test's: kept, so the test set is not evaluated twice.
         self.shared_eval = data.val is data.test
@@ -150,7 +79,7 @@ class Loop:
     @property
     def global_step(self) -> int:
         """Training batches done so far (optimizer steps × trainer.accumulate)."""
-        return self.progress.epoch * len(self.data.train) + self.progress.step
+        return self.state.epoch * len(self.data.train) + self.state.step
 
     def checkpoint_path(self, name: str) -> Path:
         return self.run_dir / "checkpoints" / name
@@ -167,58 +96,65 @@ class Loop:
 
     def stop(self, reason: str) -> None:
         """End training after this epoch; `reason` becomes results.json's `stopped_by`."""
-        self.progress.stopped_by = reason
+        self.state.stopped_by = reason
 
     def fit(self) -> None:
         self.emit("on_fit_start")
         with StopSignal(self.world.size) as stop:
-            while self.progress.epoch < self.epochs and self.progress.stopped_by is None:
-                self.train_epoch(self.progress.epoch + 1, stop)
+            while self.state.epoch < self.epochs and self.state.stopped_by is None:
+                self.train_epoch(self.state.epoch + 1, stop)
 
     def train_epoch(self, epoch: int, stop: StopSignal) -> None:
-        p, device = self.progress, self.parts.arithmetic.device
+        """Train epoch `epoch` from the run's step in it; evaluate it; stop after it, or after
+        the current optimizer step, when a signal asks."""
+        p, parts, train = self.state, self.parts, self.data.train
+        device = parts.arithmetic.device
         # A resumed epoch's totals so far are every rank's: rank 0 carries them on.
         resumed = p.step and self.is_main
         totals = Totals.from_state(p.totals, device) if resumed else Totals.zeros(device)
-        began = time.perf_counter()
+        began, step = time.perf_counter(), p.step
+        train_mode(parts.model)  # frozen BatchNorm layers stay in eval mode (models/freeze.py)
         try:
-            next_step = train_one_epoch(
-                self.parts, self.data.train, epoch, totals, p.step,
-                stop_requested=stop.requested,
-                on_batch_start=lambda step: self.batch_start(epoch, step),
-                on_sync=lambda step, loss, lr: self.synced(epoch, step, loss, lr, totals, stop),
-                progress=self.show_bars,
-            )  # fmt: skip
+            with progress_bar(len(train), f"epoch {epoch}", self.show_bars, p.step) as bar:
+                for step, (x, y) in enumerate(train.batches(epoch, p.step), p.step):
+                    self.batch_start(epoch, step)
+                    ended_a_step = train_batch(parts, x, y, epoch, step, len(train), totals)
+                    bar.update()
+                    if (step + 1) % SYNC_EVERY == 0:
+                        bar.set_postfix(loss=f"{self.synced(epoch, step, totals, stop):.3f}")
+                    if ended_a_step and stop.requested():
+                        break
+            settle(parts, totals, epoch)
         except Diverged as e:
             raise self.divergence(str(e)) from e
         seconds = time.perf_counter() - began
         p.epoch_time_s += seconds
         p.elapsed_s += seconds
-        if next_step < len(self.data.train):  # interrupted mid-epoch
-            p.step, p.totals = next_step, over_ranks(totals).state_dict()
-            self.exit_interrupted(stop.signum, f"epoch {epoch}, step {next_step}")
+        if step + 1 < len(train):  # interrupted mid-epoch
+            p.step, p.totals = step + 1, over_ranks(totals).state_dict()
+            self.exit_interrupted(stop.signum, f"epoch {epoch}, step {step + 1}")
         self.emit("on_train_epoch_end", epoch)
         self.end_epoch(epoch, totals)
         stop.agree()
         if stop.requested():
             self.exit_interrupted(stop.signum, f"the end of epoch {epoch}")
 
-    def synced(self, epoch: int, step: int, loss: float, lr: float, totals: Totals,
-               stop: StopSignal) -> None:  # fmt: skip
-        """Every SYNC_EVERY steps: agree on a stop; tell the callbacks the running mean loss (of
-        every rank's images)."""
+    def synced(self, epoch: int, step: int, totals: Totals, stop: StopSignal) -> float:
+        """Every SYNC_EVERY steps: check the loss, agree on a stop, and tell the callbacks the
+        running mean loss of every rank's images (returned, for the bar)."""
+        settle(self.parts, totals, epoch)
         stop.agree()
-        if self.world.size > 1:
-            summed = over_ranks(totals)
-            loss = summed.loss.item() / summed.count
-        self.emit("on_step", epoch, step, loss, lr)
+        summed = over_ranks(totals)  # `totals` itself for a single process
+        loss = summed.loss.item() / summed.count
+        self.emit("on_step", epoch, step, loss, totals.lr)
+        return loss
 
     def batch_start(self, epoch: int, step: int) -> None:
         for callback in self.batch_listeners:
             callback.on_batch_start(self, epoch, step)
 
     def end_epoch(self, epoch: int, totals: Totals) -> None:
-        p = self.progress
+        p = self.state
         totals = over_ranks(totals)
         train_loss, train_acc = totals.read()
         distributed.share_from_main(self.eval_model.buffers())  # rank 0's BatchNorm statistics

@@ -1,63 +1,17 @@
 """Config plumbing: the resolvers conf/ uses, run folders, and validation before any work."""
 
-import datetime
-import functools
 import re
-import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.checks import boolean, check, format_value, integer, number, one_of, optional
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
-from cnntrain.optim import check_scheduler_name
-
-# The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config `cnntrain *overrides` composes to (Hydra's compose API, inside or outside a
-    running Hydra app)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-@functools.cache
-def run_token() -> str:
-    """6 hex digits drawn once per process: separates runs started in the same second."""
-    return secrets.token_hex(3)
-
-
-@functools.cache
-def run_dir(resume: str | None, log_dir: str) -> str:
-    if resume:
-        return str(run_folder(resume))
-    now = datetime.datetime.now()
-    return f"{log_dir}/{now:%Y-%m-%d}/{now:%H-%M-%S}_{run_token()}"
-
-
-def register_resolvers() -> None:
-    """Resolvers named in conf/hydra/default.yaml; call before Hydra composes the config.
-
-    `run_token` is cached in the config, like Hydra's `${now:}`: launchers that run jobs in other
-    processes (joblib, submitit) compose each job's config there anew, with the sweep config's
-    cache copied in, so every job resolves the sweep folder the launching process chose."""
-    OmegaConf.register_new_resolver("run_token", run_token, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
-    OmegaConf.register_new_resolver(
-        "unless_resuming", lambda resume, value: None if resume else value, replace=True
-    )
+from cnntrain.training.optim import check_scheduler_name
 
 
 def device_name(v) -> bool:

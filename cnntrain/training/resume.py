@@ -6,68 +6,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from cnntrain.config import compose_config
 from cnntrain.core.checkpoint import (
-    LAST,
     check_compatible,
-    checkpoint_file,
-    load_checkpoint,
-    run_folder,
-    saved_config,
 )
-from cnntrain.core.overrides import override_key
 from cnntrain.core.seeds import rng_states, set_rng_states
+from cnntrain.training.state import RunState
 
 log = logging.getLogger(__name__)
-# Keys a resumed run may change on the command line: train longer, move (to more or fewer
-# processes too), show bars or not.
-RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "trainer.progress")
-# Groups a resumed run takes from its own command line, not from the saved run: they watch the
-# training (trackers, callbacks) without changing it.
-WATCHING_GROUPS = ("logger", "callbacks")
-
-
-def may_change_on_resume(key: str) -> bool:
-    """Whether a command-line `key=value` may go with `resume=`."""
-    group = key.split(".", 1)[0]
-    return key in RESUMABLE_KEYS or group in WATCHING_GROUPS or group in ("hydra", "resume")
-
-
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config to continue `cfg.resume` with: the saved run's, changed only by those of
-    `overrides` (command-line `key=value`s) that name RESUMABLE_KEYS; this machine's paths, and
-    the trackers and callbacks of this command. Keys this version has and the saved run did not
-    (it was started by an older cnntrain) take today's defaults for the run's own command line."""
-    saved = saved_config(load_checkpoint(checkpoint_file(cfg.resume, LAST, "resume")))
-    changes = [o.lstrip("+") for o in overrides if override_key(o) in RESUMABLE_KEYS]
-    base = composed_like(run_folder(cfg.resume)) or OmegaConf.create()
-    resumed = OmegaConf.merge(base, OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
-    resumed.paths = cfg.paths
-    for group in WATCHING_GROUPS:
-        resumed[group] = cfg.get(group) or {}
-    resumed.resume = cfg.resume
-    return resumed
-
-
-def composed_like(folder: Path) -> DictConfig | None:
-    """The config the run's own command line (`.hydra/overrides.yaml`) composes to with today's
-    config files; None when that file is gone or its overrides no longer compose."""
-    path = folder / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    overrides = [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith("hydra.")]
-    try:
-        base = compose_config(overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        log.warning("resume: %s no longer composes (%s); using the saved config alone", path, e)
-        return None
-    OmegaConf.set_struct(base, False)  # the saved run may hold keys this version dropped
-    return base
 
 
 def checkpoint_state(loop) -> dict:
@@ -81,12 +28,12 @@ def checkpoint_state(loop) -> dict:
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.arithmetic.scaler.state_dict(),
         "ema": parts.ema.state_dict() if parts.ema is not None else None,
-        "epoch": loop.progress.epoch,
-        "progress": asdict(loop.progress),
+        "epoch": loop.state.epoch,
+        "progress": asdict(loop.state),  # the RunState, under its first name
         "world_size": loop.world.size,  # processes that trained it (the state is the same file)
         "rng": rng_states(parts.arithmetic.device),
         "config": OmegaConf.to_container(loop.cfg, resolve=True),
-        "metrics": loop.progress.rows,
+        "metrics": loop.state.rows,
         "spec": data.spec.to_dict(),
         "classes": data.classes,
         "normalization": {"mean": data.mean, "std": data.std},
@@ -117,7 +64,7 @@ def restore(saved: dict, path: Path, loop, total_steps: int) -> None:
     if parts.ema is not None:
         parts.ema.load_state_dict(saved["ema"])
     set_rng_states(saved["rng"], parts.arithmetic.device)  # every rank draws alike (dropout)
-    loop.progress = type(loop.progress)(**saved["progress"])
+    loop.state = RunState(**saved["progress"])
     note_world_change(saved.get("world_size", 1), loop)
     for name, state in saved.get("callbacks", {}).items():
         if name in loop.callbacks:
@@ -128,7 +75,7 @@ def note_world_change(saved_size: int, loop) -> None:
     """Say so when a run continues with another number of processes. Its place stays valid:
     the global batches, their order and each image's augmentation do not depend on the world
     size; only sums run in another order (and, without sync_bn, BatchNorm sees other batches)."""
-    p = loop.progress
+    p = loop.state
     if saved_size != loop.world.size and loop.is_main:
         log.warning(
             "the checkpoint was written by %d process(es), this run has %d: it continues at "

@@ -22,8 +22,8 @@ from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write
 from cnntrain.data import load_evaluation_split
-from cnntrain.inference import Normalized, TrainedModel, load_trained, unit_range
-from cnntrain.scoring import eval_config
+from cnntrain.trained.eval import eval_config
+from cnntrain.trained.load import Normalized, TrainedModel, load_trained, unit_range
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # under RUN_DIR/export/
 TOLERANCE = 1e-4  # largest |logit difference| from PyTorch's that an exported file may show

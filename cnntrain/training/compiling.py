@@ -12,8 +12,9 @@ import time
 import torch
 from torch import nn
 
-from cnntrain.engine import StepParts, model_logits
 from cnntrain.models.freeze import train_mode
+from cnntrain.training.evaluate import model_logits
+from cnntrain.training.step import StepParts
 
 log = logging.getLogger("cnntrain")
 

@@ -1,0 +1,78 @@
+"""Evaluation: the mean loss and accuracy of a network on a split, in eval mode, without gradients,
+over test-time views (`trainer.tta`), sharded over ranks."""
+
+import torch
+from torch import nn
+
+from cnntrain import distributed
+from cnntrain.models.fold import folded
+from cnntrain.reporting.progress import progress_bar
+from cnntrain.training.precision import Arithmetic
+
+
+def model_logits(model: nn.Module, x: torch.Tensor, tta: bool | str = False) -> torch.Tensor:
+    """(B, classes) float32 logits of a batch (B, C, H, W), averaged over test-time views.
+
+    tta=True: the mean of those of each image and of its left-right mirror. "flip_translate"
+    (airbench's level 2): that pair's mean weighted 1/2, and 1/4 each the pair's mean of the
+    image moved 1 px diagonally either way (down-right and up-left, reflect-padded): six views."""
+    if tta == "flip_translate":
+        h, w = x.shape[-2:]
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H+2, W+2)
+        moved = [padded[..., :h, :w], padded[..., 2:, 2:]]
+        shifted = sum(model_logits(model, m, True) for m in moved) / 2
+        return (model_logits(model, x, True) + shifted) / 2
+    logits = model(x).float()
+    if tta:  # a mirrored image is as likely as the image itself
+        logits = (logits + model(x.flip(-1)).float()) / 2
+    return logits
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    arithmetic: Arithmetic,
+    show_bars=False,
+    desc="eval",
+    keep_outputs=False,
+) -> dict:
+    """Mean cross-entropy and accuracy of `model` on `loader`, in eval mode, without gradients.
+
+    With several processes each evaluates its shard and the sums are added over ranks: every
+    image counts once (a shard's padding has target distributed.IGNORED, which cross_entropy
+    ignores and no prediction matches). With keep_outputs, also returns `logits` (N, classes)
+    and `targets` (N,) on the CPU, in the split's order: on rank 0 only (None on the others).
+    """
+    was_training = model.training
+    model.eval()  # BatchNorm uses its running statistics, Dropout is off
+    net = folded(model)  # each BatchNorm folded into its convolution (a copy): ~7% faster
+    sums = torch.zeros(3, dtype=torch.float64, device=arithmetic.device)  # loss, correct, images
+    outputs, targets = [], []
+    with progress_bar(len(loader), desc, show_bars) as bar:
+        for x, y in loader.batches():
+            with arithmetic.autocast():
+                logits = model_logits(net, x, arithmetic.tta)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
+            correct, images = (logits.argmax(1) == y).sum(), (y != distributed.IGNORED).sum()
+            sums += torch.stack([loss.double(), correct.double(), images.double()])
+            if keep_outputs:
+                outputs.append(logits)
+                targets.append(y)
+            bar.update()
+    model.train(was_training)
+    loss, correct, count = distributed.sum_over_ranks(sums).tolist()  # one host sync
+    result = {"loss": loss / max(1, count), "acc": correct / max(1, count), "count": int(count)}
+    if keep_outputs:
+        result["logits"], result["targets"] = gathered_outputs(outputs, targets)
+    return result
+
+
+def gathered_outputs(outputs: list, targets: list) -> tuple:
+    """Every rank's per-batch logits and targets, on rank 0 in the split's order, padding
+    dropped, on the CPU; (None, None) on the other ranks."""
+    logits, targets = distributed.gather_in_order(outputs), distributed.gather_in_order(targets)
+    if logits is None:
+        return None, None
+    real = targets != distributed.IGNORED
+    return logits[real].cpu(), targets[real].cpu()
