@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 from cnntrain.config.resolvers import run_token
 from cnntrain.core.errors import UserError
 from cnntrain.sweeps.jobs import cpu_share, free_slot, jobs_at_once, usable_cores
-from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED, grid_points, search_space
+from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED
+from hydra_plugins.cnntrain_optuna_sweeper._space import grid_points, search_space
 from tests.conftest import CONF, REPO, make_image_folder, read_jsonl, train_here
 
 TIMEOUT_S = 240  # any one sweep command here; a hang fails the test instead of the suite
