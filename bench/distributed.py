@@ -1,6 +1,6 @@
 """Training images/s of one process against several on this machine (`trainer.devices`), the
 same recipe and global batch: on a CPU each process gets its share of the cores (cores / W
-threads, cnntrain/distributed.py), on GPUs one GPU each. Prints one JSON line.
+threads, cnntrain/distributed/), on GPUs one GPU each. Prints one JSON line.
 
     CNNTRAIN_DATA_DIR=../shared/datasets python -m bench.distributed \
         --train-samples 4096 --epochs 2 --devices 1 2

@@ -4,7 +4,7 @@ The run folder (`paths.output_dir`) gets checkpoints/{last,best}.pt, metrics.jso
 results.json, plots/, report.html, summary.txt/.json, the trackers' files and train.log (the
 latter from Hydra's logging). A run can be resumed in place (`resume=`) and ends bitwise
 identical on CPU to one that was never interrupted. Under torchrun every rank calls train(cfg)
-and rank 0 alone fills the run folder (distributed.py).
+and rank 0 alone fills the run folder (distributed/).
 """
 
 import logging
@@ -141,7 +141,7 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         "dataset": loop.cfg.data.name,
         "classes": data.classes,
         "device": str(loop.parts.arithmetic.device),
-        "world_size": loop.world.size,  # processes that trained the run (distributed.py)
+        "world_size": loop.world.size,  # processes that trained the run (distributed/)
         "backend": distributed.backend(),  # their process group's: nccl, gloo; null alone
         "precision": str(loop.parts.arithmetic.dtype or torch.float32).removeprefix("torch."),
         "loader": data.loader,

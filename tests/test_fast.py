@@ -22,8 +22,8 @@ from cnntrain.training.precision import Arithmetic
 from cnntrain.training.schedules import Triangle
 from tests.conftest import compose_config, load_run_data, make_image_folder, train_here
 from tests.test_data import CPU, folder_config
-from tests.test_engine import ListLoader
 from tests.test_resume_every import FAULT, QUIET, assert_same_run
+from tests.test_training import ListLoader
 
 # --- Lookahead -----------------------------------------------------------------------------------
 

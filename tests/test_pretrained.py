@@ -251,7 +251,7 @@ def test_weights_from_a_state_dict_file(tmp_path):
 
 
 def train_steps(model: nn.Module, steps: int = 3) -> None:
-    """`steps` real training steps: the engine's loop, SGD with momentum and weight decay."""
+    """`steps` real training steps: the training step, SGD with momentum and weight decay."""
     cfg = compose_config("optimizer=sgd", "optimizer.lr=0.1")
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -90,7 +90,7 @@ def test_predict_on_the_test_images_reproduces_test_acc(trained, tmp_path):
     assert len(rows) == results["test/count"] == 30
     correct = sum(Path(r["path"]).parent.name == r["prediction"] for r in rows)
     assert correct / len(rows) == pytest.approx(results["test/acc"])
-    # The probabilities are those of training's own evaluation path (data pipeline, engine).
+    # The probabilities are those of training's own evaluation (data pipeline, training/evaluate).
     model = load_trained(run)
     cfg = eval_config(model.config, compose_config("paths.output_dir=unused"), [])
     split = load_evaluation_split(cfg, CPU, model.spec, model.mean, model.std, model.classes)

@@ -1,7 +1,7 @@
 """`cnntrain`: train one run, or sweep with `-m`; a thin Hydra main over train().
 
 Under torchrun every rank runs this; before Hydra starts, the ranks join their process group
-and take rank 0's run folder (cnntrain/distributed.py). `trainer.devices=N` starts the command
+and take rank 0's run folder (cnntrain/distributed/). `trainer.devices=N` starts the command
 N times through torch's elastic launcher instead of training here.
 """
 

@@ -7,7 +7,7 @@
 
 Randomness is a pure function of (seed, epoch, image index), so an epoch can be restarted at any
 batch and draw exactly what an uninterrupted run would, and an image is augmented alike at any
-world size. With several processes (distributed.py) each rank yields its part of every global
+world size. With several processes (distributed/) each rank yields its part of every global
 batch: `len(loader)` and the batch indices are global, the same on every rank.
 """
 

@@ -15,7 +15,7 @@ stopping rules, fault injection in tests — is a callback (callbacks.py) receiv
 
 A callback asks the loop to stop with `loop.stop(reason)`; the loop ends after that epoch.
 
-With several processes (distributed.py) every rank runs the loop on its part of each batch; only
+With several processes (distributed/) every rank runs the loop on its part of each batch; only
 rank 0 (`loop.is_main`) has the callbacks that write, print and track, and its stop decisions
 are every rank's. The epoch's totals are summed over ranks before they are read.
 """

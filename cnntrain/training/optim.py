@@ -34,7 +34,7 @@ def build_optimizer(optimizer_cfg, model: nn.Module, fused: bool = False) -> Opt
     With `head_lr_scale` ≠ 1, the classification head (models/head.py) forms the last group at
     `lr × head_lr_scale`, weight decay unchanged: a new head on a pretrained body learns faster.
     Group 0 always holds the rest (it may be empty, as with model.freeze=backbone).
-    `fused`: the fused implementation, where the class has one (fp16 needs it: engine.py).
+    `fused`: the fused implementation, where the class has one (fp16 needs it: precision.py).
     """
     options = OmegaConf.to_container(optimizer_cfg)
     norm_scale = options.pop("norm_lr_scale", 1.0)

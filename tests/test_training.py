@@ -1,4 +1,5 @@
-"""Engine pieces on their own: EMA and its warm-up, flip TTA, Totals, and the loop's event guard."""
+"""Training pieces on their own: EMA and its warm-up, flip TTA, Totals, the loop's event guard,
+evaluation mode, BatchNorm folding, and bf16's CPU hazard."""
 
 import logging
 
