@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -21,17 +23,52 @@ CIFAR_ARCHIVE = DATA_DIR / "cifar10-jpeg.tar.gz"
 FASHION_DIR = DATA_DIR / "fashion-mnist"
 
 needs_cifar = pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"no {CIFAR_ARCHIVE}")
+# The slice of the default job that `finished_run` trains: 2 epochs, 512 / 256 images.
+DEFAULT_JOB_SLICE = ("trainer.epochs=2", "data.max_train_samples=512", "data.max_eval_samples=256")
 needs_fashion = pytest.mark.skipif(not FASHION_DIR.exists(), reason=f"no {FASHION_DIR}")
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session shares (the session's own without
+    xdist): what one worker builds there, under a lock, the others reuse."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session", autouse=True)
 def session_env(tmp_path_factory):
-    """One decoded-image cache for the whole session (CIFAR is unpacked and decoded once)."""
-    cache = os.environ.get("CNNTRAIN_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    """One decoded-image cache for the whole session, shared by its workers: CIFAR-10 is
+    unpacked and decoded once (the cache builds each entry once under a lock)."""
+    cache = os.environ.get("CNNTRAIN_TEST_CACHE") or str(shared_dir(tmp_path_factory) / "cache")
     os.environ["CNNTRAIN_CACHE_DIR"] = cache
     os.environ["CNNTRAIN_DATA_DIR"] = str(DATA_DIR)
     register_resolvers()
     return cache
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, session_env) -> Path:
+    """The README's default job (`cnntrain model=cifar10cnn optimizer=sgd`) on a slice of
+    CIFAR-10, 2 epochs, run once per session by the real command with every output: tests that
+    need a finished run folder read it, or change a copy of it (`copied_run`)."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"no {CIFAR_ARCHIVE}")
+    where = shared_dir(tmp_path_factory) / "finished_run"
+    with FileLock(f"{where}.lock"):
+        if not (where / "done").exists():
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir()
+            proc = run_cli("model=cifar10cnn", "optimizer=sgd", *DEFAULT_JOB_SLICE, cwd=where)
+            (where / "stdout.txt").write_text(proc.stdout)
+            (where / "done").touch()
+    (run,) = run_folders(where)
+    return run
+
+
+@pytest.fixture
+def copied_run(finished_run, tmp_path) -> Path:
+    """A copy of `finished_run` of this test's own, to change."""
+    return Path(shutil.copytree(finished_run, tmp_path / finished_run.name))
 
 
 def compose_config(*overrides: str, output_dir: Path | None = None):

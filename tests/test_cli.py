@@ -24,21 +24,19 @@ from tests.conftest import (
 from tests.test_models import ArticleCIFAR10CNN
 
 pytestmark = pytest.mark.slow
-SMALL = ("trainer.epochs=2", "data.max_train_samples=512", "data.max_eval_samples=256")
 QUIET = ("logger=none", "trainer.plots=false")  # for runs whose plots and trackers go unchecked
 METRIC_FIELDS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s"}
 RESULT_FIELDS = {"test/acc", "test/loss", "best_epoch", "epochs", "train_time_s", "params"}
 
 
-@needs_cifar
-def test_cifar10_run_writes_every_output(tmp_path):
-    proc = run_cli("model=cifar10cnn", "optimizer=sgd", *SMALL, cwd=tmp_path)
-    (run,) = run_folders(tmp_path)
+def test_cifar10_run_writes_every_output(finished_run):
+    run = finished_run  # `cnntrain model=cifar10cnn optimizer=sgd` on a slice, by the real CLI
+    stdout = (run.parent.parent.parent / "stdout.txt").read_text()
     assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= {
         p.name for p in (run / ".hydra").iterdir()
     }
     assert "epoch 2/2" in (run / "train.log").read_text()
-    assert "config" in proc.stdout and "model" in proc.stdout  # the printed config tree
+    assert "config" in stdout and "model" in stdout  # the printed config tree
 
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -141,7 +139,7 @@ def test_same_seed_same_run_on_cpu(tmp_path):
 
 @needs_cifar
 def test_two_runs_started_together_get_their_own_folders(tmp_path):
-    cmd = [sys.executable, "-m", "cnntrain", "experiment=smoke", "trainer.epochs=1"]
+    cmd = [sys.executable, "-m", "cnntrain", "experiment=smoke", "trainer.epochs=1", *QUIET]
     procs = [
         subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -183,10 +181,8 @@ def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary_and_failed_
     assert "data:image/png;base64," in html  # the swept optimizer against accuracy
 
 
-@needs_cifar
-def test_report_of_an_interrupted_run_can_be_rebuilt(tmp_path):
-    run_cli("experiment=smoke", "trainer.epochs=2", cwd=tmp_path)
-    (run,) = run_folders(tmp_path)
+def test_report_of_an_interrupted_run_can_be_rebuilt(copied_run):
+    run = copied_run
     (run / "results.json").unlink()  # as if it had been killed before the test evaluation
     (run / "report.html").unlink()
     script = Path(sys.executable).parent / "cnntrain-report"  # the installed console script
