@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 
 from cnntrain import distributed
-from cnntrain.config.rules import validate
 from cnntrain.core.checkpoint import LAST, checkpoint_file, load_checkpoint
 from cnntrain.core.device import select_device
 from cnntrain.core.files import write_json
@@ -48,11 +47,11 @@ IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data cou
 def train(cfg: DictConfig) -> float:
     """Train as `cfg` says; return results.json's `cfg.optimized_metric` (what sweeps optimize).
 
-    With `cfg.resume` set, continue that run from its checkpoint with `cfg` as given; the CLI
-    passes `resumed_config(...)`, the saved config with the changes a resume allows.
+    `cfg` is a checked config (config.rules.validate), as the CLI passes it. With `cfg.resume`
+    set, continue that run from its checkpoint with `cfg` as given; the CLI passes
+    `resumed_config(...)`, the saved config with the changes a resume allows.
     """
     started = time.perf_counter()
-    validate(cfg)
     world = distributed.world()
     distributed.check_devices(cfg.trainer.devices)
     distributed.check_batch_size(cfg.data.batch_size, world.size)

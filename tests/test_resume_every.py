@@ -104,3 +104,19 @@ def test_a_run_from_an_older_version_resumes_with_todays_defaults_and_is_evaluat
     assert evaluated["test/count"] == 256 and evaluated["model"] == "resnet"
     best = json.loads((run / "results.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(best["test/acc"])
+
+
+def test_a_resumed_runs_saved_config_is_checked_before_any_work(tmp_path):
+    """The config read back from a checkpoint meets the same rules as a command line's."""
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    path = run / "checkpoints" / "last.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["config"]["optimizer"]["lr"] = -1.0
+    save_checkpoint(path, {k: v for k, v in saved.items() if k != "format"})
+    proc = run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "cnntrain: error: optimizer.lr=-1.0 is not valid; use a learning rate > 0"
+    )
+    assert not (run / "metrics.jsonl").exists()  # nothing trained, nothing written

@@ -19,8 +19,6 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import is_group_choice
 from cnntrain.distributed import rank_prefix
 
-CONF_PATH = CONF_DIR
-
 
 def fail(message: str, status: int = 2):
     """A user error: one line on stderr, no traceback (HYDRA_FULL_ERROR=1 re-raises instead);
@@ -57,7 +55,7 @@ def hydra_error_line(error: Exception) -> str:
     missing = re.search(r"Could not find '([\w/]+)/(\w+)'", text)
     if missing:
         group, option = missing.groups()
-        choices = sorted(p.stem for p in (CONF_PATH / group).glob("*.yaml"))
+        choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         return f"{group}={option} is not an option of {group}; use one of: {', '.join(choices)}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines[:3])
@@ -75,7 +73,7 @@ def unknown_key_line(key: str, reference: DictConfig) -> str:
 
 def preflight(args: list[str]) -> DictConfig:
     """Compose and check a single run's config before Hydra makes its folder: one-line errors."""
-    with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # The reference (the same groups, no values) names the known keys; it is composed only
         # when needed: for an error, or when a `+key` may have added a key that does not exist.
         def reference() -> DictConfig:

@@ -18,7 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cnntrain import distributed
-from cnntrain.cli.common import CONF_PATH, fail, preflight
+from cnntrain.cli.common import fail, preflight
+from cnntrain.config.compose import CONF_DIR, compose_config
 from cnntrain.config.resolvers import register_resolvers
 from cnntrain.config.resumed import (
     RESUMABLE_KEYS,
@@ -26,6 +27,7 @@ from cnntrain.config.resumed import (
     may_change_on_resume,
     resumed_config,
 )
+from cnntrain.config.rules import validate
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
@@ -62,11 +64,13 @@ def run(cfg: DictConfig) -> float:
     submitit) send it by name."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        if multirun:
+        if multirun:  # each job's values are its own: no preflight saw them
             with sweep_job(cfg) as job_cfg:
+                validate(job_cfg)
                 return train(job_cfg)
-        if cfg.resume:
+        if cfg.resume:  # the saved run's config, read back
             cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
+            validate(cfg)
         if not multirun and distributed.world().is_main:
             console.print(config_tree(cfg))
         return train(cfg)
@@ -90,8 +94,8 @@ def run_config(args: list[str]) -> DictConfig:
     errors; as composed with HYDRA_FULL_ERROR=1): a resumed run's own, as far as it matters to
     how processes are started (trainer.devices, trainer.device)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
-            cfg = compose("config", overrides=args)
+        cfg = compose_config(args)
+        validate(cfg)
     else:
         cfg = preflight(args)
     try:
@@ -120,12 +124,12 @@ def join_the_job(args: list[str], cfg: DictConfig) -> list[str]:
 def resolved_run_dir(args: list[str]) -> str:
     """The run folder Hydra would make for `cnntrain args` in this process (its clock, its
     token; or the resumed run's folder)."""
-    with initialize_config_dir(config_dir=str(CONF_PATH), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args, return_hydra_config=True)
     return str(cfg.hydra.run.dir)
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_PATH), config_name="config")(run)
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run)
 # Here rather than in main(): a sweep worker process imports this module, never runs main().
 register_resolvers()
 # conf/hydra/launcher/submitit_*.yaml keep the plugin's own names (the commands its users know),

@@ -1,6 +1,7 @@
 """The config a resumed run continues with: the saved run's, changed only where a resume may change
 it, composed with today's config files for keys added since."""
 
+import functools
 import logging
 from pathlib import Path
 
@@ -56,11 +57,20 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 def composed_like(folder: Path) -> DictConfig | None:
     """The config the run's own command line (`.hydra/overrides.yaml`) composes to with today's
-    config files; None when that file is gone or its overrides no longer compose."""
+    config files; None when that file is gone or its overrides no longer compose. Composed once
+    per process and version of the file (the CLI asks before Hydra starts and again in its job);
+    callers merge it, never change it."""
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
-    overrides = [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith("hydra.")]
+    return composed_from(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def composed_from(path: str, mtime_ns: int) -> DictConfig | None:
+    """composed_like's work, for the file at `path` as it was at `mtime_ns`."""
+    text = Path(path).read_text()
+    overrides = [o for o in yaml.safe_load(text) or [] if not o.startswith("hydra.")]
     try:
         base = compose_config(overrides)
     except (HydraException, OmegaConfBaseException) as e:
