@@ -27,6 +27,11 @@ MOVED_TARGETS = {
 } | {"cnntrain.pruning.OptunaPruning": "cnntrain.sweeps.pruning.OptunaPruning"}
 
 
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    """Where run folder `run_dir` keeps checkpoint `name` (LAST or BEST)."""
+    return Path(run_dir) / "checkpoints" / name
+
+
 def run_folder(source) -> Path:
     """The run folder that `source` names: the folder itself, or the one holding a checkpoint."""
     path = Path(str(source)).expanduser()
@@ -41,7 +46,7 @@ def checkpoint_file(source, name: str, what: str) -> Path:
     command's argument)."""
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / name
+        path = checkpoint_path(path, name)
     if not path.is_file():
         raise UserError(
             f"{what}={str(source)!r}: no checkpoint at {path}; "

@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from cnntrain.core.checkpoint import BEST, LAST
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
 from cnntrain.training.callback import Callback
@@ -116,7 +117,7 @@ class MLflowLogger(Callback):
             self.sent = row["epoch"]
 
     def on_checkpoint(self, loop, name: str, path) -> None:
-        if name == "last.pt":  # its epochs are what a resume would continue from
+        if name == LAST:  # its epochs are what a resume would continue from
             self.send_rows(loop.state.rows)
 
     def on_fit_end(self, loop, results: dict) -> None:
@@ -136,7 +137,7 @@ class MLflowLogger(Callback):
         if (loop.run_dir / "plots").is_dir():
             self.client.log_artifacts(self.run_id, str(loop.run_dir / "plots"), "plots")
         if self.log_checkpoints:
-            self.client.log_artifacts(self.run_id, str(loop.checkpoint_path("best.pt").parent),
+            self.client.log_artifacts(self.run_id, str(loop.checkpoint_path(BEST).parent),
                                       "checkpoints")  # fmt: skip
 
     def on_close(self, loop, status: str) -> None:

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnntrain.config.resumed import resumed_config
+from cnntrain.core.checkpoint import LAST, checkpoint_path
 
 log = logging.getLogger("cnntrain")
 JOB_LOCK = ".job.lock"  # in the job folder, held while the job runs (the OS drops it if it dies)
@@ -55,7 +56,7 @@ def requeued(job_dir: Path) -> bool:
     or at its time limit): the run is its own, from before."""
     return (
         "SUBMITIT_EXECUTOR" in os.environ
-        and (job_dir / "checkpoints" / "last.pt").is_file()
+        and checkpoint_path(job_dir, LAST).is_file()
         and not (job_dir / "results.json").exists()
     )
 

@@ -8,7 +8,7 @@ import logging
 import torch
 from hydra.utils import instantiate
 
-from cnntrain.core.checkpoint import holds_epoch, remove_torn_writes, save_checkpoint
+from cnntrain.core.checkpoint import BEST, LAST, holds_epoch, remove_torn_writes, save_checkpoint
 from cnntrain.reporting.metrics_log import MetricsLog
 from cnntrain.training.callback import Callback
 from cnntrain.training.resume import checkpoint_state
@@ -134,21 +134,21 @@ class Checkpoints(Callback):
         self.every = every  # epochs
 
     def on_fit_start(self, loop) -> None:
-        remove_torn_writes(loop.checkpoint_path("last.pt").parent)
+        remove_torn_writes(loop.checkpoint_path(LAST).parent)
         p = loop.state
         resumed_after_best = p.epoch and p.best_epoch == p.epoch and not p.step
-        if resumed_after_best and not holds_epoch(loop.checkpoint_path("best.pt"), p.epoch):
-            self.save(loop, "best.pt")
+        if resumed_after_best and not holds_epoch(loop.checkpoint_path(BEST), p.epoch):
+            self.save(loop, BEST)
 
     def on_epoch_end(self, loop, row: dict) -> None:
         epoch = row["epoch"]
         if epoch % self.every == 0 or epoch == loop.epochs or loop.state.stopped_by:
-            self.save(loop, "last.pt")
+            self.save(loop, LAST)
         if loop.state.best_epoch == epoch:
-            self.save(loop, "best.pt")
+            self.save(loop, BEST)
 
     def on_interrupt(self, loop) -> None:
-        self.save(loop, "last.pt")
+        self.save(loop, LAST)
 
     def save(self, loop, name: str) -> None:
         path = loop.checkpoint_path(name)

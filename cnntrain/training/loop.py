@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cnntrain import distributed
-from cnntrain.core.checkpoint import best_weights
+from cnntrain.core.checkpoint import BEST, LAST, best_weights, checkpoint_path
 from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
 from cnntrain.models.freeze import train_mode
@@ -82,7 +82,7 @@ class Loop:
         return self.state.epoch * len(self.data.train) + self.state.step
 
     def checkpoint_path(self, name: str) -> Path:
-        return self.run_dir / "checkpoints" / name
+        return checkpoint_path(self.run_dir, name)
 
     def emit(self, event: str, *args) -> None:
         for name, callback in list(self.callbacks.items()):
@@ -181,7 +181,7 @@ class Loop:
         p.stopped_by = distributed.from_main(p.stopped_by)  # rank 0's callbacks may end the run
 
     def divergence(self, what: str) -> UserError:
-        last = self.checkpoint_path("last.pt")
+        last = self.checkpoint_path(LAST)
         where = (
             f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
         )
@@ -207,7 +207,7 @@ class Loop:
         """
         net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
         if self.is_main:  # it wrote best.pt; the other ranks may not see its disk
-            net.load_state_dict(best_weights(self.checkpoint_path("best.pt")))
+            net.load_state_dict(best_weights(self.checkpoint_path(BEST)))
         distributed.share_from_main(net.state_dict().values())
         out = self.best_outputs or evaluate(
             net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
