@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cnntrain.training.callback import Callback
+from cnntrain.training.events import Callback
 
 
 def die() -> None:

@@ -162,7 +162,7 @@ def test_a_callback_module_loads_only_the_callback_base():
                           check=True, timeout=120)  # fmt: skip
     loaded = eval(proc.stdout)  # a printed list of names
     assert loaded == ["cnntrain", "cnntrain.callbacks", "cnntrain.training",
-                      "cnntrain.training.callback"]  # fmt: skip
+                      "cnntrain.training.events"]  # fmt: skip
     assert len(loaded) <= 8
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnntrain.training.callback import Callback
 from cnntrain.training.ema import EMA
 from cnntrain.training.evaluate import evaluate
+from cnntrain.training.events import Callback
 from cnntrain.training.loop import Loop
 from cnntrain.training.precision import Arithmetic
 from cnntrain.training.step import Totals

@@ -18,7 +18,7 @@ from pathlib import Path
 from cnntrain.core.checkpoint import BEST, LAST
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
-from cnntrain.training.callback import Callback
+from cnntrain.training.events import Callback
 
 log = logging.getLogger("cnntrain")
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config
-from cnntrain.training.callback import Callback
+from cnntrain.training.events import Callback
 
 FINAL_METRICS = ("test/acc", "test/loss", "test/balanced_acc", "best_val/acc")
 IMAGES = ("confusion_matrix", "feature_maps", "misclassified")  # plots/<name>.png

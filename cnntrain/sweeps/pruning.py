@@ -6,7 +6,7 @@ import logging
 from hydra.utils import instantiate
 
 from cnntrain.core.errors import UserError
-from cnntrain.training.callback import Callback
+from cnntrain.training.events import Callback
 
 log = logging.getLogger("cnntrain")
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from cnntrain.core.checkpoint import BEST, LAST, holds_epoch, remove_torn_writes, save_checkpoint
 from cnntrain.reporting.metrics_log import MetricsLog
-from cnntrain.training.callback import Callback
+from cnntrain.training.events import Callback
 from cnntrain.training.resume import checkpoint_state
 from cnntrain.training.step import optimizer_steps
 

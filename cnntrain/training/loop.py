@@ -34,8 +34,8 @@ from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
 from cnntrain.models.freeze import train_mode
 from cnntrain.reporting.progress import progress_bar
-from cnntrain.training.callback import Callback
 from cnntrain.training.evaluate import evaluate
+from cnntrain.training.events import Callback
 from cnntrain.training.signals import StopSignal
 from cnntrain.training.state import RunState
 from cnntrain.training.step import SYNC_EVERY, Diverged, StepParts, Totals, settle, train_batch

@@ -1,5 +1,5 @@
-"""The Callback base: the epoch loop's events, each a no-op; a subclass overrides those it reacts
-to. Imports nothing of cnntrain, so a user's callback module loads only this."""
+"""The epoch loop's events (training/loop.py lists when each is emitted) as the Callback base, each
+a no-op a subclass overrides. It imports nothing of cnntrain: a callback module loads just this."""
 
 
 class Callback:
