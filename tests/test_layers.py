@@ -160,10 +160,9 @@ def test_a_callback_module_loads_only_the_callback_base():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           check=True, timeout=120)  # fmt: skip
-    loaded = eval(proc.stdout)  # a printed list of names
+    loaded = ast.literal_eval(proc.stdout)  # the printed list of names
     assert loaded == ["cnntrain", "cnntrain.callbacks", "cnntrain.training",
                       "cnntrain.training.events"]  # fmt: skip
-    assert len(loaded) <= 8
 
 
 @pytest.mark.parametrize("module", sorted(sources()))

@@ -107,16 +107,18 @@ def test_a_run_from_an_older_version_resumes_with_todays_defaults_and_is_evaluat
 
 
 def test_a_resumed_runs_saved_config_is_checked_before_any_work(tmp_path):
-    """The config read back from a checkpoint meets the same rules as a command line's."""
+    """The config read back from a checkpoint meets the same rules as a command line's, before
+    any of it is used (its trainer.devices decides how processes start)."""
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     path = run / "checkpoints" / "last.pt"
     saved = torch.load(path, weights_only=True)
-    saved["config"]["optimizer"]["lr"] = -1.0
+    saved["config"]["trainer"]["devices"] = "x"
     save_checkpoint(path, {k: v for k, v in saved.items() if k != "format"})
     proc = run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "cnntrain: error: optimizer.lr=-1.0 is not valid; use a learning rate > 0"
+        "cnntrain: error: trainer.devices='x' is not valid; use an integer ≥ 1 (processes on this "
+        "machine)"
     )
     assert not (run / "metrics.jsonl").exists()  # nothing trained, nothing written

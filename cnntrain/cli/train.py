@@ -68,8 +68,8 @@ def run(cfg: DictConfig) -> float:
             with sweep_job(cfg) as job_cfg:
                 validate(job_cfg)
                 return train(job_cfg)
-        if cfg.resume:  # the saved run's config, read back
-            cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
+        if cfg.resume:  # the saved run's config, read back (main() checked it too, unless an
+            cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))  # -flag skipped it)
             validate(cfg)
         if not multirun and distributed.world().is_main:
             console.print(config_tree(cfg))
@@ -98,10 +98,16 @@ def run_config(args: list[str]) -> DictConfig:
         validate(cfg)
     else:
         cfg = preflight(args)
+    if not cfg.resume:
+        return cfg
     try:
-        return resumed_config(cfg, args) if cfg.resume else cfg
+        resumed = resumed_config(cfg, args)
+        validate(resumed)  # the saved run's config, read back: the same rules as a command line's
     except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         fail(str(e))
+    return resumed
 
 
 def join_the_job(args: list[str], cfg: DictConfig) -> list[str]:
