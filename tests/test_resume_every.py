@@ -85,8 +85,8 @@ def test_every_recipe_resumes_exactly(recipe, tmp_path):
 def test_a_run_from_an_older_version_resumes_with_todays_defaults_and_is_evaluated(tmp_path):
     """tests/fixtures/run_before_layers: a run written before the package was laid out in
     layers, its checkpoint's config naming `cnntrain.optim.Cosine`. Keys added since (here two
-    taken out of its config) take today's defaults for the run's own command line
-    (.hydra/overrides.yaml); it resumes in the real `cnntrain` app and cnntrain-eval tests it."""
+    taken out of its config) take today's defaults of the options its saved config names; it
+    resumes in the real `cnntrain` app and cnntrain-eval tests it."""
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     path = run / "checkpoints" / "last.pt"

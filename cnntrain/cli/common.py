@@ -13,10 +13,10 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.logging import RichHandler
 
-from cnntrain.config.compose import CONF_DIR
 from cnntrain.config.rules import unknown_keys, validate
 from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import is_group_choice
+from cnntrain.core.schema import CONF_DIR
 from cnntrain.distributed import rank_prefix
 
 

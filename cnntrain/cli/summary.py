@@ -21,3 +21,7 @@ def main() -> None:
     except UserError as e:
         fail(str(e))
     console.print(layers_table(summarize_layers(model, (spec.channels, spec.height, spec.width))))
+
+
+if __name__ == "__main__":
+    main()

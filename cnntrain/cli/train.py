@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from cnntrain import distributed
 from cnntrain.cli.common import fail, preflight
-from cnntrain.config.compose import CONF_DIR, compose_config
+from cnntrain.config.compose import compose_config
 from cnntrain.config.resolvers import register_resolvers
 from cnntrain.config.resumed import (
     RESUMABLE_KEYS,
@@ -32,6 +32,7 @@ from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
+from cnntrain.core.schema import CONF_DIR
 from cnntrain.reporting.console import config_tree, console
 from cnntrain.sweeps.jobs import sweep_job
 from cnntrain.train import train

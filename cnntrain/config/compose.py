@@ -1,11 +1,8 @@
 """The config files (conf/), and composing a config from override strings in or out of Hydra."""
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
-# The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from cnntrain.core.schema import CONF_DIR
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

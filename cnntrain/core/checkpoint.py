@@ -15,6 +15,7 @@ import torch
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write
+from cnntrain.core.schema import check_received
 
 FORMAT = "cnntrain-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"  # under RUN_DIR/checkpoints/
@@ -25,6 +26,26 @@ MOVED_TARGETS = {
     f"cnntrain.optim.{name}": f"cnntrain.training.schedules.{name}"
     for name in ("Constant", "Step", "Cosine", "OneCycle", "Triangle")
 } | {"cnntrain.pruning.OptunaPruning": "cnntrain.sweeps.pruning.OptunaPruning"}
+
+
+# What cnntrain writes in a run folder (README "The run folder"), and in a sweep folder beside its
+# job folders (0, 1, …: run folders): what must hold no link before a command writes into an
+# existing one (core.files.refuse_links), and no more (a folder that is not cnntrain's, such as
+# the one holding a downloaded checkpoint, is not walked).
+RUN_ENTRIES = (".hydra", "checkpoints", "plots", "tensorboard", "eval", "export", "train.log",
+               "metrics.jsonl", "metrics.csv", "results.json", "report.html", "summary.json",
+               "summary.txt", "error.txt", ".job.lock")  # fmt: skip
+SWEEP_ENTRIES = ("multirun.yaml", "optuna.db", "summary.csv", "best.yaml", ".optuna.lock", ".gpus")
+
+
+def written_entries(folder: Path) -> list[str]:
+    """The entries of `folder` (a run or a sweep folder) that cnntrain writes into."""
+    jobs = (
+        [p.name for p in Path(folder).iterdir() if p.name.isdigit()]
+        if Path(folder).is_dir()
+        else []
+    )
+    return [*RUN_ENTRIES, *SWEEP_ENTRIES, *sorted(jobs)]
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:
@@ -76,17 +97,18 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def saved_config(state: dict) -> dict:
-    """The run's config as its checkpoint saved it, with `_target_`s that have moved since named
-    as they are now (MOVED_TARGETS)."""
+def saved_config(state: dict, path: Path) -> dict:
+    """The run's config as the checkpoint at `path` saved it, checked as data (check_received:
+    its trackers and callbacks dropped), with `_target_`s that have moved since named as they
+    are now (MOVED_TARGETS)."""
 
     def renamed(node):
         if isinstance(node, dict):
-            return {k: MOVED_TARGETS.get(v, v) if k == "_target_" else renamed(v)
-                    for k, v in node.items()}  # fmt: skip
+            return {k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str)
+                    else renamed(v) for k, v in node.items()}  # fmt: skip
         return [renamed(v) for v in node] if isinstance(node, list) else node
 
-    return renamed(state["config"])
+    return check_received(renamed(state.get("config")), f"checkpoint {path}")
 
 
 def check_usable(state: dict, path: Path) -> None:

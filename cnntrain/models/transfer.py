@@ -7,7 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnntrain.core.checkpoint import BEST, checkpoint_file, evaluated_weights, load_checkpoint
+from cnntrain.core.checkpoint import (
+    BEST,
+    checkpoint_file,
+    evaluated_weights,
+    load_checkpoint,
+    saved_config,
+)
 from cnntrain.core.errors import UserError
 from cnntrain.models.head import head_parameter_names
 
@@ -71,7 +77,7 @@ def init_from(model: nn.Module, source, model_cfg) -> Transfer:
     """
     path = checkpoint_file(source, BEST, "model.init_from")
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
-    theirs, ours = architecture(saved["config"]["model"]), architecture(model_cfg)
+    theirs, ours = architecture(saved_config(saved, path)["model"]), architecture(model_cfg)
     if theirs != ours:
         raise UserError(
             f"model.init_from={str(source)!r} is a {theirs} run and this run builds {ours}; "

@@ -141,7 +141,12 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_yaml(path: Path):
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    """The YAML file at `path` as plain data; None when it is missing or not plain YAML (a tag
+    such as `!!python/object` is refused by safe_load: the file is shown as text only)."""
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
 
 
 def write_run_report(run_dir: Path) -> Path:

@@ -15,6 +15,7 @@ from cnntrain.core.checkpoint import (
     checkpoint_file,
     evaluated_weights,
     load_checkpoint,
+    saved_config,
 )
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
@@ -45,7 +46,7 @@ class TrainedModel:
     classes: list[str]  # class names, in logit order
     mean: list[float]  # per-channel normalization the network was trained with
     std: list[float]
-    config: dict  # the run's resolved config, as saved
+    config: dict  # the run's resolved config, as saved (trackers and callbacks dropped)
     checkpoint: Path
 
     def normalized(self) -> Normalized:
@@ -59,8 +60,9 @@ def load_trained(source) -> TrainedModel:
     path = checkpoint_file(source, BEST, "RUN_DIR")
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
     check_usable(saved, path)
+    config = saved_config(saved, path)  # checked as data: see core/schema.py
     spec = InputSpec(**saved["spec"])
-    network = build_architecture(saved["config"]["model"], spec)
+    network = build_architecture(config["model"], spec)
     check_compatible(saved, network, path)
     network.load_state_dict(evaluated_weights(saved))
     return TrainedModel(
@@ -69,7 +71,7 @@ def load_trained(source) -> TrainedModel:
         classes=list(saved["classes"]),
         mean=list(saved["normalization"]["mean"]),
         std=list(saved["normalization"]["std"]),
-        config=saved["config"],
+        config=config,
         checkpoint=path,
     )
 

@@ -11,7 +11,7 @@ the old plan gave, and the end value is reached at the new last step (no jump, n
 import inspect
 import logging
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer
@@ -55,19 +55,39 @@ def build_optimizer(optimizer_cfg, model: nn.Module, fused: bool = False) -> Opt
         )
     if head_scale != 1.0:
         groups.append({"params": [p for n, p in trainable if n in head], "lr": lr * head_scale})
-    # _convert_="all": plain lists (betas) in param_groups, so checkpoints load weights_only.
-    build = instantiate(options, _convert_="all")
-    if fused and "fused" in inspect.signature(build.func).parameters:
-        return build(groups, fused=True)
-    return build(groups)
+    optimizer_class = target_class(options, "optimizer")
+    if fused and "fused" in inspect.signature(optimizer_class).parameters:
+        options["fused"] = True
+    return built("optimizer", optimizer_class, groups, **options)
 
 
 def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int, steps_per_epoch: int):
     """The schedule `scheduler_cfg` names (its `_target_`), planned over `epochs` epochs."""
     options = OmegaConf.to_container(scheduler_cfg)
     options.pop("name", None)  # the option's name, for people and sweep tables
-    make = instantiate(options, _convert_="all")
-    return make(optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    schedule_class = target_class(options, "scheduler")
+    steps = {"total_steps": epochs * steps_per_epoch, "steps_per_epoch": steps_per_epoch}
+    return built("scheduler", schedule_class, optimizer, **steps, **options)
+
+
+def target_class(options: dict, group: str) -> type:
+    """The class `options["_target_"]` names (taken out of `options`, with `_partial_`). Built
+    here with plain values rather than by Hydra's `instantiate`, which would also build any
+    `{_target_: …}` nested in a value: a config from a file someone else made must not run code
+    (core/schema.py checks such a config before it gets here)."""
+    options.pop("_partial_", None)
+    try:
+        return get_class(options.pop("_target_"))
+    except Exception as e:  # Hydra raises ImportError or ValueError, with the module's reason
+        raise UserError(f"{group}._target_ cannot be imported: {e}") from e
+
+
+def built(group: str, cls: type, *args, **options):
+    """`cls(*args, **options)`; options it does not take are a UserError naming them."""
+    try:
+        return cls(*args, **options)
+    except TypeError as e:
+        raise UserError(f"{group}: {cls.__module__}.{cls.__name__} {e}") from e
 
 
 def check_scheduler_name(scheduler_cfg) -> None:
