@@ -19,6 +19,7 @@ from cnntrain import distributed
 from cnntrain.core.checkpoint import LAST, checkpoint_file, load_checkpoint
 from cnntrain.core.device import select_device
 from cnntrain.core.files import write_json
+from cnntrain.core.safe_text import printable
 from cnntrain.core.seeds import seed_everything
 from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
@@ -212,7 +213,8 @@ def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Pat
 
 def log_class_balance(counts: dict[str, int]) -> None:
     """Print the class histogram; warn (naming the remedies) when the data is imbalanced."""
-    log.info("training images per class: %s", ", ".join(f"{c} {n:,}" for c, n in counts.items()))
+    shown = ", ".join(f"{printable(c)} {n:,}" for c, n in counts.items())
+    log.info("training images per class: %s", shown)
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
     if counts[largest] > IMBALANCE_RATIO * max(1, counts[smallest]):
         log.warning(

@@ -95,9 +95,9 @@ def test_an_archive_is_unpacked_once_into_the_cache(tmp_path, monkeypatch):
     archive, cache = make_archive(tmp_path), tmp_path / "cache"
     unpacked, real = [], sources.extract
 
-    def counted(archive, folder):
+    def counted(archive, folder, *caps):
         unpacked.append(folder)
-        return real(archive, folder)
+        return real(archive, folder, *caps)
 
     monkeypatch.setattr(sources, "extract", counted)
     first = open_image_folder(archive, cache)
@@ -205,8 +205,8 @@ import sys, time
 from pathlib import Path
 from cnntrain.data import sources
 
-def extract_then_hang(archive, folder):
-    sources.real_extract(archive, folder)
+def extract_then_hang(archive, folder, *caps):
+    sources.real_extract(archive, folder, *caps)
     print("unpacked", folder, flush=True)
     time.sleep(600)  # killed here: the lock is held, the folder is complete but unpublished
 

@@ -9,6 +9,7 @@ from cnntrain.core.checks import boolean, check, format_value, integer, number, 
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
 from cnntrain.data.augment.options import read_options
+from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.training.optim import check_scheduler_name
@@ -110,6 +111,12 @@ RULES = [
     ("data.memory_budget_gb", number(0, lo_open=True), "a number of GiB > 0"),
     ("data.sampler", one_of("random", "balanced"), "random or balanced"),
     ("data.on_bad_image", one_of("skip", "error"), "skip or error"),
+    ("data.max_file_mb", number(0, lo_open=True), "a number of MiB > 0"),
+    (
+        "data.max_image_pixels",
+        integer(1, PILLOW_HARD_STOP),
+        f"an integer of pixels in [1, {PILLOW_HARD_STOP}] (Pillow refuses larger images)",
+    ),
     ("data.channels", optional(lambda v: v in (1, 3)), "null, 1 or 3"),
     ("data.image_size", image_size, "null, a side in px, or [H, W]"),
     ("data.download", boolean, "true or false"),

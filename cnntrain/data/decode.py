@@ -13,6 +13,7 @@ from PIL import Image
 
 from cnntrain.core.files import atomic_write
 from cnntrain.data.cache import build_once, load_json, save_json
+from cnntrain.data.limits import open_image
 from cnntrain.data.sources import ImageSource
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,11 @@ def to_pixels(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndar
     return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def decode_file(path: str, channels: int, size: tuple[int, int]) -> np.ndarray | None:
-    """Pixels of one image file, or None when it cannot be read (truncated, empty, not an image)."""
+def decode_file(path: str, channels: int, size: tuple[int, int], max_pixels=None):
+    """Pixels of one image file, or None when it cannot be read (truncated, empty, not an image)
+    or is over `max_pixels` (H × W; None: Pillow's own limit alone)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             return to_pixels(img, channels, size)
     except DECODE_ERRORS:
         return None
@@ -48,19 +50,22 @@ READABLE = np.empty(0, dtype=np.uint8)  # stands for the pixels when only readab
 
 
 def _decode_chunk(args) -> list[np.ndarray | None]:
-    paths, channels, size, keep = args
-    pixels = (decode_file(p, channels, size) for p in paths)
+    paths, channels, size, keep, max_pixels = args
+    pixels = (decode_file(p, channels, size, max_pixels) for p in paths)
     return [px if keep or px is None else READABLE for px in pixels]
 
 
-def decode_files(files: list[str], channels, size, workers: int, keep=True) -> list:
+def decode_files(files: list[str], channels, size, workers: int, keep=True, max_pixels=None):
     """Decode many files in `workers` processes (JPEG decoding is CPU-bound and holds the GIL).
 
-    Returns each file's pixels, or None where unreadable; with keep=False only READABLE/None,
-    so a scan of a dataset larger than memory does not hold its pixels.
+    Returns each file's pixels, or None where unreadable or over `max_pixels`; with keep=False
+    only READABLE/None, so a scan of a dataset larger than memory does not hold its pixels.
     """
     chunk = 512
-    jobs = [(files[i : i + chunk], channels, size, keep) for i in range(0, len(files), chunk)]
+    jobs = [
+        (files[i : i + chunk], channels, size, keep, max_pixels)
+        for i in range(0, len(files), chunk)
+    ]
     if workers <= 1 or len(jobs) == 1:
         return [px for job in jobs for px in _decode_chunk(job)]
     with ProcessPoolExecutor(workers) as pool:
@@ -80,7 +85,7 @@ def decode_source(source: ImageSource, channels, size, workers) -> tuple[np.ndar
     """All images of `source` as (N_ok, C, H, W) uint8, and the indices of unreadable files."""
     if source.arrays is not None:
         return decode_arrays(source.arrays, channels, size), []
-    pixels = decode_files(source.files, channels, size, workers)
+    pixels = decode_files(source.files, channels, size, workers, max_pixels=source.max_pixels)
     bad = [i for i, px in enumerate(pixels) if px is None]
     good = [px for px in pixels if px is not None]
     empty = np.zeros((0, channels, *size), dtype=np.uint8)
@@ -168,5 +173,5 @@ def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, s
 
 def scan_unreadable(source: ImageSource, channels, size, workers, folder: Path) -> list[int]:
     log.info("checking %d image files once (cached in %s)", len(source), folder)
-    flags = decode_files(source.files, channels, size, workers, keep=False)
+    flags = decode_files(source.files, channels, size, workers, False, source.max_pixels)
     return [i for i, px in enumerate(flags) if px is None]

@@ -8,7 +8,7 @@ tensor path or the DataLoader path (`data.loader`).
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLo
 from cnntrain.data.normalization import normalization
 from cnntrain.data.selection import Choice, Part, cap, partition, readable_parts
 from cnntrain.data.shape import choose_loader, input_shape
-from cnntrain.data.sources import ImageSource, open_evaluation_data, open_splits
+from cnntrain.data.sources import open_evaluation_data, open_splits
 from cnntrain.data.splits import balanced_weights
 from cnntrain.distributed import SINGLE, World
 
@@ -121,8 +121,7 @@ def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
         whole = Choice("test", np.arange(len(found.splits["test"])))
         choice, name = cap(whole, d.max_eval_samples, d.split_seed + 2), "test"
     [part] = readable_parts(found, [choice], d, cfg.paths, spec.channels, size, kind)
-    source = part.source
-    part = Part(ImageSource(to_model[source.targets], source.arrays, source.files), part.images)
+    part = Part(replace(part.source, targets=to_model[part.source.targets]), part.images)
     prep = BatchPrep(mean, std, device, cfg.trainer.channels_last)
     seed = cfg.trainer.seed
     if kind == "tensor":

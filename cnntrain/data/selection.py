@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from cnntrain.core.errors import UserError
+from cnntrain.core.safe_text import printable
 from cnntrain.data import decode
+from cnntrain.data.limits import oversize_reason
 from cnntrain.data.sources import ImageSource, Splits
 from cnntrain.data.splits import seeded_subset, stratified_split
 
@@ -61,8 +63,21 @@ def readable_part(found: Splits, split, indices, d, paths, channels, size, kind)
     if bad:
         report_unreadable(source, bad, split, d.on_bad_image)
         keep = np.setdiff1d(np.arange(len(source)), bad)
+        check_no_class_lost(source, keep, found, split)
         source, indices = source.subset(keep), indices[keep]
     return Part(source, images), indices
+
+
+def check_no_class_lost(source: ImageSource, keep: np.ndarray, found: Splits, split: str) -> None:
+    """Refuse, as an empty class folder is, a class whose every chosen file is unreadable."""
+    before = np.bincount(source.targets, minlength=len(found.classes))
+    after = np.bincount(source.targets[keep], minlength=len(found.classes))
+    lost = [printable(found.classes[c]) for c in np.flatnonzero((before > 0) & (after == 0))]
+    if lost:
+        raise UserError(
+            f"{Path(found.origin) / split}: class folder(s) with no readable images: "
+            f"{', '.join(lost)}; add readable images or remove the folder"
+        )
 
 
 def narrow(part: Part, kept: np.ndarray, indices: np.ndarray) -> Part:
@@ -72,13 +87,21 @@ def narrow(part: Part, kept: np.ndarray, indices: np.ndarray) -> Part:
 
 
 def report_unreadable(source: ImageSource, bad: list[int], split: str, policy: str) -> None:
-    names = ", ".join(source.files[i] for i in bad[:3]) + (", …" if len(bad) > 3 else "")
-    if policy == "error":
-        raise UserError(
-            f"{len(bad)} unreadable image file(s) in {split}/: {names}; fix or remove them, "
-            "or set data.on_bad_image=skip"
-        )
-    log.warning("skipped %d unreadable image file(s) in %s/: %s", len(bad), split, names)
+    """Refuse the files `bad` (data.on_bad_image=error) or warn that they are skipped: one line
+    for those over data.max_image_pixels (each with its size), one for the others."""
+    reasons = {i: oversize_reason(source.files[i], source.max_pixels) for i in bad}
+    large = [f"{printable(source.files[i])} ({reasons[i]})" for i in bad if reasons[i]]
+    unreadable = [printable(source.files[i]) for i in bad if not reasons[i]]
+    for kind, names in (("oversized", large), ("unreadable", unreadable)):
+        if not names:
+            continue
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        if policy == "error":
+            raise UserError(
+                f"{len(names)} {kind} image file(s) in {split}/: {shown}; fix or remove them, "
+                "or set data.on_bad_image=skip"
+            )
+        log.warning("skipped %d %s image file(s) in %s/: %s", len(names), kind, split, shown)
 
 
 def select(part: Part, indices: np.ndarray) -> Part:

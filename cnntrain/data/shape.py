@@ -2,15 +2,23 @@
 data's own), and whether the decoded splits fit in memory (the tensor path) or not."""
 
 import logging
+from collections import Counter
 
-from PIL import Image
+import numpy as np
 
 from cnntrain.core.errors import UserError
+from cnntrain.core.safe_text import printable
 from cnntrain.core.spec import InputSpec
 from cnntrain.data import decode
-from cnntrain.data.sources import Splits, open_splits
+from cnntrain.data.limits import open_image
+from cnntrain.data.sources import ImageSource, Splits, open_splits
+from cnntrain.data.splits import seeded_subset
 
 log = logging.getLogger(__name__)
+# Training files whose headers decide a folder's image size and channels: a few hundred header
+# reads take well under a second, and their most common size is not one outlier's.
+SIZE_SAMPLE = 256
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def input_spec(cfg, wanted: dict) -> tuple[InputSpec, list[str]]:
@@ -24,33 +32,49 @@ def input_spec(cfg, wanted: dict) -> tuple[InputSpec, list[str]]:
 def input_shape(d, found: Splits, wanted: dict) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)): `data.channels` / `data.image_size`, else what the model wants
     (`wanted`, e.g. pretrained weights' crop size and RGB), else the data's own."""
-    train = found.splits["train"]
-    if train.arrays is not None:
-        shape = train.arrays.shape  # (N, H, W) or (N, H, W, C)
-        data_channels, data_size = (1 if len(shape) == 3 else shape[3]), shape[1:3]
-    else:
-        data_channels, data_size = sniff_files(train.files[:: max(1, len(train) // 16)])
-    channels = d.channels or wanted.get("channels") or data_channels
-    size = d.image_size or wanted.get("image_size") or data_size
+    channels = d.channels or wanted.get("channels")
+    size = d.image_size or wanted.get("image_size")
+    if not (channels and size):
+        data_channels, data_size = data_shape(found.splits["train"], d.split_seed, not size)
+        channels, size = channels or data_channels, size or data_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     if channels not in (1, 3):
         raise UserError(f"data.channels={channels} is not supported; use 1 (grayscale) or 3 (RGB)")
     return channels, (int(size[0]), int(size[1]))
 
 
-def sniff_files(files: list[str]) -> tuple[int, tuple[int, int]]:
-    """(channels, (H, W)) of sampled files: 1 if all are grayscale; the first readable's size."""
-    modes, size = set(), None
+def data_shape(train: ImageSource, seed: int, say_size: bool) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) of the training split as stored; for files, sniff_files' answer on a
+    seeded sample of them (logged with `say_size`, when it becomes the run's size)."""
+    if train.arrays is not None:
+        shape = train.arrays.shape  # (N, H, W) or (N, H, W, C)
+        return (1 if len(shape) == 3 else shape[3]), shape[1:3]
+    sample = seeded_subset(np.arange(len(train)), SIZE_SAMPLE, seed)
+    channels, size, read = sniff_files([train.files[i] for i in sample], train.max_pixels)
+    if say_size:
+        log.info("image size %d×%d (H×W, data.image_size unset): the most common of %d "
+                 "training image(s) sampled", *size, read)  # fmt: skip
+    return channels, size
+
+
+def sniff_files(files: list[str], max_pixels=None) -> tuple[int, tuple[int, int], int]:
+    """(channels, (H, W), files read) from the headers of `files` (no pixels are decoded): 1
+    channel if all are grayscale, the most common size (ties: the first found); unreadable files
+    and those over `max_pixels` are passed over (reported when the split is decoded)."""
+    modes, sizes = set(), Counter()
     for path in files:
         try:
-            with Image.open(path) as img:
+            with open_image(path, max_pixels) as img:
                 modes.add(img.mode)
-                size = size or img.size[::-1]
+                sizes[img.size[::-1]] += 1
         except decode.DECODE_ERRORS:
-            continue  # reported when the split is decoded
-    if size is None:
-        raise UserError(f"none of {len(files)} sampled images could be read (first: {files[0]})")
-    return (1 if modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3), size
+            continue
+    if not sizes:
+        raise UserError(
+            f"none of {len(files)} sampled images could be read (first: {printable(files[0])})"
+        )
+    channels = 1 if modes <= GRAYSCALE_MODES else 3
+    return channels, sizes.most_common(1)[0][0], sizes.total()
 
 
 def choose_loader(d, found: Splits, channels, size) -> str:

@@ -24,10 +24,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from torchvision import datasets as tvd
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from cnntrain.core.errors import UserError
+from cnntrain.core.safe_text import printable
 from cnntrain.data.cache import build_once, publish_folder, scratch_folder
+from cnntrain.data.limits import (
+    Limits,
+    capped_data_filter,
+    default_limits,
+    fits,
+    limits_of,
+    open_image,
+)
+from cnntrain.data.walk import image_files
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -39,11 +49,13 @@ UNPACK_FORMAT = 2
 
 @dataclass
 class ImageSource:
-    """One split's images: `arrays` (N, H, W[, C]) uint8 pixels, or `files` paths to decode."""
+    """One split's images: `arrays` (N, H, W[, C]) uint8 pixels, or `files` paths to decode
+    (an image over `max_pixels`, H × W, is refused as unreadable)."""
 
     targets: np.ndarray  # (N,) int64 class indices
     arrays: np.ndarray | None = None
     files: list[str] | None = None
+    max_pixels: int | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -52,14 +64,14 @@ class ImageSource:
         """Image i as PIL, in its stored mode and size (conversion is the caller's job)."""
         if self.arrays is not None:
             return Image.fromarray(self.arrays[i])
-        with Image.open(self.files[i]) as img:
+        with open_image(self.files[i], self.max_pixels) as img:
             img.load()  # read now, so a truncated file fails here and the handle is closed
             return img
 
     def subset(self, indices: np.ndarray) -> "ImageSource":
         arrays = None if self.arrays is None else self.arrays[indices]
         files = None if self.files is None else [self.files[i] for i in indices]
-        return ImageSource(self.targets[indices], arrays, files)
+        return ImageSource(self.targets[indices], arrays, files, self.max_pixels)
 
 
 @dataclass
@@ -96,7 +108,9 @@ IDX_FILES = {
 def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
     """Find the dataset `data_cfg.name` (or the folder `data_cfg.root`) and open its splits."""
     if data_cfg.root:
-        return open_image_folder(Path(data_cfg.root).expanduser(), Path(cache_dir))
+        return open_image_folder(
+            Path(data_cfg.root).expanduser(), Path(cache_dir), limits_of(data_cfg)
+        )
     name = data_cfg.name
     if name not in KNOWN:
         raise UserError(
@@ -110,7 +124,7 @@ def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
         tried.append(f"{root / stem}[{'|'.join(ARCHIVE_SUFFIXES)}]")
         for candidate in [root / stem, *(root / (stem + s) for s in ARCHIVE_SUFFIXES)]:
             if candidate.exists():
-                return open_image_folder(candidate, Path(cache_dir))
+                return open_image_folder(candidate, Path(cache_dir), limits_of(data_cfg))
     for folder in () if found else known.idx_dirs:
         candidate = root / folder  # an absolute `folder` stays absolute
         tried.append(str(candidate))
@@ -176,22 +190,25 @@ def check_root(root: str) -> None:
         raise UserError(f"data.root={root!r} does not exist; give an ImageFolder folder or archive")
 
 
-def open_image_folder(path: Path, cache_dir: Path) -> Splits:
-    """An ImageFolder tree (`train/<class>/*`, plus `val/` and/or `test/`), or an archive of one."""
+def open_image_folder(path: Path, cache_dir: Path, limits: Limits | None = None) -> Splits:
+    """An ImageFolder tree (`train/<class>/*`, plus `val/` and/or `test/`), or an archive of one;
+    `limits`: data.max_file_mb and data.max_image_pixels (None: conf/config.yaml's)."""
     check_root(str(path))
+    limits = limits or default_limits()
     unpacked = path.is_file()
     if unpacked:
-        path = unpack_archive(path, cache_dir / "archives")
+        path = unpack_archive(path, cache_dir / "archives", limits)
     root = find_split_root(path)
     present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
     classes = {split: find_classes(root / split)[0] for split in present}
     check_same_classes(classes, root)
     class_to_idx = {c: i for i, c in enumerate(classes["train"])}
-    splits = {split: folder_source(root / split, class_to_idx) for split in present}
+    pixels = limits.max_image_pixels
+    splits = {split: folder_source(root / split, class_to_idx, pixels) for split in present}
     # An unpacked archive's folder is named for the archive's size and mtime and written once:
     # its files change only with the archive, so their names suffice (stat-ing 60,000 files
     # costs seconds on a small machine).
-    found = fingerprint(splits, stat=not unpacked)
+    found = fingerprint(splits, limits, stat=not unpacked)
     return Splits(classes["train"], splits, origin=str(root), fingerprint=found)
 
 
@@ -219,11 +236,11 @@ def open_evaluation_data(data_cfg, data_dir: str, cache_dir: str) -> Splits:
     (or `val/…`), or class folders at its top (`<class>/<images>`), read as the `test` split."""
     if not data_cfg.root:
         return open_splits(data_cfg, data_dir, cache_dir)
-    path = Path(data_cfg.root).expanduser()
+    path, limits = Path(data_cfg.root).expanduser(), limits_of(data_cfg)
     check_root(str(path))
-    folder = unpack_archive(path, Path(cache_dir) / "archives") if path.is_file() else path
+    folder = unpack_archive(path, Path(cache_dir) / "archives", limits) if path.is_file() else path
     if split_root(folder) is not None:
-        return open_image_folder(path, Path(cache_dir))
+        return open_image_folder(path, Path(cache_dir), limits)
     root = next((folder / s for s in ("test", "val") if (folder / s).is_dir()), folder)
     try:
         classes, class_to_idx = find_classes(root)
@@ -232,37 +249,44 @@ def open_evaluation_data(data_cfg, data_dir: str, cache_dir: str) -> Splits:
             f"data.root={data_cfg.root!r}: no class folders in {root}; give an ImageFolder "
             "(train/ and test/ or val/), test/<class>/<images>, or <class>/<images>"
         ) from e
-    splits = {"test": folder_source(root, class_to_idx)}
-    return Splits(classes, splits, origin=str(root), fingerprint=fingerprint(splits))
+    splits = {"test": folder_source(root, class_to_idx, limits.max_image_pixels)}
+    return Splits(classes, splits, origin=str(root), fingerprint=fingerprint(splits, limits))
 
 
 def check_same_classes(classes: dict[str, list[str]], root: Path) -> None:
     for split, names in classes.items():
         if names != classes["train"]:
-            extra = sorted(set(names) ^ set(classes["train"]))
+            extra = ", ".join(map(printable, sorted(set(names) ^ set(classes["train"]))))
             raise UserError(
-                f"{root}: {split}/ and train/ disagree on classes ({', '.join(extra)}); "
+                f"{root}: {split}/ and train/ disagree on classes ({extra}); "
                 "every split needs the same class folders"
             )
 
 
-def folder_source(folder: Path, class_to_idx: dict[str, int]) -> ImageSource:
-    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    counts = np.bincount([t for _, t in samples], minlength=len(class_to_idx))
-    empty = [c for c, i in class_to_idx.items() if counts[i] == 0]
+def folder_source(folder: Path, class_to_idx: dict[str, int], max_pixels=None) -> ImageSource:
+    """The image files of `folder`'s class folders (`max_pixels`: as ImageSource's); class
+    folders without any are refused."""
+    found = {name: image_files(folder / name) for name in class_to_idx}
+    empty = [printable(name) for name, (files, _) in found.items() if not files]
     if empty:
         raise UserError(
             f"{folder}: class folder(s) with no images: {', '.join(empty)}; "
             f"add images ({', '.join(IMG_EXTENSIONS)}) or remove the folder"
         )
-    files, targets = zip(*samples, strict=True)
-    return ImageSource(np.array(targets, dtype=np.int64), files=list(files))
+    links = [printable(link) for _, skipped in found.values() for link in skipped]
+    if links:
+        names = ", ".join(links[:3]) + (", …" if len(links) > 3 else "")
+        log.warning("did not follow %d folder link(s) in class folders: %s", len(links), names)
+    files = [f for name in class_to_idx for f in found[name][0]]
+    targets = [class_to_idx[name] for name in class_to_idx for _ in found[name][0]]
+    return ImageSource(np.array(targets, dtype=np.int64), files=files, max_pixels=max_pixels)
 
 
-def fingerprint(splits: dict[str, ImageSource], stat: bool = True) -> str:
-    """Hash of every file's path and, with `stat`, its size and mtime: changes whenever the
-    data does."""
+def fingerprint(splits: dict[str, ImageSource], limits: Limits, stat: bool = True) -> str:
+    """Hash of the caps (they decide which files are usable) and of every file's path and, with
+    `stat`, its size and mtime: changes whenever the data does."""
     h = hashlib.blake2b(digest_size=8)
+    h.update(repr(limits).encode())
     for split, source in splits.items():
         for f in source.files:
             st = Path(f).stat() if stat else None
@@ -270,36 +294,47 @@ def fingerprint(splits: dict[str, ImageSource], stat: bool = True) -> str:
     return h.hexdigest()
 
 
-def unpack_archive(archive: Path, into: Path) -> Path:
+def unpack_archive(archive: Path, into: Path, limits: Limits | None = None) -> Path:
     """Unpack `archive` once into `into/<stem>-<hash>/`; later calls, and concurrent ones, reuse it.
+    A member over data.max_file_mb (`limits`; None: conf/config.yaml's) is left out, with a
+    warning.
 
     One process unpacks into its own scratch folder and renames it into place whole; the others
     wait for it, so no run ever sees a partly unpacked folder.
     """
+    limits = limits or default_limits()
     st = archive.stat()
     text = f"{UNPACK_FORMAT}\0{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    text += f"\0{limits.max_file_mb}"  # members past the cap are left out: another cap, folder
     key = hashlib.blake2b(text.encode(), digest_size=6)
     stem = archive.name.split(".")[0]
     target = into / f"{stem}-{key.hexdigest()}"
     return build_once(
         target,
         load=lambda folder: folder if folder.is_dir() else None,
-        build=lambda: extract(archive, scratch_folder(target)),
+        build=lambda: extract(archive, scratch_folder(target), limits),
         save=publish_folder,
     )
 
 
-def extract(archive: Path, folder: Path) -> Path:
-    """Unpack `archive` into the empty `folder`; on failure remove it and say so."""
+def extract(archive: Path, folder: Path, limits: Limits) -> Path:
+    """Unpack `archive` into the empty `folder`, leaving out (with one warning) members over
+    data.max_file_mb; on failure remove the folder and say so."""
     log.info("unpacking %s into %s (once)", archive, folder.parent)
+    too_large = []
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(folder)
+                # zipfile stops reading a member at its stated size (and checks its CRC)
+                fit = [i for i in z.infolist() if fits(i.filename, i.file_size, limits, too_large)]
+                z.extractall(folder, fit)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(folder, filter="data")  # no absolute paths, links or devices
+                t.extractall(folder, filter=capped_data_filter(limits, too_large))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"could not unpack {archive}: {e}; is it a complete .tar.gz/.zip?") from e
+    if too_large:
+        reasons = ", ".join(too_large[:3]) + (", …" if len(too_large) > 3 else "")
+        log.warning("%s: left out %d member(s): %s", archive, len(too_large), reasons)
     return folder

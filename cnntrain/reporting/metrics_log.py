@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from cnntrain.core.files import write_text
+from cnntrain.core.safe_text import csv_cell
 
 TIME_FIELDS = ("epoch_time_s", "elapsed_s", "train/images_per_s")  # wall-clock, run to run
 
@@ -33,7 +34,7 @@ def to_csv(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 

@@ -10,6 +10,7 @@ import yaml
 from rich.table import Table
 
 from cnntrain.core.files import write_text
+from cnntrain.core.safe_text import csv_cell
 
 COLUMNS = (
     "rank",
@@ -69,7 +70,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     write_text(sweep_dir / "summary.csv", out.getvalue())
     return rows
 

@@ -1,9 +1,15 @@
 """cnntrain-predict's work: find images in files, folders and archives, label them in batches
-with a trained run, and write the CSV (`path`, `prediction`, `probability`, `top2`, …)."""
+with a trained run, and write the CSV (`path`, `prediction`, `probability`, `top2`, …).
+
+The images are received files: an archive member is read as a stream, never past
+data.max_file_mb, an image past data.max_image_pixels is skipped (the run's caps, else the
+defaults), and CSV cells that a spreadsheet would run as formulas are neutralised.
+"""
 
 import contextlib
 import csv
 import io
+import logging
 import tarfile
 import zipfile
 import zlib
@@ -17,13 +23,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
+from cnntrain.core.safe_text import csv_row, printable
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import DECODE_ERRORS
+from cnntrain.data.limits import Limits, TooLarge, check_member_size, limits_of, open_image
 from cnntrain.data.sources import ARCHIVE_SUFFIXES
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.trained.load import TrainedModel, image_pixels, unit_range
 from cnntrain.training.evaluate import model_logits
 
+log = logging.getLogger(__name__)
 TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
 ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)
 
@@ -35,6 +44,7 @@ class ImageRef:
     name: str  # as the CSV's `path` shows it: the file's path, or ARCHIVE/MEMBER
     file: Path  # the image file, or the archive holding it
     member: str | None = None  # the archive member's name
+    size: int = 0  # the archive member's stated size, bytes (what reading it can yield)
 
 
 @dataclass
@@ -43,7 +53,7 @@ class Predictions:
 
     header: list[str]
     rows: list[list[str]]
-    skipped: list[str]  # names of the files that could not be read as images
+    skipped: list[str]  # the files not read, as shown (escaped; with the cap when over one)
 
 
 def is_image_name(name: str) -> bool:
@@ -82,49 +92,57 @@ def archive_members(archive: Path) -> list[ImageRef]:
     try:
         with open_archive(archive) as opened_archive:
             if isinstance(opened_archive, zipfile.ZipFile):
-                names = [i.filename for i in opened_archive.infolist() if not i.is_dir()]
+                sizes = [(i.filename, i.file_size) for i in opened_archive.infolist()]
             else:
-                names = [m.name for m in opened_archive.getmembers() if m.isfile()]
+                sizes = [(m.name, m.size) for m in opened_archive.getmembers() if m.isfile()]
     except ARCHIVE_ERRORS as e:
         raise UserError(f"could not read the archive {archive}: {e}; is it complete?") from e
-    return [ImageRef(f"{archive}/{name}", archive, name) for name in names if is_image_name(name)]
+    return [
+        ImageRef(f"{archive}/{name}", archive, name, size)
+        for name, size in sizes
+        if is_image_name(name)
+    ]
 
 
 def read_pixels(
-    refs: list[ImageRef], spec: InputSpec
-) -> Iterator[tuple[ImageRef, torch.Tensor | None]]:
-    """Each image as the model's (C, H, W) uint8 input, None when it cannot be read or
-    converted; every archive is opened once."""
+    refs: list[ImageRef], spec: InputSpec, limits: Limits
+) -> Iterator[tuple[ImageRef, torch.Tensor | str]]:
+    """Each image as the model's (C, H, W) uint8 input, or why it was not read: "" when it
+    cannot be read or converted, the cap it passes when over one; every archive is opened once."""
     with contextlib.ExitStack() as stack:
         archives: dict[Path, zipfile.ZipFile | tarfile.TarFile] = {}
         for ref in refs:
             try:
                 if ref.member is None:
-                    image = opened(ref.file)
+                    image = opened(ref.file, limits.max_image_pixels)
                 else:
+                    check_member_size(ref.size, limits)  # before a byte is read
                     if ref.file not in archives:
                         archives[ref.file] = stack.enter_context(open_archive(ref.file))
-                    image = opened(io.BytesIO(member_bytes(archives[ref.file], ref.member)))
-                pixels = image_pixels(image, spec)
+                    with member_stream(archives[ref.file], ref.member) as stream:
+                        image = opened(stream, limits.max_image_pixels)
+                yield ref, image_pixels(image, spec)
+            except TooLarge as e:
+                yield ref, str(e)
             except (*DECODE_ERRORS, *ARCHIVE_ERRORS):
-                pixels = None
-            yield ref, pixels
+                yield ref, ""
 
 
 def open_archive(path: Path) -> zipfile.ZipFile | tarfile.TarFile:
     return zipfile.ZipFile(path) if path.name.lower().endswith(".zip") else tarfile.open(path)
 
 
-def member_bytes(archive: zipfile.ZipFile | tarfile.TarFile, member: str) -> bytes:
+def member_stream(archive: zipfile.ZipFile | tarfile.TarFile, member: str) -> io.IOBase:
+    """An archive member as a binary stream: it yields at most the member's stated size."""
     if isinstance(archive, zipfile.ZipFile):
-        return archive.read(member)
-    return archive.extractfile(member).read()
+        return archive.open(member)  # zipfile stops at the stated size and checks the CRC
+    return archive.extractfile(member)
 
 
-def opened(file) -> Image.Image:
+def opened(file, max_pixels: int) -> Image.Image:
     """The image in `file` (a path or a binary stream), read whole now: a truncated file fails
-    here, not later."""
-    with Image.open(file) as img:
+    here, not later; one over `max_pixels` (H × W) is refused before its pixels are read."""
+    with open_image(file, max_pixels) as img:
         img.load()
         return img
 
@@ -144,6 +162,7 @@ def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top
     readable image by softmax probability (flip TTA: of its logits averaged with its mirror's)."""
     k = min(top_k, len(trained.classes))
     model = trained.normalized().to(device)
+    limits = limits_of(trained.config["data"])
     rows, skipped, names, pixels = [], [], [], []
 
     def label_batch() -> None:
@@ -158,10 +177,10 @@ def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top
         pixels.clear()
 
     with progress_bar(len(refs), "predict", show_bars) as bar:
-        for ref, image in read_pixels(refs, trained.spec):
+        for ref, image in read_pixels(refs, trained.spec, limits):
             bar.update()
-            if image is None:
-                skipped.append(ref.name)
+            if isinstance(image, str):
+                skipped.append(printable(ref.name) + (f" ({image})" if image else ""))
                 continue
             names.append(ref.name)
             pixels.append(image)
@@ -182,5 +201,5 @@ def write_csv(predictions: Predictions, path: Path) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(predictions.header)
-    writer.writerows(predictions.rows)
+    writer.writerows(csv_row(row) for row in predictions.rows)
     write_text(path, text.getvalue())

@@ -1,0 +1,30 @@
+"""Text from received files (class and file names) made safe to show: log lines and CSV cells."""
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection page).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def printable(name) -> str:
+    """`name` on one line as it is, its unprintable characters (newline, tab, escape, bidi
+    controls) escaped as Python writes them: `a\\nb` for a name holding a newline."""
+    text = str(name)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def csv_cell(value):
+    """`value` safe to open in a spreadsheet: text that starts like a formula gets a leading `'`;
+    numbers, and text that reads as a number (`-0.5`), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def csv_row(values) -> list:
+    """csv_cell of each value of a row (a list), in order."""
+    return [csv_cell(v) for v in values]
