@@ -9,6 +9,7 @@ from rich.table import Table
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
+from cnntrain.core.files import refuse_link
 from cnntrain.reporting.console import console
 from cnntrain.trained.load import load_trained
 from cnntrain.trained.predict import TOP_K, Predictions, find_images, predict, write_csv
@@ -39,6 +40,7 @@ def main() -> None:
         fail(f"--top-k {args.top_k}: give a number of classes ≥ 1")
     log_to_console()
     try:
+        refuse_link(args.out)  # now, not after the work (writing it refuses it too)
         trained = load_trained(args.run)
         refs = find_images(args.paths)
         predictions = predict(

@@ -5,6 +5,7 @@ and take rank 0's run folder (cnntrain/distributed/). `trainer.devices=N` starts
 N times through torch's elastic launcher instead of training here.
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -28,9 +29,10 @@ from cnntrain.config.resumed import (
     resumed_config,
 )
 from cnntrain.config.rules import validate
+from cnntrain.core.checkpoint import run_folder, written_entries
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
-from cnntrain.core.files import write_text
+from cnntrain.core.files import refuse_links, write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.core.schema import CONF_DIR
 from cnntrain.reporting.console import config_tree, console
@@ -59,6 +61,23 @@ def check_resume_arguments(args: list[str]) -> None:
             )
 
 
+# Overrides naming an existing folder the command writes into: the run it continues, or a run
+# or sweep folder given outright.
+WRITTEN_FOLDERS = ("resume", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def check_written_folders(args: list[str]) -> None:
+    """Before Hydra opens train.log there: refuse an existing folder this command writes into
+    that holds a link (core.files.refuse_links); a received run folder is untrusted input."""
+    for arg in args:
+        value = override_value(arg)
+        if override_key(arg) in WRITTEN_FOLDERS and value:
+            try:
+                refuse_links(run_folder(value), written_entries(run_folder(value)))
+            except UserError as e:
+                fail(str(e))
+
+
 def run(cfg: DictConfig) -> float:
     """Hydra's task function: one run, or one job of a sweep. A plain module-level function (the
     decorated `hydra_main` wraps it) so that launchers running jobs in other processes (joblib,
@@ -81,7 +100,8 @@ def run(cfg: DictConfig) -> float:
         if not multirun:
             fail(str(e))
         # In a sweep one bad combination must not end the others: record it, go on.
-        write_text(Path(HydraConfig.get().runtime.output_dir) / "error.txt", f"{e}\n")
+        with contextlib.suppress(UserError):  # a full disk: the line below says it all the same
+            write_text(Path(HydraConfig.get().runtime.output_dir) / "error.txt", f"{e}\n")
         print(f"cnntrain: job {HydraConfig.get().job.num} failed: {e}", file=sys.stderr, flush=True)
         return math.nan
     except Exception as e:  # under torchrun: this rank stops because another one did
@@ -150,6 +170,7 @@ def main() -> None:
     """The `cnntrain` console script."""
     args = sys.argv[1:]
     check_resume_arguments(args)
+    check_written_folders(args)
     if distributed.world().size > 1 and ("-m" in args or "--multirun" in args):
         fail("-m under torchrun would run the whole sweep in every process; sweep without torchrun")
     # -m sweeps, --help, --cfg…: Hydra's own; each sweep job still validates in train().

@@ -9,6 +9,7 @@ of training batches so far (loop.global_step), so a resumed run purges what the 
 after its checkpoint (`purge_step`) and TensorBoard reads exactly one value per step.
 """
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, folder: str = "tensorboard", images: bool = True):
         self.folder, self.images = folder, images  # folder: inside the run folder
+        self.writer = None  # made by on_fit_start, which a run that fails early never reaches
 
     def on_fit_start(self, loop) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported only when tracking
 
         path = loop.run_dir / self.folder
         resumed = loop.global_step > 0
+        quiet_writer_threads()
         try:
             # After a resume, steps past the checkpoint's were written by the killed run: purge.
             self.writer = SummaryWriter(
@@ -74,7 +77,26 @@ class TensorBoardLogger(Callback):
                     self.writer.add_image(f"plots/{name}", rgb(png), at, dataformats="HWC")
 
     def on_close(self, loop, status: str) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def quiet_writer_threads() -> None:
+    """TensorBoard writes from a thread of its own, which prints a traceback when a write fails
+    (a full disk), then hands the error to the writer's next call here, which Loop.emit turns
+    into one warning (the tracker stops, the run goes on): keep that thread quiet. Other
+    threads' errors print as before."""
+    if getattr(threading.excepthook, "quiets_tensorboard", False):
+        return
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        writer_thread = type(args.thread).__module__.startswith("tensorboard.")
+        if not (writer_thread and isinstance(args.exc_value, OSError)):
+            default(args)
+
+    hook.quiets_tensorboard = True
+    threading.excepthook = hook
 
 
 def rgb(png: Path) -> np.ndarray:

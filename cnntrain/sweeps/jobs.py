@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnntrain.config.resumed import resumed_config
-from cnntrain.core.checkpoint import LAST, checkpoint_path
+from cnntrain.core.checkpoint import LAST, RUN_ENTRIES, checkpoint_path, run_folder
+from cnntrain.core.files import refuse_links
 
 log = logging.getLogger("cnntrain")
 JOB_LOCK = ".job.lock"  # in the job folder, held while the job runs (the OS drops it if it dies)
@@ -30,6 +31,7 @@ def sweep_job(cfg: DictConfig) -> Iterator[DictConfig]:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     at_once = jobs_at_once(hydra_cfg.launcher)
+    refuse_links(job_dir, RUN_ENTRIES)  # a requeued or retried job writes into its folder again
     with FileLock(job_dir / JOB_LOCK), requeue_when_preempted():
         cfg = continued(cfg, job_dir, list(hydra_cfg.overrides.task))
         limit_cpu_share(cfg, cpu_share(hydra_cfg.launcher, at_once))
@@ -67,7 +69,12 @@ def continued(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> DictConfi
     if not cfg.resume and requeued(job_dir):
         log.info("requeued: continuing %s from its last checkpoint", job_dir)
         cfg.resume = str(job_dir)
-    return resumed_config(cfg, overrides) if cfg.resume else cfg
+    if not cfg.resume:
+        return cfg
+    refuse_links(
+        run_folder(cfg.resume), RUN_ENTRIES
+    )  # `resume=` may name a folder other than the job's
+    return resumed_config(cfg, overrides)
 
 
 def preemption_signal() -> int | None:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
-from cnntrain.core.files import write_json
+from cnntrain.core.files import refuse_links, write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.metrics import split_metrics
@@ -59,6 +59,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     split when none); the new folder RUN_DIR/eval/<time>/ holding what was written."""
     started = time.perf_counter()
     check_eval_overrides(overrides)
+    refuse_links(run_folder(source), ["eval"])  # a received run's eval/ may be a link out of it
     trained = load_trained(source)
     cfg = eval_config(trained.config, fresh, overrides)
     device = select_device(cfg.trainer.device)

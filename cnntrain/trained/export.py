@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.errors import UserError
-from cnntrain.core.files import atomic_write
+from cnntrain.core.files import atomic_write, refuse_link, refuse_links
 from cnntrain.data import load_evaluation_split
 from cnntrain.trained.eval import eval_config
 from cnntrain.trained.load import Normalized, TrainedModel, load_trained, unit_range
@@ -79,13 +79,17 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exporte
     (default RUN_DIR/export/<FILE_NAMES[fmt]>); a file that fails its check is not kept."""
     if fmt == "onnx":
         require_onnx()
+    if out is None:
+        refuse_links(run_folder(source), ["export"])  # a received run's export/ may be a link
+        out = run_folder(source) / "export" / FILE_NAMES[fmt]
+    out = Path(out)
+    refuse_link(out)  # now, not after the work (atomic_write refuses it too)
     trained = load_trained(source)
     model = trained.normalized()
     images, checked_on = check_images(trained, fresh)
     pixels = unit_range(images)  # (n, C, H, W) in [0, 1]
     with torch.no_grad():
         expected = model(pixels)
-    out = Path(out) if out else run_folder(str(trained.checkpoint)) / "export" / FILE_NAMES[fmt]
     write, run = WRITERS[fmt]
     difference = float("nan")
 
@@ -143,7 +147,10 @@ def write_torchscript(model: Normalized, example: torch.Tensor, path: Path, meta
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path), _extra_files=meta)
+        # Through a Python file: given a path, torch's C++ writer aborts the whole process when the
+        # disk is full or the file too large; a Python file raises OSError instead.
+        with open(path, "wb") as f:
+            torch.jit.save(traced, f, _extra_files=meta)
 
 
 def run_torchscript(path: Path, pixels: torch.Tensor) -> torch.Tensor:
