@@ -137,7 +137,13 @@ def metric(key: str, value) -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON object in the file at `path`; None when it is missing or holds no JSON object (a
+    received folder's file may hold anything: the report goes on without it)."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_yaml(path: Path):

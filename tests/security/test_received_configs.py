@@ -238,3 +238,23 @@ def test_a_run_written_before_these_checks_evaluates_predicts_and_resumes(tmp_pa
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 4
     run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path, timeout=BOUND_S * 2)
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "name, content, refused",
+    [
+        ("results.json", "{", False),  # not JSON: the report goes on without it
+        (".hydra/config.yaml", "!!python/object/apply:pathlib.Path.touch [MARKER]", False),
+        ("results.json", '{"test/acc": 0.5, "classes": 3}', True),  # JSON, not cnntrain's
+    ],
+)
+def test_a_report_of_a_received_folder_reads_its_files_as_data(tmp_path, name, content, refused):
+    run = Path(shutil.copytree(RUN_BEFORE, tmp_path / "run"))
+    marker = tmp_path / "PWNED"
+    (run / name).write_text(content.replace("MARKER", str(marker)))
+    proc = tool("report", str(run), cwd=tmp_path)
+    if refused:
+        one_line_refusal(proc, str(run), "not as cnntrain writes it")
+    else:
+        assert proc.returncode == 0 and (run / "report.html").is_file(), proc.stderr
+    assert not marker.exists()
