@@ -30,20 +30,38 @@ def may_change_on_resume(key: str) -> bool:
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config to continue `cfg.resume` with: the saved run's (checked as data: see
     core/schema.py), changed only by those of `overrides` (command-line `key=value`s) that name
-    RESUMABLE_KEYS; this machine's paths, and the trackers and callbacks of this command. Keys
-    this version has and the saved run did not (it was started by an older cnntrain) take
-    today's defaults of the groups it chose. Nothing else of the run folder is read: its
-    .hydra/ files are what anyone could have written."""
+    RESUMABLE_KEYS; this machine's paths, the callbacks of this command and the trackers of
+    `trackers`. Keys this version has and the saved run did not (it was started by an older
+    cnntrain) take today's defaults of the groups it chose. Nothing else of the run folder is
+    read: its .hydra/ files are what anyone could have written."""
     path = checkpoint_file(cfg.resume, LAST, "resume")
-    saved = saved_config(load_checkpoint(path), path)
+    state = load_checkpoint(path)
+    saved = saved_config(state, path)
     changes = [o.lstrip("+") for o in overrides if override_key(o) in RESUMABLE_KEYS]
     base = composed_with(tuple(chosen_options(saved)))
     resumed = OmegaConf.merge(base, OmegaConf.create(saved), OmegaConf.from_dotlist(changes))
     resumed.paths = cfg.paths
-    for group in WATCHING_GROUPS:
-        resumed[group] = cfg.get(group) or {}
+    resumed.logger = trackers(cfg, overrides, state["config"].get("logger"))
+    resumed.callbacks = cfg.get("callbacks") or {}
     resumed.resume = cfg.resume
     return resumed
+
+
+def trackers(cfg: DictConfig, overrides: list[str], saved_logger):
+    """The trackers a resumed run reports to: those its command line names (`logger=…`,
+    `logger.*=…`; `logger=none` turns them off), else the saved run's own (`saved_logger`), so
+    that `cnntrain resume=RUN`, as the interrupt message says, goes on tracking where the run
+    did. Of a saved run only the options' names are read, and each is set up as today's
+    conf/logger/ file sets it on this machine: a received file's tracker settings (an MLflow
+    tracking URI) would send the run elsewhere."""
+    if any(override_key(o).split(".", 1)[0] == "logger" for o in overrides):
+        return cfg.get("logger") or {}
+    known = {path.stem for path in (CONF_DIR / "logger").glob("*.yaml")} - {"none"}
+    names = sorted(n for n in saved_logger if n in known) if isinstance(saved_logger, dict) else []
+    if not names:
+        return {}
+    chosen = composed_with((f"logger=[{','.join(names)}]",)).logger
+    return OmegaConf.to_container(chosen, resolve=False)  # interpolations resolve in the run's
 
 
 # The groups a saved config names its option of, and the key that names it there.

@@ -12,8 +12,8 @@ from cnntrain.core.errors import UserError
 
 # The repository's conf/, through the cnntrain/conf link (a copy of it in an installed wheel).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# Groups that watch a run without changing it (trackers, callbacks): a resumed run takes them from
-# its own command line, and a config read back from a file never builds them (they are dropped).
+# Groups that watch a run without changing it (trackers, callbacks): a config read back from a
+# file never builds them (they are dropped; a resumed run reads its trackers' names alone).
 WATCHING_GROUPS = ("logger", "callbacks")
 SCALARS = (str, int, float, bool, type(None))
 # What every command reading a saved config builds from it: the network.

@@ -15,11 +15,11 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from cnntrain.config.resumed import chosen_options
+from cnntrain.config.resumed import chosen_options, resumed_config
 from cnntrain.core.checkpoint import BEST, LAST, checkpoint_path, load_checkpoint, saved_config
 from cnntrain.core.errors import UserError
 from cnntrain.sweeps.pruning import PRUNER_ATTR
-from tests.conftest import REPO, make_image_folder, read_jsonl, run_cli
+from tests.conftest import REPO, compose_config, make_image_folder, read_jsonl, run_cli
 
 BOUND_S = 120  # s: any one command here; a refusal comes before any training
 
@@ -258,3 +258,27 @@ def test_a_report_of_a_received_folder_reads_its_files_as_data(tmp_path, name, c
     else:
         assert proc.returncode == 0 and (run / "report.html").is_file(), proc.stderr
     assert not marker.exists()
+
+
+def test_a_resumed_run_keeps_its_trackers_by_name_with_this_machines_settings(
+    finished_run, tmp_path
+):
+    """`cnntrain resume=RUN` tracks where the run did (its trackers' names), set up as today's
+    conf/logger/ says: a received tracking URI is not taken; the command line's `logger=` wins."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    poison_checkpoint(
+        checkpoint_path(run, LAST),
+        lambda config: config["logger"].update(
+            mlflow={"_target_": "cnntrain.loggers.mlflow.MLflowLogger",
+                    "tracking_uri": "http://attacker.example", "experiment_name": "x",
+                    "log_checkpoints": True},
+            mine={"_target_": "my.Tracker"},
+        ),
+    )  # fmt: skip
+    resumed = resumed_config(compose_config(f"resume={run}"), [f"resume={run}"])
+    assert sorted(resumed.logger) == ["mlflow", "tensorboard"]
+    assert "attacker" not in str(resumed.logger.mlflow.tracking_uri)
+    assert resumed.logger.mlflow.log_checkpoints is False
+    for override, names in (("logger=none", []), ("logger=mlflow", ["mlflow"])):
+        cfg = compose_config(f"resume={run}", override)
+        assert sorted(resumed_config(cfg, [f"resume={run}", override]).logger) == names
