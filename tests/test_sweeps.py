@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 from cnntrain.config.resolvers import run_token
 from cnntrain.core.errors import UserError
 from cnntrain.sweeps.jobs import cpu_share, free_slot, jobs_at_once, usable_cores
-from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED
-from hydra_plugins.cnntrain_optuna_sweeper._space import grid_points, search_space
+from hydra_plugins.cnntrain_optuna_sweeper._search import INTERRUPTED, Search
+from hydra_plugins.cnntrain_optuna_sweeper._space import build_sampler, grid_points, search_space
 from tests.conftest import CONF, REPO, make_image_folder, read_jsonl, train_here
 
 TIMEOUT_S = 240  # any one sweep command here; a hang fails the test instead of the suite
@@ -142,6 +142,25 @@ def test_the_search_space_reads_hydra_optuna_sweepers_syntax():
         grid_points(space)
     with pytest.raises(UserError, match="needs a search space"):
         search_space(["model=simplecnn"])
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_continued_study_draws_new_parameters(tmp_path, sampler):
+    """The same command again in the same sweep folder continues the study: its sampler, seeded
+    as the first sweep's, must not replay that sweep's draws (trials with equal parameters)."""
+    space, _ = search_space(["optimizer.lr=tag(log, interval(1e-3, 1e-1))",
+                             "data.batch_size=choice(16, 32, 64, 128)"])  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    drawn = []
+    for _ in range(2):  # a sweep of 3 trials, then the same command continuing it
+        search = Search(launcher=None, sweep_dir=tmp_path, fixed=[], metric="best_val/acc",
+                        url=url, study_name="s")  # fmt: skip
+        search.open(build_sampler(sampler, search.continued_seed(0), space), "maximize", "none")
+        for _ in range(3):
+            trial = search.study.ask(space)
+            search.study.tell(trial, 0.5)
+            drawn.append(tuple(sorted(trial.params.items())))
+    assert len(set(drawn)) == len(drawn) == 6
 
 
 def test_a_job_reports_every_epoch_to_its_trial_and_stops_when_pruned(image_root, tmp_path):

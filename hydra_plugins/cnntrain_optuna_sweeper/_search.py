@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cnntrain.cli.common import fail
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
+from cnntrain.core.seeds import derived_seed
 from cnntrain.sweeps.jobs import job_is_running
 from cnntrain.sweeps.pruning import PRUNER_ATTR, build_pruner, open_storage
 from hydra_plugins.cnntrain_optuna_sweeper._plots import write_study_plots
@@ -65,7 +66,7 @@ def run_search(
             url=storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
             study_name=study_name or str(sweep_dir),
         )  # fmt: skip
-        search.open(build_sampler(sampler, seed, space), direction, pruner)
+        search.open(build_sampler(sampler, search.continued_seed(seed), space), direction, pruner)
         total = min(n_trials, grid_size(space)) if sampler == "grid" else n_trials
         search.recover()
         while (to_go := total - len(counted(search.study))) > 0:
@@ -128,6 +129,19 @@ class Search:
         self.launcher, self.sweep_dir, self.fixed, self.metric = launcher, sweep_dir, fixed, metric
         self.url, self.study_name = url, study_name
         self.storage = open_storage(url)
+
+    def continued_seed(self, seed: int | None) -> int | None:
+        """The sampler's seed for this sweep of the study: `seed` for a new study; for one that
+        already holds N trials, a seed derived from both. A sampler seeded as before would
+        replay its first draws, and a continued study would repeat its trials' parameters."""
+        try:
+            study_id = self.storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return seed
+        held = len(self.storage.get_all_trials(study_id, deepcopy=False))
+        if seed is None or held == 0:
+            return seed
+        return derived_seed(seed, held) % 2**32  # numpy's RandomState, under Optuna, takes 32 bits
 
     def open(self, sampler, direction: str, pruner) -> None:
         """Create the study, or load it to continue; keep the pruner for the jobs to build."""
