@@ -6,9 +6,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnntrain.core.errors import UserError
-from cnntrain.data.decode import channel_stats
+from cnntrain.data.decode import channel_stats, decode_file
 from cnntrain.data.sources import open_image_folder, read_idx
 from cnntrain.data.splits import epoch_order, seeded_subset, stratified_split
 from tests.conftest import (
@@ -194,3 +195,18 @@ def test_a_cutout_larger_than_the_images_is_refused_before_training(tmp_path, lo
         "data.augment.cutout=20 is not valid for 20×24 images; "
         "use a side smaller than 20 px (0 = off)"
     )
+
+
+def test_16_bit_and_transparent_images_decode_as_a_viewer_shows_them(tmp_path):
+    """A 16-bit PNG is scaled to 8 bits, not clipped (PIL's convert gave values 185–255, mean
+    ~255); transparent pixels show the white background, not the colour they hide."""
+    ramp = (np.arange(4 * 256).reshape(4, 256) * 64).astype(np.uint16)  # 0 … 65472
+    Image.fromarray(ramp).save(tmp_path / "scan16.png")
+    grey = decode_file(str(tmp_path / "scan16.png"), 1, (4, 256))
+    assert grey.min() == 0 and grey.max() == 255
+    assert abs(float(grey.mean()) - ramp.mean() / 257) < 1  # ≈ 127, the ramp's own middle
+    rgba = np.zeros((1, 3, 4), np.uint8)
+    rgba[0] = [[255, 0, 0, 0], [0, 0, 0, 128], [10, 20, 30, 255]]  # hidden red, half black, opaque
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "icon.png")
+    pixels = decode_file(str(tmp_path / "icon.png"), 3, (1, 3))[:, 0].T
+    assert pixels.tolist() == [[255, 255, 255], [127, 127, 127], [10, 20, 30]]

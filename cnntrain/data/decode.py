@@ -17,17 +17,50 @@ from cnntrain.data.limits import open_image
 from cnntrain.data.sources import ImageSource
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when the decoding below changes meaning
+CACHE_FORMAT = (
+    2  # bump when the decoding below changes meaning (2: 16-bit scaled, alpha composited)
+)
 MODES = {1: "L", 3: "RGB"}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+# Pillow's modes of more than 8 bits per value, as PNG and TIFF files open: what `convert` would
+# clip to 255 rather than scale (a 16-bit scan came out almost white).
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+BACKGROUND = (255, 255, 255)  # what shows through transparent pixels: white, as a viewer shows it
+
+
 def conform(img: Image.Image, channels: int, size: tuple[int, int]) -> Image.Image:
-    """PIL image of any mode and size → the configured channels (L or RGB) and (H, W) size."""
-    img = img.convert(MODES[channels])  # palette, RGBA, CMYK, 16-bit… all end as L or RGB
+    """PIL image of any mode and size → the configured channels (L or RGB) and (H, W) size.
+
+    16- and 32-bit values are scaled to 8 bits by the image's own range, not clipped;
+    transparent pixels (RGBA, LA, a palette's transparency) are composited onto BACKGROUND,
+    not left as whatever colour they hold underneath; palette and CMYK convert as usual."""
+    if img.mode in WIDE_MODES:
+        img = eight_bits(img)
+    elif img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        img.alpha_composite(rgba)
+    img = img.convert(MODES[channels])
     if img.size != (size[1], size[0]):  # PIL sizes are (W, H)
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return img
+
+
+def eight_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as 8-bit L, scaled by its range: 16-bit modes, and
+    "I" whose values fit 16 bits (how 16-bit PNGs open in older Pillows), by 0…65535; float
+    ("F") within [0, 1] by 0…1; anything larger by its own maximum."""
+    values = np.asarray(img, dtype=np.float64)
+    peak = values.max(initial=0)
+    if img.mode == "F" and peak <= 1:
+        top = 1.0
+    elif img.mode != "F" and (img.mode.startswith("I;16") or peak <= 65535):
+        top = 65535.0
+    else:
+        top = max(peak, 1.0)
+    return Image.fromarray(np.clip(np.rint(values * (255 / top)), 0, 255).astype(np.uint8))
 
 
 def to_pixels(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
