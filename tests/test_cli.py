@@ -190,3 +190,20 @@ def test_report_of_an_interrupted_run_can_be_rebuilt(copied_run):
     assert proc.returncode == 0, proc.stderr
     html = (run / "report.html").read_text()
     assert "did not finish" in html and "last completed epoch 2" in html
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "report", "summary"])
+def test_every_command_answers_help(command, tmp_path):
+    """`cnntrain --help` says what cnntrain does, its groups and options, examples and the other
+    commands (Hydra's help template: --cfg and --hydra-help keep working), without the whole
+    config; every cnntrain-* command answers --help with exit status 0; none makes a folder."""
+    module = "cnntrain" if command == "train" else f"cnntrain.cli.{command}"
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    name = "cnntrain" if command == "train" else f"cnntrain-{command}"
+    assert proc.stdout.startswith(f"usage: {name}" if command != "train" else "cnntrain: train")
+    if command == "train":
+        assert "model: alexnet, cifar10cnn" in proc.stdout and "cnntrain-predict RUN" in proc.stdout
+        assert "memory_budget_gb" not in proc.stdout  # the config is for --cfg job
+    assert list(tmp_path.iterdir()) == []

@@ -1,9 +1,8 @@
 """`cnntrain-report PATH`: (re)build report.html of a run or sweep folder."""
 
-import sys
 from pathlib import Path
 
-from cnntrain.cli.common import fail
+from cnntrain.cli.common import ArgumentParser, fail
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_links
 from cnntrain.core.safe_text import printable
@@ -11,12 +10,16 @@ from cnntrain.reporting.console import console
 from cnntrain.reporting.report import build_report, is_sweep_folder
 from cnntrain.reporting.sweep_table import write_sweep_summary
 
+DESCRIPTION = """(Re)build report.html of a cnntrain run folder (finished or not: results, curves,
+plots, per-epoch and per-class tables, config) or of a multirun sweep folder (summary.csv and
+the ranked jobs), from the files in it."""
+
 
 def main() -> None:
     """`cnntrain-report PATH`: (re)build report.html of a run or sweep folder, finished or not."""
-    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-        fail("usage: cnntrain-report PATH (a run folder, or a multirun sweep folder)")
-    folder = Path(sys.argv[1])
+    parser = ArgumentParser(prog="cnntrain-report", description=DESCRIPTION)
+    parser.add_argument("folder", type=Path, metavar="PATH", help="a run or sweep folder")
+    folder = parser.parse_args().folder
     try:
         refuse_links(folder)  # a received run or sweep folder: no link out of it
         if is_sweep_folder(folder):

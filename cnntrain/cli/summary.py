@@ -1,8 +1,6 @@
 """`cnntrain-summary [overrides…]`: the layer table of the model a config would train."""
 
-import sys
-
-from cnntrain.cli.common import fail, preflight
+from cnntrain.cli.common import ArgumentParser, fail, preflight
 from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
 from cnntrain.data import input_spec
@@ -10,11 +8,18 @@ from cnntrain.models import build_model, data_defaults
 from cnntrain.reporting.console import console
 from cnntrain.reporting.layer_table import layers_table, summarize_layers
 
+DESCRIPTION = """The layer table of the model that `cnntrain KEY=VALUE…` would train, without
+training or reading data: each layer's output shape, parameters (trainable or frozen), receptive
+field and multiply-adds, e.g. `cnntrain-summary model=resnet model.depth=56`."""
+
 
 def main() -> None:
     """`cnntrain-summary [overrides…]`: the layer table of the model the config would train."""
+    parser = ArgumentParser(prog="cnntrain-summary", description=DESCRIPTION)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args()
     register_resolvers()
-    cfg = preflight([*sys.argv[1:], "paths.output_dir=unused"])
+    cfg = preflight([*args.overrides, "paths.output_dir=unused"])
     try:
         spec, _ = input_spec(cfg, data_defaults(cfg.model) or {})
         model = build_model(cfg.model, spec)
