@@ -21,6 +21,7 @@ from cnntrain.cli import eval as eval_cli
 from cnntrain.cli import export as export_cli
 from cnntrain.cli import predict as predict_cli
 from cnntrain.core.checkpoint import load_checkpoint
+from cnntrain.core.files import write_json
 from cnntrain.data import load_evaluation_split
 from cnntrain.trained.eval import eval_config
 from cnntrain.trained.export import WRITERS, export_run, run_torchscript
@@ -150,11 +151,32 @@ def test_predict_without_readable_images_or_checkpoint_is_one_line(
     assert not (tmp_path / "predictions.csv").exists()
 
 
+def test_predict_never_replaces_an_existing_csv_unless_told(trained, tmp_path, monkeypatch, capsys):
+    run, root, _ = trained
+    out = tmp_path / "predictions.csv"
+    out.write_text("yesterday's labels\n")
+    status, _, stderr = run_main(predict_cli.main, monkeypatch, capsys, run, root / "test",
+                                 "--out", out)  # fmt: skip
+    assert status == 2 and stderr.count("\n") == 1 and "--overwrite" in stderr
+    assert out.read_text() == "yesterday's labels\n"
+    status, _, stderr = run_main(predict_cli.main, monkeypatch, capsys, run, root / "test",
+                                 "--out", out, "--overwrite")  # fmt: skip
+    assert status == 0, stderr
+    assert out.read_text().startswith("path,prediction,probability")
+
+
+def test_json_keeps_class_names_as_written(tmp_path):
+    write_json(tmp_path / "results.json", {"classes": ["avión", "猫"]})
+    assert '"avión"' in (tmp_path / "results.json").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "results.json").read_bytes())["classes"] == ["avión", "猫"]
+
+
 def test_eval_on_the_runs_own_test_split_reproduces_its_results(trained, monkeypatch, capsys):
     run, _, results = trained
     status, stdout, stderr = run_main(eval_cli.main, monkeypatch, capsys, run)
     assert status == 0, stderr
     folder = Path(stdout.splitlines()[-1])
+    assert stdout.splitlines()[-2].startswith(f"test accuracy {results['test/acc']:.2%}")
     assert folder.parent == run / "eval"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(-\d+)?", folder.name)
     scored = json.loads((folder / "results.json").read_text())

@@ -1,5 +1,7 @@
 """`cnntrain-eval RUN_DIR [overrides…]`: test a run's best weights on its test split or new data."""
 
+import json
+
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
 from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
@@ -28,7 +30,16 @@ def main() -> None:
         folder = evaluate_run(args.run, fresh, args.overrides)
     except UserError as e:
         fail(str(e))
+    print(accuracy_line(json.loads((folder / "results.json").read_bytes())), flush=True)
     print(folder, flush=True)
+
+
+def accuracy_line(results: dict) -> str:
+    """What the evaluation measured, in one line (the folder follows, as the last line)."""
+    line = f"test accuracy {results['test/acc']:.2%}, balanced {results['test/balanced_acc']:.2%}"
+    if "test/top5_acc" in results:
+        line += f", top-5 {results['test/top5_acc']:.2%}"
+    return f"{line}, loss {results['test/loss']:.4f} on {results['test/count']:,} images"
 
 
 if __name__ == "__main__":

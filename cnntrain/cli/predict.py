@@ -35,12 +35,17 @@ def main() -> None:
                         "or the model's class count if smaller)")  # fmt: skip
     parser.add_argument("--tta", action="store_true",
                         help="average each image's logits with its mirror image's")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it exists (else that is refused)")  # fmt: skip
     args = parser.parse_args()
     if args.top_k < 1:
         fail(f"--top-k {args.top_k}: give a number of classes ≥ 1")
     log_to_console()
     try:
         refuse_link(args.out)  # now, not after the work (writing it refuses it too)
+        if args.out.exists() and not args.overwrite:
+            raise UserError(f"--out {args.out} exists; give another --out FILE, or --overwrite "
+                            "to replace it")  # fmt: skip
         trained = load_trained(args.run)
         refs = find_images(args.paths)
         predictions = predict(

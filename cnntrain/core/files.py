@@ -121,8 +121,11 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    """`text` as UTF-8, whatever the locale (class names in any script), atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """`data` as indented JSON in UTF-8, non-ASCII text as it is (`"avión"`, not `"avi\\u00f3n"`);
+    read it back with `json.loads(path.read_bytes())`, which takes UTF-8 whatever the locale."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

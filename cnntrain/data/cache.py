@@ -139,7 +139,7 @@ def publish_folder(entry: Path, folder: Path) -> Path:
 def load_json(path: Path):
     """The JSON value cached at `path`, or None (with a warning) if it cannot be parsed."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
         log.warning("cache file %s is unreadable (%s); computing it again", path, e)
         return None

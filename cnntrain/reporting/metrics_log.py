@@ -41,7 +41,7 @@ def to_csv(rows: list[dict]) -> str:
 def read_rows(path: Path) -> list[dict]:
     """Rows of a metrics.jsonl; a torn last line (a crash mid-write of an old file) is skipped."""
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

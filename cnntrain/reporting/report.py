@@ -92,7 +92,8 @@ def section(title: str, body: str) -> str:
 
 def preformatted(title: str, path: Path) -> str:
     """A text file verbatim in a <pre>, or nothing when the file is missing."""
-    return section(title, f"<pre>{esc(path.read_text())}</pre>\n") if path.is_file() else ""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+    return section(title, f"<pre>{esc(text)}</pre>\n") if text is not None else ""
 
 
 def page(title: str, body: str) -> str:
@@ -140,7 +141,7 @@ def read_json(path: Path) -> dict | None:
     """The JSON object in the file at `path`; None when it is missing or holds no JSON object (a
     received folder's file may hold anything: the report goes on without it)."""
     try:
-        data = json.loads(path.read_text()) if path.is_file() else None
+        data = json.loads(path.read_bytes()) if path.is_file() else None
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None

@@ -38,7 +38,7 @@ def job_row(job_dir: Path) -> dict:
     row = {"job": job_dir.name, "overrides": " ".join(settings), "status": "incomplete"}
     results_file = job_dir / "results.json"
     if results_file.exists():
-        r = json.loads(results_file.read_text())
+        r = json.loads(results_file.read_bytes())
         row.update({k: r.get(k) for k in ("test/acc", "best_epoch", "train_time_s")})
         row["val/acc"] = r.get("best_val/acc")
         row["status"] = "pruned" if r.get("stopped_by") == "pruned" else "completed"

@@ -112,7 +112,7 @@ def outcome(job_dir: Path, metric: str) -> tuple[TrialState, float | None, str]:
         error = job_dir / "error.txt"
         reason = error.read_text().strip() if error.is_file() else "no results.json"
         return TrialState.FAIL, None, f"failed: {reason}"
-    results = json.loads(results_file.read_text())
+    results = json.loads(results_file.read_bytes())
     if results.get("stopped_by") == "pruned":
         return TrialState.PRUNED, None, f"pruned after epoch {results.get('epochs')}"
     value = results.get(metric)
