@@ -1,5 +1,6 @@
-"""Learning-rate schedules: each option's shape, and a resumed run given more epochs continues
-its schedule smoothly to the new end (no error, no jump up, no second warm-up)."""
+"""Learning-rate schedules: each option's shape, and a resumed run given more epochs follows the
+plan made for its new length from where it is (timm's rule): its added epochs train, decaying
+to the end value at the new last step, with no second warm-up."""
 
 import io
 import itertools
@@ -46,23 +47,28 @@ def resumed(option: str, first_epochs: int, done: int, epochs: int, *overrides: 
     return before, rates(optimizer, scheduler, epochs * STEPS - done)
 
 
-@pytest.mark.parametrize("option", ["cosine", "onecycle"])
-def test_a_longer_resumed_run_stretches_the_rest_of_the_schedule(option):
-    _, plan = schedule(option, 2)
-    planned = rates(plan.optimizer, plan, 2 * STEPS)
-    before, after = resumed(option, first_epochs=2, done=15, epochs=4)
-    assert before == pytest.approx(planned[:15])
-    assert after[0] == pytest.approx(planned[15])  # the next step's lr is unchanged
-    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))  # never up again
-    assert len(after) == 4 * STEPS - 15
-    assert after[-1] == pytest.approx(planned[-1])  # at the new last step: the end of the plan
-    assert after[-2] > planned[-1]  # and not before it
-    assert max(after) < max(planned) + 1e-12  # no second warm-up
+@pytest.mark.parametrize("option", ["cosine", "onecycle", "triangle"])
+@pytest.mark.parametrize("done", [15, 2 * STEPS])  # stopped in epoch 2 of 2, or finished
+def test_a_longer_resumed_run_follows_the_plan_for_its_new_length(option, done, caplog):
+    _, short = schedule(option, 2)
+    _, long = schedule(option, 4)
+    planned = rates(long.optimizer, long, 4 * STEPS)
+    with caplog.at_level(logging.INFO):
+        before, after = resumed(option, first_epochs=2, done=done, epochs=4)
+    assert before == pytest.approx(rates(short.optimizer, short, 2 * STEPS)[:done])
+    assert after == pytest.approx(planned[done:])  # the 4-epoch plan, from where the run is
+    assert after[0] > 0.2 * max(planned)  # the added epochs train…
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))  # …decaying, no warm-up
+    assert f"re-planned for {4 * STEPS} steps (was {2 * STEPS}): at step {done}" in caplog.text
 
 
-def test_a_longer_cosine_run_resumed_at_an_epoch_boundary_keeps_decaying():
-    before, after = resumed("cosine", first_epochs=2, done=2 * STEPS, epochs=4)
-    assert after[0] < before[-1] and after[-1] < 0.01  # no warm restart: down towards min_lr
+def test_a_warm_up_longer_than_half_the_run_is_cut_to_half_of_it(caplog):
+    with caplog.at_level(logging.WARNING):
+        optimizer, scheduler = schedule("cosine", 2, "scheduler.warmup_epochs=5")
+    used = rates(optimizer, scheduler, 2 * STEPS)
+    assert scheduler.warmup_steps == STEPS and max(used) == pytest.approx(0.1)
+    assert used[-1] < 0.01  # the run ends decayed, not at the peak learning rate
+    assert "scheduler.warmup_epochs=5 does not fit a run of 2 epoch(s)" in caplog.text
 
 
 @pytest.mark.parametrize("option", ["step", "none"])
@@ -84,7 +90,7 @@ def test_the_same_length_changes_nothing():
 @pytest.mark.parametrize("option", ["cosine", "onecycle", "step", "none"])
 def test_a_run_resumed_with_more_epochs_continues_its_schedule(option, loader, tmp_path, caplog):
     """Stopped by SIGINT mid-epoch 2 of 2, resumed with trainer.epochs=4: no error, and the
-    per-epoch learning rate goes on as the schedule says, without jumping back up."""
+    per-epoch learning rate goes on as the plan for 4 epochs says (down after the warm-up)."""
     root = make_image_folder(tmp_path / "data", per_class=16)
     run = tmp_path / "run"
     step_size = ["scheduler.step_size=1"] if option == "step" else []  # epochs
@@ -105,6 +111,4 @@ def test_a_run_resumed_with_more_epochs_continues_its_schedule(option, loader, t
     else:
         assert all(b < a for a, b in itertools.pairwise(lrs[1:]))  # past the warm-up: down only
         # 4 steps an epoch: stopped after step 1 of epoch 2, i.e. 6 steps done of 8 planned.
-        assert "schedule stretched: from step 6 it reaches its end at step 16 instead of 8" in (
-            caplog.text
-        )
+        assert "schedule re-planned for 16 steps (was 8): at step 6" in caplog.text

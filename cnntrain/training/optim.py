@@ -3,9 +3,11 @@
 Every schedule is stepped once per optimizer step, so StepLR's `step_size` epochs become
 `step_size × steps_per_epoch` steps (the article's per-epoch StepLR, the same lr per epoch), and
 cosine and one-cycle change smoothly every step. A schedule that runs to an end (cosine,
-one-cycle) is planned over the whole run; when a resumed run is given more epochs, `resize`
-stretches what is left of the plan over the new length: the next step's learning rate is the one
-the old plan gave, and the end value is reached at the new last step (no jump, no warm-up again).
+one-cycle) is planned over the whole run; when a resumed run is given another length, `resize`
+makes the plan for the new length and the run follows it from where it is (timm's rule): one
+change of rate at the resume point, said in the log, then a decay to the end value at the new
+last step — a finished run given more epochs trains them. A warm-up longer than half the run is
+cut to half of it, said in the log.
 """
 
 import inspect

@@ -51,8 +51,8 @@ def restore_trainable(model: torch.nn.Module, saved: dict) -> None:
 
 
 def restore(saved: dict, path: Path, loop, total_steps: int) -> None:
-    """Put `saved` back into `loop`: weights, optimizer, schedule (stretched to `total_steps`
-    when the run got more epochs), loss scaler, EMA, RNGs, progress and callbacks' states."""
+    """Put `saved` back into `loop`: weights, optimizer, schedule (re-planned for `total_steps`
+    when the run got another length), loss scaler, EMA, RNGs, progress and callbacks' states."""
     parts = loop.parts
     check_compatible(saved, loop.model, path)
     loop.model.load_state_dict(saved["model"])

@@ -1,5 +1,6 @@
 """Learning-rate schedules, stepped once per optimizer step and planned over the whole run; a
-resumed run given more epochs stretches what is left of the plan (`resize`)."""
+resumed run given another length follows the plan made for that length from where it is
+(`resize`, as timm does)."""
 
 import logging
 import math
@@ -10,34 +11,36 @@ log = logging.getLogger(__name__)
 
 
 class Schedule(lr_scheduler.LRScheduler):
-    """A learning rate per optimizer step, `rate(base_lr, planned_step)`; subclasses give `rate`.
-
-    `planned_step` is where in its plan of `planned_steps` steps the run is. It equals the step
-    count until `resize` stretches the rest of a run (`stretches`: schedules that run to an end).
-    Everything here is plain numbers, so the state dict loads with `weights_only=True`.
+    """A learning rate per optimizer step, `rate(base_lr, step)` over a plan of `total_steps`
+    steps; subclasses give `rate`. Everything here is plain numbers, so the state dict loads
+    with `weights_only=True`.
     """
 
     name = ""
-    stretches = False
+    runs_to_an_end = False  # the rate depends on the run's length (cosine, one-cycle)
 
     def __init__(self, optimizer, *, total_steps: int, steps_per_epoch: int, warmup_epochs=0.0):
         self.total_steps = total_steps  # optimizer steps in the whole run
-        self.planned_steps = total_steps  # steps the plan was made for
-        self.anchor = (0, 0.0)  # (step, planned step): steps after it map linearly to the end
-        self.warmup_steps = min(total_steps - 1, round(warmup_epochs * steps_per_epoch))
         self.steps_per_epoch = steps_per_epoch
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = self.fitted_warmup()
         super().__init__(optimizer)
 
-    def planned_step(self, step: int) -> float:
-        if not self.stretches:
-            return float(step)
-        start, planned = self.anchor  # then the last step of the run is the plan's last step
-        left = self.total_steps - 1 - start
-        return planned + (step - start) * (self.planned_steps - 1 - planned) / max(1, left)
+    def fitted_warmup(self) -> int:
+        """`warmup_epochs` in steps, at most half of the run: a warm-up as long as the run would
+        end it at the peak learning rate, never decayed (said in one line)."""
+        wanted = round(self.warmup_epochs * self.steps_per_epoch)
+        steps = min(wanted, self.total_steps // 2)
+        if steps < wanted:
+            log.warning(
+                "scheduler.warmup_epochs=%g does not fit a run of %g epoch(s): warming up over "
+                "its first half (%g epoch(s)) instead", self.warmup_epochs,
+                self.total_steps / self.steps_per_epoch, steps / self.steps_per_epoch,
+            )  # fmt: skip
+        return steps
 
     def get_lr(self) -> list[float]:
-        step = self.planned_step(self.last_epoch)
-        return [self.rate(base, step) for base in self.base_lrs]
+        return [self.rate(base, float(self.last_epoch)) for base in self.base_lrs]
 
     def warmup_factor(self, step: float) -> float:
         """Linear ramp from 1/W to 1 over the W warm-up steps (torch's LinearLR), then 1."""
@@ -45,22 +48,34 @@ class Schedule(lr_scheduler.LRScheduler):
         return 1.0 if step >= w else 1 / w + (1 - 1 / w) * step / w
 
     def resize(self, total_steps: int) -> None:
-        """On resume with another `trainer.epochs`: the run now has `total_steps` steps."""
+        """On resume with another `trainer.epochs`: the run now has `total_steps` steps and
+        follows the plan made for that length from where it is, as timm does. A schedule that
+        runs to an end (cosine, one-cycle) thus changes its rate at this step once, said in one
+        line; then it decays over the added epochs to its end value at the new last step (a
+        finished run given more epochs trains them, rather than staying at the end value).
+        Step and constant schedules go on as a longer run would."""
         if total_steps == self.total_steps:
             return
-        step = self.last_epoch
-        if self.stretches:
-            self.anchor = (step, self.planned_step(step))
-            log.info(
-                "%s schedule stretched: from step %d it reaches its end at step %d instead of %d",
-                self.name, step, total_steps, self.total_steps,
-            )  # fmt: skip
+        was, planned = self.get_lr()[0], self.total_steps
         self.total_steps = total_steps
+        self.warmup_steps = self.fitted_warmup()
+        self.apply_rates()
+        if self.runs_to_an_end:
+            log.info(
+                "%s schedule re-planned for %d steps (was %d): at step %d the learning rate "
+                "goes from %.3g to %.3g, then decays to its end at the new last step",
+                self.name, total_steps, planned, self.last_epoch, was,
+                self._last_lr[0],
+            )  # fmt: skip
 
     def take_back(self, steps: int) -> None:
         """The optimizer skipped the last `steps` of the steps counted (fp16 overflows): count
         them out, so the plan follows the steps taken, and set the learning rates again."""
         self.last_epoch -= steps
+        self.apply_rates()
+
+    def apply_rates(self) -> None:
+        """Set the optimizer's learning rates to the plan's at the current step."""
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
@@ -98,7 +113,7 @@ class Cosine(Schedule):
     """Warm-up, then cosine decay from the optimizer's lr to `min_lr` at the run's last step."""
 
     name = "cosine"
-    stretches = True
+    runs_to_an_end = True
 
     def __init__(self, optimizer, *, min_lr: float = 0.0, **schedule):
         self.min_lr = min_lr
@@ -107,7 +122,7 @@ class Cosine(Schedule):
     def rate(self, base: float, step: float) -> float:
         if step < self.warmup_steps:
             return base * self.warmup_factor(step)
-        span = max(1, self.planned_steps - self.warmup_steps)  # torch's T_max after warm-up
+        span = max(1, self.total_steps - self.warmup_steps)  # torch's T_max after warm-up
         done = (step - self.warmup_steps) / span
         return self.min_lr + (base - self.min_lr) * (1 + math.cos(math.pi * done)) / 2
 
@@ -117,7 +132,7 @@ class OneCycle(Schedule):
     up to lr over `pct_start` of the run, then down to lr/(div_factor·final_div_factor)."""
 
     name = "onecycle"
-    stretches = True
+    runs_to_an_end = True
 
     def __init__(
         self, optimizer, *, pct_start, div_factor, final_div_factor, anneal_strategy, **schedule
@@ -128,10 +143,10 @@ class OneCycle(Schedule):
 
     def rate(self, base: float, step: float) -> float:
         start, end = base / self.div_factor, base / (self.div_factor * self.final_div_factor)
-        peak_step = self.pct_start * self.planned_steps - 1  # torch's phase boundary
+        peak_step = self.pct_start * self.total_steps - 1  # torch's phase boundary
         if step <= peak_step:
             return self.anneal(start, base, step / max(peak_step, 1e-9))
-        last = self.planned_steps - 1
+        last = self.total_steps - 1
         return self.anneal(base, end, (step - peak_step) / max(last - peak_step, 1e-9))
 
     def anneal(self, start: float, end: float, done: float) -> float:
