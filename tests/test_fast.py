@@ -246,7 +246,9 @@ def test_triangle_ends_at_its_end_factor_also_when_a_resumed_run_is_longer():
         schedule.step()
     assert lrs[0] == pytest.approx(0.4) and max(lrs) == pytest.approx(2.0)
     assert lrs[-1] == pytest.approx(0.14)  # 0.07 × 2.0 at the run's last step
-    assert all(a >= b for a, b in itertools.pairwise(lrs[22:]))  # no jump at the resize
+    assert all(a >= b for a, b in itertools.pairwise(lrs[22:50]))
+    assert lrs[50] > lrs[49]  # the plan for 160 steps from step 50: one change, up…
+    assert all(a >= b for a, b in itertools.pairwise(lrs[50:]))  # …then down to the end
 
 
 @pytest.mark.parametrize(
