@@ -8,6 +8,7 @@ and rank 0 alone fills the run folder (distributed/).
 """
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.splits import seeded_subset
 from cnntrain.metrics import class_counts, class_weights, split_metrics
 from cnntrain.models import build_model, data_defaults, init_from
+from cnntrain.models.transfer import architecture
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
 from cnntrain.reporting.plots import write_run_plots
 from cnntrain.reporting.progress import progress_bars_enabled
@@ -93,9 +95,10 @@ def train(cfg: DictConfig) -> float:
         restore(saved, resume_path, loop, cfg.trainer.epochs * steps)
     if compile_mode(cfg.trainer.compile):
         loop.compile_s = warm_up(loop.parts, loop.eval_model, data, cfg, world.size)
-    log_start(cfg, data, model, arithmetic, run_dir)
     counts = class_counts(data.train.targets, data.classes)
-    log_class_balance(counts)
+    if world.is_main:  # once, not once per process
+        log_start(cfg, data, model, arithmetic, run_dir)
+        log_class_balance(counts)
     if world.is_main:
         write_layer_summary(summarize_layers(model, shape), run_dir)
     try:
@@ -199,10 +202,9 @@ def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Pat
         f"{data.test.count:,} {data.test_name}"
     )
     log.info("data: %s from %s (%s); %s loader", cfg.data.name, data.origin, sizes, data.loader)
-    params = sum(p.numel() for p in model.parameters())
     dtype = str(arithmetic.dtype).removeprefix("torch.") if arithmetic.dtype else "float32"
-    log.info("model: %s, %s parameters; device %s, %s; run folder %s", cfg.model.name,
-             f"{params:,}", arithmetic.device, dtype, run_dir)  # fmt: skip
+    log.info("model: %s; device %s, %s; run folder %s", model_line(cfg.model, model),
+             arithmetic.device, dtype, run_dir)  # fmt: skip
     world = distributed.world()
     if world.size > 1:
         log.info("%d processes (%d on this machine), backend %s, %d CPU thread(s) each; "
@@ -211,12 +213,34 @@ def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Pat
                  cfg.data.batch_size // world.size)  # fmt: skip
 
 
+def model_line(model_cfg, model: torch.nn.Module) -> str:
+    """`torchvision resnet50 with weights IMAGENET1K_V2, 25,557,032 parameters (2,049,000
+    trainable)`: the architecture, the pretrained weights it started from, what trains."""
+    weights = model_cfg.get("weights")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"{architecture(model_cfg)}{f' with weights {weights}' if weights else ''}, "
+            f"{total:,} parameters ({trainable:,} trainable)")  # fmt: skip
+
+
+def imbalanced(counts: dict[str, int]) -> bool:
+    """More imbalance than drawing from balanced classes explains: the largest class over
+    IMBALANCE_RATIO × the smallest, and apart by more than the range of K class counts drawn at
+    random (about 2·√(2 ln K) standard deviations, √ of the mean count; 2 more for margin). A
+    random subset of a balanced set (data.max_train_samples: every smoke run draws 41 to 62
+    images a class of 512) is not imbalanced; 54 against 11 is."""
+    largest, smallest = max(counts.values()), min(counts.values())
+    noise = math.sqrt(sum(counts.values()) / len(counts))
+    spread = 2 * math.sqrt(2 * math.log(max(2, len(counts)))) + 2
+    return largest > IMBALANCE_RATIO * max(1, smallest) and largest - smallest > spread * noise
+
+
 def log_class_balance(counts: dict[str, int]) -> None:
     """Print the class histogram; warn (naming the remedies) when the data is imbalanced."""
     shown = ", ".join(f"{printable(c)} {n:,}" for c, n in counts.items())
     log.info("training images per class: %s", shown)
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
-    if counts[largest] > IMBALANCE_RATIO * max(1, counts[smallest]):
+    if imbalanced(counts):
         log.warning(
             "imbalanced training data: %r has %d images, %r only %d (%.1f×); remedies: "
             "loss.class_weights=auto (inverse-frequency loss weights) or data.sampler=balanced "
