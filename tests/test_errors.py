@@ -1,6 +1,7 @@
 """Bad input: one line naming the key, value or path and the fix; exit 2; no traceback."""
 
 import errno
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 
 from cnntrain.cli import train as cli_train
 from cnntrain.config.rules import validate
-from cnntrain.core import checkpoint
+from cnntrain.core import checkpoint, extras
 from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model
@@ -256,3 +257,22 @@ def test_divergence_points_to_the_last_good_checkpoint_and_never_saves_a_nan(tmp
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and (last["progress"]["epoch"], last["progress"]["step"]) == (1, 0)
     assert all(torch.isfinite(w).all() for w in last["model"].values())
+
+
+def test_a_missing_extra_is_one_line_naming_the_pip_command(monkeypatch, capsys, tmp_path):
+    """logger=mlflow, a joblib or submitit launcher, the Optuna sweeper without their packages:
+    one line naming the pip command that fits the install, before any data or model is built."""
+    found = importlib.util.find_spec
+    missing = ("mlflow", "optuna", "hydra_plugins.hydra_joblib_launcher")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in missing else found(name, *a))  # fmt: skip
+    with pytest.raises(UserError, match=r"^logger=mlflow needs mlflow, which is not installed: "
+                                        r"pip install -e '\.\[mlflow\]'"):  # fmt: skip
+        validate(compose_config("logger=[tensorboard,mlflow]"))
+    for args in (["-m", "hydra/launcher=joblib"], ["-m", "hparams_search=fashion_optuna"]):
+        with pytest.raises(SystemExit) as stop:
+            cli_train.check_plugins(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "[sweeps]" in err, err
+    monkeypatch.setattr(extras, "CHECKOUT", tmp_path)  # as installed from a wheel
+    assert extras.install_command("onnx") == "pip install 'cnntrain[onnx]'"

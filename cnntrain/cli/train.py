@@ -32,6 +32,7 @@ from cnntrain.config.rules import validate
 from cnntrain.core.checkpoint import run_folder, written_entries
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
+from cnntrain.core.extras import require
 from cnntrain.core.files import refuse_links, write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.core.schema import CONF_DIR
@@ -74,6 +75,29 @@ def check_written_folders(args: list[str]) -> None:
         if override_key(arg) in WRITTEN_FOLDERS and value:
             try:
                 refuse_links(run_folder(value), written_entries(run_folder(value)))
+            except UserError as e:
+                fail(str(e))
+
+
+# Hydra plugins a command line may choose, the module each needs, and the extra holding it.
+PLUGINS = {
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps"),
+    "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
+    "hydra/sweeper=optuna": ("optuna", "sweeps"),
+    "hparams_search=fashion_optuna": ("optuna", "sweeps"),  # its sweeper is Optuna
+}
+
+
+def check_plugins(args: list[str]) -> None:
+    """Before Hydra looks for them: a launcher or sweeper whose package is missing is one line
+    naming the pip command (Hydra says "Could not find 'hydra/launcher/joblib'" or "Unknown
+    plugin class")."""
+    for arg in args:
+        if arg.lstrip("+") in PLUGINS:
+            module, extra = PLUGINS[arg.lstrip("+")]
+            try:
+                require(module, extra, arg.lstrip("+"))
             except UserError as e:
                 fail(str(e))
 
@@ -169,6 +193,7 @@ warnings.filterwarnings(
 def main() -> None:
     """The `cnntrain` console script."""
     args = sys.argv[1:]
+    check_plugins(args)
     check_resume_arguments(args)
     check_written_folders(args)
     if distributed.world().size > 1 and ("-m" in args or "--multirun" in args):

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cnntrain.core.checks import boolean, check, format_value, integer, number, one_of, optional
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
+from cnntrain.core.extras import require
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
@@ -170,6 +171,21 @@ def validate(cfg: DictConfig) -> None:
         )
     check_model_options(cfg.model)
     check_scheduler_name(cfg.scheduler)
+    check_installed(cfg)
+
+
+# What a config may choose that needs an extra: (target or model name, module, extra).
+NEEDS_EXTRA = [("cnntrain.loggers.mlflow.MLflowLogger", "mlflow", "mlflow")]
+
+
+def check_installed(cfg: DictConfig) -> None:
+    """Refuse a tracker whose package is not installed, in one line naming the pip command,
+    before any data or model is built."""
+    for name, tracker in (cfg.get("logger") or {}).items():
+        target = tracker.get("_target_") if isinstance(tracker, DictConfig) else None
+        for needing, module, extra in NEEDS_EXTRA:
+            if target == needing:
+                require(module, extra, f"logger={name}")
 
 
 def unknown_keys(cfg: DictConfig, reference: DictConfig, prefix: str = "") -> list[str]:

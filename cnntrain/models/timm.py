@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cnntrain.core.errors import UserError
+from cnntrain.core.extras import require
 from cnntrain.core.spec import InputSpec
 from cnntrain.models.registry import register
 from cnntrain.models.torchvision import (
@@ -40,12 +41,9 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads 
 
 
 def timm_module():
-    try:
-        import timm
-    except ImportError as e:
-        raise UserError(
-            "model=timm needs the timm package: pip install 'cnntrain[timm]' (or pip install timm)"
-        ) from e
+    require("timm", "timm", "model=timm")
+    import timm
+
     return timm
 
 

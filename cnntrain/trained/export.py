@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from cnntrain.core.checkpoint import run_folder
 from cnntrain.core.errors import UserError
+from cnntrain.core.extras import install_command
 from cnntrain.core.files import atomic_write, refuse_link, refuse_links
 from cnntrain.data import load_evaluation_split
 from cnntrain.trained.eval import eval_config
@@ -29,7 +30,7 @@ FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # un
 TOLERANCE = 1e-4  # largest |logit difference| from PyTorch's that an exported file may show
 CHECK_IMAGES = 8  # images of the run's test split the export is checked on
 TRACE_BATCH = 2  # images the network is traced with: the check's batch of 8 proves N is free
-ONNX_EXTRA = "pip install 'cnntrain[onnx]' (onnx, onnxscript, onnxruntime)"
+ONNX_EXTRA = f"{install_command('onnx')} (onnx, onnxscript, onnxruntime)"
 
 
 @dataclass

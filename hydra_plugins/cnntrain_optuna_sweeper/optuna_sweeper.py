@@ -22,10 +22,11 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from cnntrain.cli.common import fail
+        from cnntrain.core.extras import install_command
 
         try:
             from ._search import run_search
         except ImportError as e:
-            fail(f"hydra/sweeper=optuna needs Optuna ≥ 4 ({e}); pip install -e '.[sweeps]'")
+            fail(f"hydra/sweeper=optuna needs Optuna ≥ 4 ({e}); {install_command('sweeps')}")
         run_search(config=self.config, launcher=self.launcher, arguments=arguments,
                    **self.settings)  # fmt: skip
