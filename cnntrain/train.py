@@ -59,6 +59,10 @@ def train(cfg: DictConfig) -> float:
     distributed.check_devices(cfg.trainer.devices)
     distributed.check_batch_size(cfg.data.batch_size, world.size)
     run_dir = Path(cfg.paths.output_dir)
+    if world.is_main:  # first, before the data is read (minutes on a cold cache)
+        log.info("run folder %s: %s on %s, trainer.device=%s (the whole config: %s)", run_dir,
+                 architecture(cfg.model), cfg.data.name, cfg.trainer.device,
+                 run_dir / ".hydra" / "config.yaml")  # fmt: skip
     resume_path = checkpoint_file(cfg.resume, LAST, "resume") if cfg.resume else None
     saved = load_checkpoint(resume_path) if resume_path else None
     seed_everything(cfg.trainer.seed)  # the same on every rank: dropout draws alike everywhere

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from cnntrain.cli import train as cli_train
 from cnntrain.config.rules import validate
@@ -15,7 +16,7 @@ from cnntrain.core import checkpoint, extras
 from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model
-from tests.conftest import compose_config, run_cli, train_here
+from tests.conftest import compose_config, run_cli, run_folders, train_here
 
 
 @pytest.mark.parametrize(
@@ -276,3 +277,17 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(monkeypatch, capsys,
         assert stop.value.code == 2 and err.count("\n") == 1 and "[sweeps]" in err, err
     monkeypatch.setattr(extras, "CHECKOUT", tmp_path)  # as installed from a wheel
     assert extras.install_command("onnx") == "pip install 'cnntrain[onnx]'"
+
+
+def test_a_run_that_fails_after_its_folder_is_made_says_why_in_its_train_log(tmp_path):
+    root = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (root / "train" / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "a.png")
+    (root / "train" / "dog" / "b.png").write_bytes(b"not an image")
+    proc = run_cli("data=imagefolder", f"data.root={root}", "logger=none", cwd=tmp_path,
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2 and "dog" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    (run,) = run_folders(tmp_path)
+    log = (run / "train.log").read_text()
+    assert "[ERROR]" in log and "no readable images: dog" in log

@@ -6,6 +6,7 @@ N times through torch's elastic launcher instead of training here.
 """
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -36,7 +37,6 @@ from cnntrain.core.extras import require
 from cnntrain.core.files import refuse_links, write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.core.schema import CONF_DIR
-from cnntrain.reporting.console import config_tree, console
 from cnntrain.sweeps.jobs import sweep_job
 from cnntrain.train import train
 
@@ -115,12 +115,11 @@ def run(cfg: DictConfig) -> float:
         if cfg.resume:  # the saved run's config, read back (main() checked it too, unless an
             cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))  # -flag skipped it)
             validate(cfg)
-        if not multirun and distributed.world().is_main:
-            console.print(config_tree(cfg))
         return train(cfg)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        record_in_train_log(str(e))
         if not multirun:
             fail(str(e))
         # In a sweep one bad combination must not end the others: record it, go on.
@@ -132,6 +131,15 @@ def run(cfg: DictConfig) -> float:
         if not distributed.is_peer_failure(e) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(distributed.peer_failure_line(e), status=1)
+
+
+def record_in_train_log(message: str) -> None:
+    """The error that ends a run, in its train.log too (the console gets it from fail()): the
+    folder a failed run leaves says why it failed."""
+    record = logging.LogRecord("cnntrain", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def run_config(args: list[str]) -> DictConfig:
