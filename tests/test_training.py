@@ -2,17 +2,21 @@
 evaluation mode, BatchNorm folding, and bf16's CPU hazard."""
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from cnntrain.training import callbacks
 from cnntrain.training.ema import EMA
 from cnntrain.training.evaluate import evaluate
 from cnntrain.training.events import Callback
 from cnntrain.training.loop import Loop
 from cnntrain.training.precision import Arithmetic
+from cnntrain.training.state import RunState
 from cnntrain.training.step import Totals
 
 
@@ -199,3 +203,29 @@ def test_a_conv_strided_past_a_narrow_input_keeps_auto_precision_off_bf16_on_cpu
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
     assert autocast_dtype("bf16", cpu, "1") == torch.bfloat16  # asked for: kept, with a warning
     assert "convolution 1 is strided" in caplog.text
+
+
+def test_without_bars_progress_lines_say_the_epochs_and_the_runs_eta(monkeypatch, caplog):
+    """No terminal (nohup, `| tee`, Slurm): a line at most every progress_every_s seconds, at the
+    loop's loss reads, with images/s and the epoch's and the whole run's ETA."""
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    loop = SimpleNamespace(show_bars=False, state=RunState(), epochs=3,
+                           data=SimpleNamespace(train=[None] * 200),
+                           cfg=OmegaConf.create({"data": {"batch_size": 64}}))  # fmt: skip
+    lines = callbacks.ProgressLines(every_s=30)
+    with caplog.at_level(logging.INFO, logger="cnntrain"):
+        lines.on_fit_start(loop)
+        for seconds, step in ((25.0, 49), (50.0, 99)):  # 0.5 s a step
+            now[0] = seconds
+            lines.on_step(loop, 1, step, 1.23456, 0.1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 1/3 step 100/200  loss 1.2346  lr 1.00e-01  128 img/s  epoch ETA 50s  run ETA 4m10s"
+    ]  # 25 s had passed at step 50: under 30 s, no line yet
+    caplog.clear()
+    loop.show_bars = True  # a terminal: the bars say it
+    lines.on_fit_start(loop)
+    now[0] = 100.0
+    lines.on_step(loop, 1, 149, 1.0, 0.1)
+    assert not caplog.records
+    assert [callbacks.hms(s) for s in (45, 725, 3725)] == ["45s", "12m05s", "1h02m"]

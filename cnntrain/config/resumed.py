@@ -18,7 +18,8 @@ from cnntrain.core.schema import CONF_DIR, WATCHING_GROUPS
 
 # Keys a resumed run may change on the command line: train longer, move (to more or fewer
 # processes too), show bars or not.
-RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "trainer.progress")
+RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "trainer.progress",
+                  "trainer.progress_every_s")  # fmt: skip
 
 
 def may_change_on_resume(key: str) -> bool:

@@ -98,6 +98,7 @@ RULES = [
     ),
     ("trainer.checkpoint_every", integer(1), "an integer ≥ 1 (epochs)"),
     ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    ("trainer.progress_every_s", number(0), "a number of seconds ≥ 0 (0: no progress lines)"),
     ("trainer.plots", boolean, "true or false"),
     ("trainer.devices", integer(1), "an integer ≥ 1 (processes on this machine)"),
     ("trainer.sync_bn", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),

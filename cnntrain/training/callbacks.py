@@ -4,6 +4,7 @@ average the weights (Lookahead) and write checkpoints; the trackers (cnntrain/lo
 `callbacks.<name>._target_` of the config join them."""
 
 import logging
+import time
 
 import torch
 from hydra.utils import instantiate
@@ -29,16 +30,65 @@ class MetricsFiles(Callback):
 
 
 class EpochLine(Callback):
-    """One console (and train.log) line per epoch."""
+    """One console (and train.log) line per epoch, with the whole run's ETA: the wall time per
+    epoch of this process so far (evaluation included) times the epochs left."""
+
+    def on_fit_start(self, loop) -> None:
+        self.started, self.first_epoch = time.monotonic(), loop.state.epoch
 
     def on_epoch_end(self, loop, row: dict) -> None:
+        per_epoch = (time.monotonic() - self.started) / max(1, row["epoch"] - self.first_epoch)
+        left = loop.epochs - row["epoch"]
+        eta = f"  run ETA {hms(left * per_epoch)}" if left else ""
         log.info(
             "epoch %d/%d  train loss %.4f acc %5.2f%%  %s loss %.4f acc %5.2f%%  lr %.2e  %.1fs  "
-            "%s img/s",
+            "%s img/s%s",
             row["epoch"], loop.epochs, row["train/loss"], 100 * row["train/acc"], row["val/split"],
             row["val/loss"], 100 * row["val/acc"], row["lr"], row["epoch_time_s"],
-            f"{row['train/images_per_s']:,.0f}",
+            f"{row['train/images_per_s']:,.0f}", eta,
         )  # fmt: skip
+
+
+class ProgressLines(Callback):
+    """Progress without a terminal (nohup, `| tee`, Slurm, CI), where there are no bars: a line
+    at most every `every_s` seconds, at the loop's loss reads (every SYNC_EVERY steps), with
+    the running loss, the learning rate, images/s and the epoch's and the whole run's ETA."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s  # seconds between lines, at least
+
+    def on_fit_start(self, loop) -> None:
+        self.active = not loop.show_bars
+        self.mark = (time.monotonic(), loop.state.epoch + 1, loop.state.step)  # (s, epoch, step)
+        self.said = self.mark[0]
+
+    def on_step(self, loop, epoch: int, step: int, loss: float, lr: float) -> None:
+        now, (then, marked_epoch, marked_step) = time.monotonic(), self.mark
+        steps, done = len(loop.data.train), step + 1
+        if epoch != marked_epoch:  # a new epoch (evaluation came between): measure from here
+            self.mark = (now, epoch, done)
+            return
+        if not self.active or now - self.said < self.every_s or done <= marked_step:
+            return
+        per_step = (now - then) / (done - marked_step)  # s
+        epoch_left = (steps - done) * per_step
+        run_left = epoch_left + (loop.epochs - epoch) * steps * per_step
+        log.info(
+            "epoch %d/%d step %d/%d  loss %.4f  lr %.2e  %s img/s  epoch ETA %s  run ETA %s",
+            epoch, loop.epochs, done, steps, loss, lr,
+            f"{loop.cfg.data.batch_size / per_step:,.0f}", hms(epoch_left), hms(run_left),
+        )  # fmt: skip
+        self.said = now
+
+
+def hms(seconds: float) -> str:
+    """`45s`, `12m05s`, `3h07m`: a duration as people read it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class TargetAccuracy(Callback):
@@ -165,6 +215,8 @@ def build_callbacks(cfg, is_main: bool = True) -> dict[str, Callback]:
     get the stopping rule and the config's `callbacks.*`, which run on every rank (a callback
     that writes checks `loop.is_main`)."""
     callbacks = {"metrics_files": MetricsFiles(), "epoch_line": EpochLine()} if is_main else {}
+    if is_main and cfg.trainer.get("progress_every_s"):
+        callbacks["progress_lines"] = ProgressLines(cfg.trainer.progress_every_s)
     if cfg.trainer.target_accuracy is not None:
         callbacks["target_accuracy"] = TargetAccuracy(cfg.trainer.target_accuracy)
     callbacks["model_epoch"] = ModelEpoch()
