@@ -159,7 +159,9 @@ def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary_and_failed_
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "plots"]
     with open(sweep / "summary.csv") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[:5] == ["rank", "job", "optimizer", "optimizer.lr", "overrides"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     completed, failed = rows[:2], rows[2:]
     assert {r["overrides"] for r in completed} == {
@@ -177,8 +179,11 @@ def test_multirun_sweeps_into_numbered_folders_with_a_ranked_summary_and_failed_
         job = json.loads((sweep / r["job"] / "results.json").read_text())
         assert float(r["test/acc"]) == job["test/acc"]
     assert "sweep, best first" in proc.stdout
+    table = proc.stdout[proc.stdout.index("sweep, best first") :]
+    assert table.count("experiment=smoke") == 1  # what every job shares, said once
     html = (sweep / "report.html").read_text()
-    assert html.count("optimizer=sgd") >= 1 and html.count("optimizer=adam") >= 1
+    assert "every job: <code>experiment=smoke logger=none</code>" in html
+    assert html.count("experiment=smoke") == 1 and ">adam<" in html and ">sgd<" in html
     assert "data:image/png;base64," in html  # the swept optimizer against accuracy
 
 

@@ -11,9 +11,8 @@ import yaml
 from PIL import Image
 
 from cnntrain.core.errors import UserError
-from cnntrain.core.overrides import parse_overrides
-from cnntrain.reporting.report import build_report, swept_keys, write_sweep_report
-from cnntrain.reporting.sweep_table import sweep_rows
+from cnntrain.reporting.report import build_report, write_sweep_report
+from cnntrain.reporting.sweep_table import constant_settings, sweep_rows, swept_keys
 
 ODD_CLASS = "<cat> & dog"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -227,7 +226,7 @@ def test_sweep_report(tmp_path):
     assert jobs_in_table(page) == [r["job"] for r in sweep_rows(sweep)]
     assert "<td>85.00%</td><td>93.12%</td>" in page  # the best job's val and test accuracy
     assert "failed: diverged: loss is nan &amp; &lt;inf&gt;" in page
-    assert "model=&lt;odd&gt;" in page
+    assert "&lt;odd&gt;" in page and "<odd>" not in page  # model=<odd>, in its column, escaped
 
     plots = sorted(p.name for p in (sweep / "plots").iterdir())
     assert plots == ["sweep_model.png", "sweep_optimizer.lr.png"]  # trainer.epochs never varied
@@ -241,22 +240,11 @@ def test_sweep_report(tmp_path):
     assert "<a " not in page
 
 
-def test_parse_overrides():
-    text = "optimizer.lr=0.1 +trainer.tag=a=b ++x=1 model.widths=[64, 128] data=cifar10"
-    assert parse_overrides(text) == {
-        "optimizer.lr": "0.1",
-        "trainer.tag": "a=b",
-        "x": "1",
-        "model.widths": "[64, 128]",
-        "data": "cifar10",
-    }
-    assert parse_overrides("") == {}
-
-
-def test_swept_keys():
+def test_swept_keys_and_what_every_job_shares():
     settings = [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}, {"a": "2", "b": "x", "c": "y"}]
-    assert swept_keys(settings) == ["a", "c"]
-    assert swept_keys([{"a": "1"}]) == []
+    rows = [{"settings": s} for s in settings]
+    assert swept_keys(rows) == ["a", "c"] and constant_settings(rows) == "b=x"
+    assert swept_keys([{"settings": {"a": "1"}}]) == []
 
 
 def test_sweep_report_of_one_job(tmp_path):

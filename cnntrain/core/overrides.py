@@ -20,17 +20,3 @@ def is_group_choice(override: str) -> bool:
 def quoted(value: str) -> str:
     """`value` as a Hydra override value, whatever characters it holds."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """`a=1 +b=x c=[1, 2]` → {"a": "1", "b": "x", "c": "[1, 2]"} (values may contain spaces):
-    a sweep job's overrides, joined by spaces."""
-    settings: dict[str, str] = {}
-    key = None
-    for token in text.split():
-        if "=" in token:
-            key = override_key(token)
-            settings[key] = override_value(token)
-        elif key is not None:  # continues the previous value, split apart at its spaces
-            settings[key] += " " + token
-    return settings

@@ -11,10 +11,9 @@ import yaml
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
-from cnntrain.core.overrides import parse_overrides
 from cnntrain.reporting.metrics_log import read_rows
 from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
-from cnntrain.reporting.sweep_table import FINISHED, sweep_rows
+from cnntrain.reporting.sweep_table import FINISHED, constant_settings, sweep_rows, swept_keys
 
 CAPTIONS = {
     "curves": "Loss, accuracy and learning rate per epoch.",
@@ -314,12 +313,6 @@ def write_eval_report(eval_dir: Path) -> Path:
 # ---- sweep report ----
 
 
-def swept_keys(settings: list[dict[str, str]]) -> list[str]:
-    """Keys whose value differs between jobs (a job without the key counts as a value)."""
-    keys = list(dict.fromkeys(k for s in settings for k in s))
-    return [k for k in keys if len({s.get(k) for s in settings}) > 1]
-
-
 def plot_file_name(key: str) -> str:
     return "sweep_" + re.sub(r"[^\w.=-]+", "_", key) + ".png"
 
@@ -328,11 +321,11 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     """sweep_dir/report.html: the ranked jobs, accuracy against each swept key, job folders."""
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)  # best first
-    settings = [parse_overrides(r["overrides"]) for r in rows]
+    settings = [r["settings"] for r in rows]
     val_acc = [r.get("val/acc") if is_number(r.get("val/acc")) else None for r in rows]
     test_acc = [r.get("test/acc") if is_number(r.get("test/acc")) else None for r in rows]
     figures = []
-    for key in swept_keys(settings):
+    for key in swept_keys(rows):
         path = sweep_dir / "plots" / plot_file_name(key)
         values = [s.get(key, "(unset)") for s in settings]
         plot_sweep_param(key, values, val_acc, test_acc, path)
@@ -344,6 +337,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         f"<h1>sweep {esc(sweep_dir.name)}</h1>\n",
         f'<p class="subtitle">{esc(sweep_dir)} — {counts}</p>\n',
         section("jobs, best first (by validation accuracy)", jobs_table(rows)),
+        f"<p>every job: <code>{esc(constant_settings(rows) or 'nothing in common')}</code></p>\n",
         search_section(sweep_dir),
         section("swept settings", "".join(figures)) if figures else "",
         section("job folders", job_folders(sweep_dir, rows)),
@@ -388,12 +382,14 @@ def search_section(sweep_dir: Path) -> str:
 
 
 def jobs_table(rows: list[dict]) -> str:
-    header = ["rank", "job", "overrides", "val acc", "test acc", "best epoch", "time", "status"]
+    """The ranked jobs: a column per swept key (what every job shares is said once, below)."""
+    keys = swept_keys(rows)
+    header = ["rank", "job", *keys, "val acc", "test acc", "best epoch", "time", "status"]
     cells = [
         [
             r["rank"],
             r["job"],
-            r["overrides"],
+            *(r["settings"].get(k, "—") for k in keys),
             percent(r.get("val/acc")),
             percent(r.get("test/acc")),
             r.get("best_epoch") if r.get("best_epoch") is not None else "—",
@@ -403,7 +399,8 @@ def jobs_table(rows: list[dict]) -> str:
         for r in rows
     ]
     marks = ["" if r["status"] in FINISHED else "failed" for r in rows]
-    return table(header, cells, text_columns={2, 7}, row_classes=marks)
+    text = {*range(2, 2 + len(keys)), len(header) - 1}
+    return table(header, cells, text_columns=text, row_classes=marks)
 
 
 def job_folders(sweep_dir: Path, rows: list[dict]) -> str:

@@ -10,6 +10,7 @@ import yaml
 from rich.table import Table
 
 from cnntrain.core.files import write_text
+from cnntrain.core.overrides import override_key, override_value
 from cnntrain.core.safe_text import csv_cell
 
 COLUMNS = (
@@ -35,7 +36,8 @@ def job_row(job_dir: Path) -> dict:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     settings = [o for o in overrides if not o.startswith(WIRING)]
-    row = {"job": job_dir.name, "overrides": " ".join(settings), "status": "incomplete"}
+    row = {"job": job_dir.name, "overrides": " ".join(settings), "status": "incomplete",
+           "settings": {override_key(o): override_value(o) for o in settings}}  # fmt: skip
     results_file = job_dir / "results.json"
     if results_file.exists():
         r = json.loads(results_file.read_bytes())
@@ -65,24 +67,50 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Keys whose value differs between jobs (a job without the key counts as a value)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r["settings"]))
+    return [k for k in keys if len({r["settings"].get(k) for r in rows}) > 1]
+
+
+def constant_settings(rows: list[dict]) -> str:
+    """`key=value`s every job has alike: said once, not on every row."""
+    swept = set(swept_keys(rows))
+    first = rows[0]["settings"] if rows else {}
+    return " ".join(f"{k}={v}" for k, v in first.items() if k not in swept)
+
+
+def with_swept(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """The swept keys, and each row with one field per swept key (its value, or empty)."""
+    keys = swept_keys(rows)
+    return keys, [{**r, **{k: r["settings"].get(k, "") for k in keys}} for r in rows]
+
+
 def write_sweep_summary(sweep_dir: Path) -> list[dict]:
+    """summary.csv: COLUMNS with a column per swept key after `job` (`overrides` keeps each
+    job's whole command line, for scripts)."""
     rows = sweep_rows(sweep_dir)
+    keys, wide = with_swept(rows)
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n", extrasaction="ignore")
+    columns = [*COLUMNS[:2], *keys, *COLUMNS[2:]]
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in wide)
     write_text(sweep_dir / "summary.csv", out.getvalue())
     return rows
 
 
 def sweep_table(rows: list[dict]) -> Table:
-    table = Table(title="sweep, best first (by validation accuracy)")
-    for column in COLUMNS:
-        table.add_column(
-            column, justify="right" if column not in ("overrides", "status") else "left"
-        )
-    for row in rows:
-        table.add_row(*(cell(row.get(c)) for c in COLUMNS))
+    """The console's table: a column per swept key; what every job shares, once, below."""
+    keys, wide = with_swept(rows)
+    shared = constant_settings(rows)
+    table = Table(title="sweep, best first (by validation accuracy)",
+                  caption=f"every job: {shared}" if shared else None)  # fmt: skip
+    columns = [*COLUMNS[:2], *keys, *(c for c in COLUMNS[2:] if c != "overrides")]
+    for column in columns:
+        table.add_column(column, justify="left" if column in (*keys, "status") else "right")
+    for row in wide:
+        table.add_row(*(cell(row.get(c)) for c in columns))
     return table
 
 
