@@ -24,7 +24,7 @@ from bench.common import (
     std,
     train_images_per_s,
 )
-from cnntrain.data.sources import open_splits
+from cnntrain.data.known import open_splits
 
 
 def cifar_folder(cache_dir: str, data_dir: str) -> str:

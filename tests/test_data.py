@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import datasets as tvd
 
 from cnntrain.core.errors import UserError
 from cnntrain.data.decode import channel_stats, decode_file
-from cnntrain.data.sources import open_image_folder, read_idx
+from cnntrain.data.known import open_splits, read_idx
+from cnntrain.data.sources import open_image_folder
 from cnntrain.data.splits import epoch_order, seeded_subset, stratified_split
 from tests.conftest import (
     FASHION_DIR,
@@ -210,3 +212,17 @@ def test_16_bit_and_transparent_images_decode_as_a_viewer_shows_them(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "icon.png")
     pixels = decode_file(str(tmp_path / "icon.png"), 3, (1, 3))[:, 0].T
     assert pixels.tolist() == [[255, 255, 255], [127, 127, 127], [10, 20, 30]]
+
+
+def test_a_failed_download_says_why_in_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """data.download=true with no network: the network's reason, not "set data.download=true"
+    (it is), and no empty MNIST/raw left in the data folder."""
+    monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there
+    (tmp_path / "mine.txt").write_text("kept")
+    cfg = compose_config("data=mnist", f"paths.data_dir={tmp_path}", "data.download=true")
+    with pytest.raises(UserError) as refused:
+        open_splits(cfg.data, str(tmp_path), str(tmp_path / "cache"))
+    message = str(refused.value)
+    assert message.startswith(f"data.download=true could not download MNIST into {tmp_path}")
+    assert "refused" in message.lower() and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]

@@ -19,11 +19,11 @@ from cnntrain.data.augment.batch import batch_augment
 from cnntrain.data.augment.flip import alternating_flip
 from cnntrain.data.augment.options import Options, check_cutout_fits
 from cnntrain.data.augment.pil import pil_pipeline
+from cnntrain.data.known import open_evaluation_data, open_splits
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.normalization import normalization
 from cnntrain.data.selection import Choice, Part, cap, partition, readable_parts
 from cnntrain.data.shape import choose_loader, input_shape
-from cnntrain.data.sources import open_evaluation_data, open_splits
 from cnntrain.data.splits import balanced_weights
 from cnntrain.distributed import SINGLE, World
 
@@ -109,7 +109,7 @@ def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
     channels and size, its `mean`/`std`), never the data's own statistics, and labelled with
     the model's class indices, matched by name to `classes` (a subset of them is fine, a class
     the model does not know is a UserError). Data without a train/ split
-    (sources.open_evaluation_data) is tested on whole."""
+    (known.open_evaluation_data) is tested on whole."""
     d = cfg.data
     found = open_evaluation_data(d, cfg.paths.data_dir, cfg.paths.cache_dir)
     to_model = model_class_indices(found.classes, classes)

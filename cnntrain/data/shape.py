@@ -10,8 +10,9 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.safe_text import printable
 from cnntrain.core.spec import InputSpec
 from cnntrain.data import decode
+from cnntrain.data.known import open_splits
 from cnntrain.data.limits import open_image
-from cnntrain.data.sources import ImageSource, Splits, open_splits
+from cnntrain.data.sources import ImageSource, Splits
 from cnntrain.data.splits import seeded_subset
 
 log = logging.getLogger(__name__)

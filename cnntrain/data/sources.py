@@ -1,18 +1,10 @@
-"""Where images come from: torchvision datasets, offline copies, idx files and ImageFolder trees.
+"""Where images come from: `ImageSource` and `Splits`, ImageFolder trees and archives of them.
 
 Every source ends up as `Splits`: the class names plus, per split, an `ImageSource` holding the
-labels and either decoded pixels (array-backed sets) or image files (ImageFolder trees).
-
-How a known dataset (`data.name`) is looked for, first match wins:
-1. `data.root`, when set: an ImageFolder folder or archive (then the name only labels the run);
-2. torchvision's own format under `paths.data_dir` (e.g. `cifar-10-batches-py/`);
-3. an offline copy under `paths.data_dir`: an ImageFolder tree or archive (`cifar10-jpeg.tar.gz`)
-   for the CIFAR sets, the four raw idx `.gz` files (`fashion-mnist/`) for the MNIST sets,
-   also where Debian's `dataset-*` packages install them (`/usr/share/datasets/...`);
-4. a torchvision download into `paths.data_dir` when `data.download` is true.
+labels and either decoded pixels (array-backed sets) or image files (ImageFolder trees). The
+datasets cnntrain knows by name are looked for in data/known.py.
 """
 
-import gzip
 import hashlib
 import logging
 import shutil
@@ -23,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from cnntrain.core.errors import UserError
@@ -34,7 +25,6 @@ from cnntrain.data.limits import (
     capped_data_filter,
     default_limits,
     fits,
-    limits_of,
     open_image,
 )
 from cnntrain.data.walk import image_files
@@ -84,106 +74,6 @@ class Splits:
     fingerprint: str = field(default="")  # changes when the files change
 
 
-@dataclass(frozen=True)
-class KnownDataset:
-    torchvision_class: type
-    folder_names: tuple[str, ...] = ()  # offline ImageFolder copies (folder or archive stem)
-    idx_dirs: tuple[str, ...] = ()  # offline raw idx copies (relative to data_dir, or absolute)
-
-
-KNOWN = {
-    "cifar10": KnownDataset(tvd.CIFAR10, folder_names=("cifar10-jpeg", "cifar10")),
-    "cifar100": KnownDataset(tvd.CIFAR100, folder_names=("cifar100-jpeg", "cifar100")),
-    "mnist": KnownDataset(tvd.MNIST, idx_dirs=("mnist", "/usr/share/datasets/mnist")),
-    "fashion_mnist": KnownDataset(
-        tvd.FashionMNIST, idx_dirs=("fashion-mnist", "/usr/share/datasets/fashion-mnist")
-    ),
-}
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
-    """Find the dataset `data_cfg.name` (or the folder `data_cfg.root`) and open its splits."""
-    if data_cfg.root:
-        return open_image_folder(
-            Path(data_cfg.root).expanduser(), Path(cache_dir), limits_of(data_cfg)
-        )
-    name = data_cfg.name
-    if name not in KNOWN:
-        raise UserError(
-            f"data.name={name!r} has no built-in source; set data.root to an ImageFolder "
-            f"folder or archive, or use one of: {', '.join(KNOWN)}"
-        )
-    known, root = KNOWN[name], Path(data_dir).expanduser()
-    tried = [f"{root} (torchvision format)"]
-    found = open_torchvision(known.torchvision_class, root, download=False)
-    for stem in () if found else known.folder_names:
-        tried.append(f"{root / stem}[{'|'.join(ARCHIVE_SUFFIXES)}]")
-        for candidate in [root / stem, *(root / (stem + s) for s in ARCHIVE_SUFFIXES)]:
-            if candidate.exists():
-                return open_image_folder(candidate, Path(cache_dir), limits_of(data_cfg))
-    for folder in () if found else known.idx_dirs:
-        candidate = root / folder  # an absolute `folder` stays absolute
-        tried.append(str(candidate))
-        if all((candidate / f).is_file() for pair in IDX_FILES.values() for f in pair):
-            return open_idx_folder(candidate, known.torchvision_class.classes)
-    if not found and data_cfg.download:
-        found = download_torchvision(known.torchvision_class, root, tried)
-    if not found:
-        raise UserError(
-            f"data.name={name!r}: no copy found (tried {'; '.join(tried)}); set "
-            f"CNNTRAIN_DATA_DIR or paths.data_dir to a folder holding one, or data.download=true"
-        )
-    return found
-
-
-def open_torchvision(cls: type, root: Path, download: bool) -> Splits | None:
-    """Open a torchvision dataset stored in its own format under `root`; None if absent."""
-    try:
-        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        return None
-    splits = {"train": array_source(train), "test": array_source(test)}
-    return Splits(list(train.classes), splits, origin=f"{root} ({cls.__name__})")
-
-
-def download_torchvision(cls: type, root: Path, tried: list[str]) -> Splits:
-    try:
-        return open_torchvision(cls, root, download=True)
-    except OSError as e:  # no network, refused, disk full: all URLError/OSError
-        raise UserError(
-            f"could not download {cls.__name__} into {root} ({e}); tried {'; '.join(tried)}. "
-            "Copy the dataset there, or point CNNTRAIN_DATA_DIR at a folder holding it"
-        ) from e
-
-
-def array_source(ds) -> ImageSource:
-    data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()  # MNIST: a tensor
-    return ImageSource(np.asarray(ds.targets, dtype=np.int64), arrays=data)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped idx file (LeCun's format: magic, dims as big-endian int32, uint8 data)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def open_idx_folder(folder: Path, classes: list[str]) -> Splits:
-    splits = {
-        split: ImageSource(
-            read_idx(folder / labels).astype(np.int64), arrays=read_idx(folder / images)
-        )
-        for split, (images, labels) in IDX_FILES.items()
-    }
-    return Splits(list(classes), splits, origin=f"{folder} (idx files)")
-
-
 def check_root(root: str) -> None:
     """`data.root` must exist (checked before any work, and again when the data is opened)."""
     if not Path(root).expanduser().exists():
@@ -228,29 +118,6 @@ def split_root(path: Path) -> Path | None:
     if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
         return subdirs[0]
     return None
-
-
-def open_evaluation_data(data_cfg, data_dir: str, cache_dir: str) -> Splits:
-    """Data to evaluate a trained model on, found as open_splits finds training data; but
-    `data.root` may also hold labelled images alone, without train/: `test/<class>/<images>`
-    (or `val/…`), or class folders at its top (`<class>/<images>`), read as the `test` split."""
-    if not data_cfg.root:
-        return open_splits(data_cfg, data_dir, cache_dir)
-    path, limits = Path(data_cfg.root).expanduser(), limits_of(data_cfg)
-    check_root(str(path))
-    folder = unpack_archive(path, Path(cache_dir) / "archives", limits) if path.is_file() else path
-    if split_root(folder) is not None:
-        return open_image_folder(path, Path(cache_dir), limits)
-    root = next((folder / s for s in ("test", "val") if (folder / s).is_dir()), folder)
-    try:
-        classes, class_to_idx = find_classes(root)
-    except FileNotFoundError as e:
-        raise UserError(
-            f"data.root={data_cfg.root!r}: no class folders in {root}; give an ImageFolder "
-            "(train/ and test/ or val/), test/<class>/<images>, or <class>/<images>"
-        ) from e
-    splits = {"test": folder_source(root, class_to_idx, limits.max_image_pixels)}
-    return Splits(classes, splits, origin=str(root), fingerprint=fingerprint(splits, limits))
 
 
 def check_same_classes(classes: dict[str, list[str]], root: Path) -> None:
