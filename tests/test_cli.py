@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnntrain.reporting.metrics_log import TIME_FIELDS
 from tests.conftest import (
+    REPO,
     make_image_folder,
     needs_cifar,
     needs_fashion,
@@ -213,3 +214,14 @@ def test_every_command_answers_help(command, tmp_path):
         assert "model: alexnet, cifar10cnn" in proc.stdout and "cnntrain-predict RUN" in proc.stdout
         assert "memory_budget_gb" not in proc.stdout  # the config is for --cfg job
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_readmes_first_command_installs_what_training_needs_and_says_how_to_skip_cuda():
+    """The Quick start's first command trains with the core dependencies (no [dev]: tests,
+    linters and every extra); the CPU wheel index is named; the second is .ci/run's."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    first, second = block.splitlines()[:2]
+    assert "pip install -e . torch==" in first and "[" not in first and first.endswith("cnntrain")
+    assert second in (REPO / ".ci" / "run").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme
