@@ -220,7 +220,8 @@ def test_without_bars_progress_lines_say_the_epochs_and_the_runs_eta(monkeypatch
             now[0] = seconds
             lines.on_step(loop, 1, step, 1.23456, 0.1)
     assert [r.getMessage() for r in caplog.records] == [
-        "epoch 1/3 step 100/200  loss 1.2346  lr 1.00e-01  128 img/s  epoch ETA 50s  run ETA 4m10s"
+        "epoch 1/3 step 100/200  loss 1.2346  lr 1.00e-01  128 img/s  epoch ETA 50.0 s  "
+        "run ETA 4m 10s"
     ]  # 25 s had passed at step 50: under 30 s, no line yet
     caplog.clear()
     loop.show_bars = True  # a terminal: the bars say it
@@ -228,4 +229,3 @@ def test_without_bars_progress_lines_say_the_epochs_and_the_runs_eta(monkeypatch
     now[0] = 100.0
     lines.on_step(loop, 1, 149, 1.0, 0.1)
     assert not caplog.records
-    assert [callbacks.hms(s) for s in (45, 725, 3725)] == ["45s", "12m05s", "1h02m"]

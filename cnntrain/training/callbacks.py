@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from cnntrain.core.checkpoint import BEST, LAST, holds_epoch, remove_torn_writes, save_checkpoint
 from cnntrain.reporting.metrics_log import MetricsLog
+from cnntrain.reporting.report import duration
 from cnntrain.training.events import Callback
 from cnntrain.training.resume import checkpoint_state
 from cnntrain.training.step import optimizer_steps
@@ -39,7 +40,7 @@ class EpochLine(Callback):
     def on_epoch_end(self, loop, row: dict) -> None:
         per_epoch = (time.monotonic() - self.started) / max(1, row["epoch"] - self.first_epoch)
         left = loop.epochs - row["epoch"]
-        eta = f"  run ETA {hms(left * per_epoch)}" if left else ""
+        eta = f"  run ETA {duration(left * per_epoch)}" if left else ""
         log.info(
             "epoch %d/%d  train loss %.4f acc %5.2f%%  %s loss %.4f acc %5.2f%%  lr %.2e  %.1fs  "
             "%s img/s%s",
@@ -76,19 +77,9 @@ class ProgressLines(Callback):
         log.info(
             "epoch %d/%d step %d/%d  loss %.4f  lr %.2e  %s img/s  epoch ETA %s  run ETA %s",
             epoch, loop.epochs, done, steps, loss, lr,
-            f"{loop.cfg.data.batch_size / per_step:,.0f}", hms(epoch_left), hms(run_left),
+            f"{loop.cfg.data.batch_size / per_step:,.0f}", duration(epoch_left), duration(run_left),
         )  # fmt: skip
         self.said = now
-
-
-def hms(seconds: float) -> str:
-    """`45s`, `12m05s`, `3h07m`: a duration as people read it."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class TargetAccuracy(Callback):
