@@ -63,12 +63,15 @@ def test_a_longer_resumed_run_follows_the_plan_for_its_new_length(option, done, 
 
 
 def test_a_warm_up_longer_than_half_the_run_is_cut_to_half_of_it(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         optimizer, scheduler = schedule("cosine", 2, "scheduler.warmup_epochs=5")
     used = rates(optimizer, scheduler, 2 * STEPS)
     assert scheduler.warmup_steps == STEPS and max(used) == pytest.approx(0.1)
     assert used[-1] < 0.01  # the run ends decayed, not at the peak learning rate
-    assert "scheduler.warmup_epochs=5 does not fit a run of 2 epoch(s)" in caplog.text
+    assert (
+        "warmup_epochs=5 does not fit a run of 2 epoch(s): warming up over its first half "
+        "(10 of its 20 steps)" in caplog.text
+    )
 
 
 @pytest.mark.parametrize("option", ["step", "none"])

@@ -32,10 +32,10 @@ class Schedule(lr_scheduler.LRScheduler):
         wanted = round(self.warmup_epochs * self.steps_per_epoch)
         steps = min(wanted, self.total_steps // 2)
         if steps < wanted:
-            log.warning(
+            log.info(  # info: the default 1-epoch warm-up meets every 1-epoch run
                 "scheduler.warmup_epochs=%g does not fit a run of %g epoch(s): warming up over "
-                "its first half (%g epoch(s)) instead", self.warmup_epochs,
-                self.total_steps / self.steps_per_epoch, steps / self.steps_per_epoch,
+                "its first half (%d of its %d steps) instead", self.warmup_epochs,
+                self.total_steps / self.steps_per_epoch, steps, self.total_steps,
             )  # fmt: skip
         return steps
 
