@@ -21,6 +21,12 @@ def per_class_accuracy(logits: torch.Tensor, targets: torch.Tensor, classes: lis
     return {c: right[i] / total[i] if total[i] else None for i, c in enumerate(classes)}
 
 
+def balanced_accuracy(recalls) -> float:
+    """The mean of the per-class recalls (None for a class without images: left out)."""
+    present = [r for r in recalls if r is not None]
+    return sum(present) / max(1, len(present))
+
+
 def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     """Fraction of images whose true class is among the k highest logits."""
     top = logits.topk(k, dim=1).indices  # (N, k)
@@ -31,11 +37,10 @@ def split_metrics(out: dict, classes: list[str], split: str) -> dict:
     """`<split>/acc`, `/loss`, `/top5_acc` (more than 5 classes), `/balanced_acc`,
     `/per_class_acc` and `/count` of an evaluation's outputs (evaluate(..., keep_outputs=True))."""
     per_class = per_class_accuracy(out["logits"], out["targets"], classes)
-    present = [a for a in per_class.values() if a is not None]
     metrics = {f"{split}/acc": out["acc"], f"{split}/loss": out["loss"]}
     if len(classes) > TOP_K:
         metrics[f"{split}/top5_acc"] = top_k_accuracy(out["logits"], out["targets"], TOP_K)
-    metrics[f"{split}/balanced_acc"] = sum(present) / len(present)
+    metrics[f"{split}/balanced_acc"] = balanced_accuracy(per_class.values())
     metrics[f"{split}/per_class_acc"] = per_class
     metrics[f"{split}/count"] = out["count"]
     return metrics

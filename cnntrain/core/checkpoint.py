@@ -3,8 +3,9 @@ and what must match to load its weights.
 
 A checkpoint is a plain dict of tensors and Python containers, loaded with
 `torch.load(path, weights_only=True)`: loading one never runs code from the file. A run folder
-holds two: checkpoints/last.pt (what a resume continues) and checkpoints/best.pt (the weights a
-trained run is used with: eval, predict, export, model.init_from).
+holds checkpoints/last.pt (what a resume continues) and checkpoints/best.pt (the weights a
+trained run is used with: eval, predict, export, model.init_from), and with
+`trainer.save_top_k` > 1 the other best epochs as checkpoints/best-epoch<N>.pt.
 """
 
 import pickle
@@ -19,6 +20,7 @@ from cnntrain.core.schema import check_received
 
 FORMAT = "cnntrain-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"  # under RUN_DIR/checkpoints/
+BEST_OF_EPOCH = "best-epoch{}.pt"  # one of the trainer.save_top_k best epochs but the best
 # What a checkpoint must carry to be used without its run's data (written since this format).
 USE_KEYS = ("spec", "classes", "normalization", "config")
 # `_target_`s that saved configs hold and that have moved since, old → new (resume builds them).
@@ -32,9 +34,10 @@ MOVED_TARGETS = {
 # job folders (0, 1, …: run folders): what must hold no link before a command writes into an
 # existing one (core.files.refuse_links), and no more (a folder that is not cnntrain's, such as
 # the one holding a downloaded checkpoint, is not walked).
-RUN_ENTRIES = (".hydra", "checkpoints", "plots", "tensorboard", "eval", "export", "train.log",
-               "metrics.jsonl", "metrics.csv", "results.json", "report.html", "summary.json",
-               "summary.txt", "error.txt", ".job.lock")  # fmt: skip
+RUN_ENTRIES = (".hydra", "checkpoints", "plots", "tensorboard", "wandb", "eval", "export",
+               "train.log", "metrics.jsonl", "metrics.csv", "results.json", "report.html",
+               "summary.json", "summary.txt", "error.txt", ".job.lock", "splits.csv",
+               "bad_rows.csv", "test_predictions.csv")  # fmt: skip
 SWEEP_ENTRIES = ("multirun.yaml", "optuna.db", "summary.csv", "best.yaml", ".optuna.lock", ".gpus")
 
 
@@ -153,9 +156,10 @@ def remove_torn_writes(folder: Path) -> None:
         torn.unlink()
 
 
-def holds_epoch(path: Path, epoch: int) -> bool:
-    """Does the checkpoint at `path` hold `epoch`? (False when the run died while writing it.)"""
+def saved_epoch(path: Path) -> int | None:
+    """The epoch the checkpoint at `path` holds; None when there is none (or the run died while
+    writing it)."""
     try:
-        return load_checkpoint(path)["progress"]["epoch"] == epoch
+        return load_checkpoint(path)["progress"]["epoch"]
     except UserError:
-        return False
+        return None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnntrain.core.checkpoint import BEST, LAST
 from cnntrain.core.errors import UserError
-from cnntrain.loggers.params import flat_config
+from cnntrain.loggers.params import flat_config, sweep_folder
 from cnntrain.training.events import Callback
 
 log = logging.getLogger("cnntrain")
@@ -143,13 +143,3 @@ class MLflowLogger(Callback):
     def on_close(self, loop, status: str) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, STATUS[status])
-
-
-def sweep_folder() -> str | None:
-    """The sweep folder when this run is a job of a Hydra multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return str(Path(HydraConfig.get().sweep.dir).resolve())
-    return None

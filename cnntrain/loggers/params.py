@@ -1,6 +1,8 @@
-"""A run's config as the flat `section.key: value` pairs that trackers show as hyper-parameters."""
+"""What trackers record of a run besides its metrics: its config as the flat `section.key: value`
+pairs they show as hyper-parameters, and the sweep it is a job of."""
 
 import json
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -25,3 +27,13 @@ def flat_config(cfg) -> dict[str, str | int | float | bool]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
+
+
+def sweep_folder() -> str | None:
+    """The sweep folder when this run is a job of a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(Path(HydraConfig.get().sweep.dir).resolve())
+    return None

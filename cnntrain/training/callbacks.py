@@ -1,7 +1,8 @@
 """Callbacks: what reacts to the epoch loop's events (loop.py lists them). The built-in ones write
-the metrics files, print the epoch line, stop at a target accuracy, tell the model the epoch,
-average the weights (Lookahead) and write checkpoints; the trackers (cnntrain/loggers/) and any
-`callbacks.<name>._target_` of the config join them."""
+the metrics files, print the epoch line, stop at a target accuracy or early (stopping.py), tell
+the model the epoch, average the weights (Lookahead) and write checkpoints (last.pt here, the best
+ones in best.py); the trackers (cnntrain/loggers/) and any `callbacks.<name>._target_` of the
+config join them."""
 
 import logging
 import time
@@ -9,12 +10,14 @@ import time
 import torch
 from hydra.utils import instantiate
 
-from cnntrain.core.checkpoint import BEST, LAST, holds_epoch, remove_torn_writes, save_checkpoint
+from cnntrain.core.checkpoint import LAST, remove_torn_writes
 from cnntrain.reporting.metrics_log import MetricsLog
 from cnntrain.reporting.report import duration
+from cnntrain.training.best import BestCheckpoints
 from cnntrain.training.events import Callback
-from cnntrain.training.resume import checkpoint_state
+from cnntrain.training.resume import write_checkpoint
 from cnntrain.training.step import optimizer_steps
+from cnntrain.training.stopping import EarlyStopping
 
 log = logging.getLogger("cnntrain")
 
@@ -168,48 +171,39 @@ class Lookahead(Callback):
 
 class Checkpoints(Callback):
     """checkpoints/last.pt every `every` epochs, at the last epoch, on an early stop and on a
-    signal; checkpoints/best.pt whenever validation accuracy improves (written after last.pt, so
-    a crash in between leaves a best.pt that `on_fit_start` heals on resume)."""
+    signal (the best ones come after it: BestCheckpoints, whose files a resume puts right)."""
 
     def __init__(self, every: int):
         self.every = every  # epochs
 
     def on_fit_start(self, loop) -> None:
         remove_torn_writes(loop.checkpoint_path(LAST).parent)
-        p = loop.state
-        resumed_after_best = p.epoch and p.best_epoch == p.epoch and not p.step
-        if resumed_after_best and not holds_epoch(loop.checkpoint_path(BEST), p.epoch):
-            self.save(loop, BEST)
 
     def on_epoch_end(self, loop, row: dict) -> None:
         epoch = row["epoch"]
         if epoch % self.every == 0 or epoch == loop.epochs or loop.state.stopped_by:
-            self.save(loop, LAST)
-        if loop.state.best_epoch == epoch:
-            self.save(loop, BEST)
+            write_checkpoint(loop, LAST)
 
     def on_interrupt(self, loop) -> None:
-        self.save(loop, LAST)
-
-    def save(self, loop, name: str) -> None:
-        path = loop.checkpoint_path(name)
-        save_checkpoint(path, checkpoint_state(loop))
-        loop.emit("on_checkpoint", name, path)
+        write_checkpoint(loop, LAST)
 
 
 def build_callbacks(cfg, is_main: bool = True) -> dict[str, Callback]:
-    """The run's callbacks in the order they hear events: files and console, the stopping rule,
+    """The run's callbacks in the order they hear events: files and console, the stopping rules,
     the trackers (`logger.*`), the config's `callbacks.*`, and last the checkpoints (so they save
-    what the others decided, e.g. an early stop).
+    what the others decided, e.g. an early stop): last.pt, then the best ones.
 
     With several processes only rank 0 (`is_main`) writes, prints and tracks; the other ranks
-    get the stopping rule and the config's `callbacks.*`, which run on every rank (a callback
+    get the stopping rules and the config's `callbacks.*`, which run on every rank (a callback
     that writes checks `loop.is_main`)."""
     callbacks = {"metrics_files": MetricsFiles(), "epoch_line": EpochLine()} if is_main else {}
     if is_main and cfg.trainer.get("progress_every_s"):
         callbacks["progress_lines"] = ProgressLines(cfg.trainer.progress_every_s)
     if cfg.trainer.target_accuracy is not None:
         callbacks["target_accuracy"] = TargetAccuracy(cfg.trainer.target_accuracy)
+    early = cfg.trainer.early_stopping
+    if early.patience:  # null or 0: off
+        callbacks["early_stopping"] = EarlyStopping(cfg.trainer.monitor, **early)
     callbacks["model_epoch"] = ModelEpoch()
     if cfg.trainer.get("lookahead") is not None:
         callbacks["lookahead"] = Lookahead(**cfg.trainer.lookahead)
@@ -218,4 +212,6 @@ def build_callbacks(cfg, is_main: bool = True) -> dict[str, Callback]:
             callbacks[name] = instantiate(spec)
     if is_main:
         callbacks["checkpoints"] = Checkpoints(cfg.trainer.checkpoint_every)
+    if is_main and cfg.trainer.save_top_k:
+        callbacks["best_checkpoints"] = BestCheckpoints(cfg.trainer.save_top_k, cfg.trainer.monitor)
     return callbacks

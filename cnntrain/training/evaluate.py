@@ -1,10 +1,11 @@
-"""Evaluation: the mean loss and accuracy of a network on a split, in eval mode, without gradients,
-over test-time views (`trainer.tta`), sharded over ranks."""
+"""Evaluation: the mean loss, accuracy and balanced accuracy of a network on a split, in eval mode,
+without gradients, over test-time views (`trainer.tta`), sharded over ranks."""
 
 import torch
 from torch import nn
 
 from cnntrain import distributed
+from cnntrain.metrics import balanced_accuracy
 from cnntrain.models.fold import folded
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.training.precision import Arithmetic
@@ -37,7 +38,8 @@ def evaluate(
     desc="eval",
     keep_outputs=False,
 ) -> dict:
-    """Mean cross-entropy and accuracy of `model` on `loader`, in eval mode, without gradients.
+    """Mean cross-entropy, accuracy and balanced accuracy (the mean of the per-class recalls) of
+    `model` on `loader`, in eval mode, without gradients.
 
     With several processes each evaluates its shard and the sums are added over ranks: every
     image counts once (a shard's padding has target distributed.IGNORED, which cross_entropy
@@ -48,24 +50,46 @@ def evaluate(
     model.eval()  # BatchNorm uses its running statistics, Dropout is off
     net = folded(model)  # each BatchNorm folded into its convolution (a copy): ~7% faster
     sums = torch.zeros(3, dtype=torch.float64, device=arithmetic.device)  # loss, correct, images
+    per_class = None  # (2, classes): each class's images predicted right, and its images
     outputs, targets = [], []
     with progress_bar(len(loader), desc, show_bars) as bar:
         for x, y in loader.batches():
             with arithmetic.autocast():
                 logits = model_logits(net, x, arithmetic.tta)
             loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
-            correct, images = (logits.argmax(1) == y).sum(), (y != distributed.IGNORED).sum()
-            sums += torch.stack([loss.double(), correct.double(), images.double()])
+            right, real = logits.argmax(1) == y, y != distributed.IGNORED
+            sums += torch.stack([loss.double(), right.sum().double(), real.sum().double()])
+            if per_class is None:
+                per_class = sums.new_zeros(2, logits.shape[1])
+            count_by_class(per_class, y, right, real)
             if keep_outputs:
                 outputs.append(logits)
                 targets.append(y)
             bar.update()
     model.train(was_training)
-    loss, correct, count = distributed.sum_over_ranks(sums).tolist()  # one host sync
-    result = {"loss": loss / max(1, count), "acc": correct / max(1, count), "count": int(count)}
+    per_class = sums.new_zeros(2, 0) if per_class is None else per_class
+    summed = distributed.sum_over_ranks(torch.cat([sums, per_class.flatten()]))  # one host sync
+    loss, correct, count = summed[:3].tolist()
+    hits, images = summed[3:].view(2, -1).tolist()
+    recalls = [h / n if n else None for h, n in zip(hits, images, strict=True)]
+    result = {
+        "loss": loss / max(1, count),
+        "acc": correct / max(1, count),
+        "balanced_acc": balanced_accuracy(recalls),
+        "count": int(count),
+    }
     if keep_outputs:
         result["logits"], result["targets"] = gathered_outputs(outputs, targets)
     return result
+
+
+def count_by_class(per_class: torch.Tensor, y: torch.Tensor, right: torch.Tensor,
+                   real: torch.Tensor) -> None:  # fmt: skip
+    """Add a batch's right predictions and images to each class's (padding left out), without a
+    host sync (bincount would read the largest target)."""
+    classes = y.clamp_min(0)  # the padding's target, counted with weight 0
+    per_class[0].index_add_(0, classes, (right & real).double())
+    per_class[1].index_add_(0, classes, real.double())
 
 
 def gathered_outputs(outputs: list, targets: list) -> tuple:

@@ -45,16 +45,18 @@ log = logging.getLogger("cnntrain")
 
 class Loop:
     """One run's epochs: `fit()` trains to `epochs` (or a callback's stop), `test()` evaluates
-    the best checkpoint's weights on the test split."""
+    the best checkpoint's weights on the test split (the best by `trainer.monitor`)."""
 
     def __init__(self, *, cfg, run_dir: Path, model, parts: StepParts, data: DataBundle,
                  callbacks: dict, show_bars: bool):  # fmt: skip
         self.cfg, self.run_dir, self.model, self.parts, self.data = cfg, run_dir, model, parts, data
         self.callbacks = callbacks  # name → Callback, in the order they hear each event
         self.epochs = cfg.trainer.epochs
+        self.monitor = cfg.trainer.monitor  # the row's metric that decides the best epoch
+        self.keeps_best = cfg.trainer.save_top_k > 0  # else the final test takes the last weights
         self.show_bars = show_bars
         self.state = RunState()
-        # When per-epoch evaluation runs on the test loader itself (data.val_split=0), the best
+        # When per-epoch evaluation runs on the test loader itself (data.val_split=0), the tested
         # epoch's outputs are the final test's: kept, so the test set is not evaluated twice.
         self.shared_eval = data.val is data.test
         self.best_outputs = None
@@ -168,14 +170,15 @@ class Loop:
             "train/acc": train_acc,
             "val/loss": val["loss"],
             "val/acc": val["acc"],
+            "val/balanced_acc": val["balanced_acc"],  # the mean of the per-class recalls
             "val/split": self.data.val_name,  # what val/* measured: "test" when val_split=0
             "lr": totals.lr,  # of the epoch's last step
             "epoch_time_s": round(p.epoch_time_s, 3),
             "elapsed_s": round(p.elapsed_s, 3),
             "train/images_per_s": round(totals.count / max(p.epoch_time_s, 1e-9), 1),
         }
-        p.record(row)
-        if p.best_epoch == epoch and self.shared_eval:
+        p.record(row, self.monitor)
+        if self.shared_eval and (p.best_epoch == epoch or not self.keeps_best):
             self.best_outputs = val
         self.emit("on_epoch_end", row)
         p.stopped_by = distributed.from_main(p.stopped_by)  # rank 0's callbacks may end the run
@@ -200,13 +203,17 @@ class Loop:
         raise SystemExit(128 + signum)
 
     def test(self) -> tuple[dict, torch.nn.Module]:
-        """Evaluate the best checkpoint's weights on the test split (or reuse that evaluation).
+        """Evaluate the best checkpoint's weights on the test split (or reuse that evaluation);
+        with `trainer.save_top_k=0` (no best checkpoint) the last epoch's.
 
         Returns the test outputs (loss, acc, count, logits, targets) and the network, left
-        holding the best weights (the run is over: nothing trains it again).
+        holding the tested weights (the run is over: nothing trains it again).
         """
         net = self.parts.ema.module if self.parts.ema is not None else self.model  # not compiled
-        if self.is_main:  # it wrote best.pt; the other ranks may not see its disk
+        if not self.keeps_best and self.is_main:
+            log.info("trainer.save_top_k=0 keeps no best checkpoint: the final test uses the last "
+                     "epoch's weights (epoch %d)", self.state.epoch)  # fmt: skip
+        elif self.is_main:  # it wrote best.pt; the other ranks may not see its disk
             net.load_state_dict(best_weights(self.checkpoint_path(BEST)))
         distributed.share_from_main(net.state_dict().values())
         out = self.best_outputs or evaluate(

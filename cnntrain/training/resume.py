@@ -1,5 +1,5 @@
-"""What a checkpoint holds and how a run continues from one: the state, the RNGs, the config a
-resumed run runs with (and what may change), and healing a best.pt cut short by a crash."""
+"""What a checkpoint holds, writing one (write_checkpoint) and how a run continues from one: the
+state, the RNGs, the weights' trainability, the progress and the callbacks' states."""
 
 import logging
 from dataclasses import asdict
@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cnntrain.core.checkpoint import (
-    check_compatible,
-)
+from cnntrain.core.checkpoint import check_compatible, save_checkpoint
 from cnntrain.core.seeds import rng_states, set_rng_states
 from cnntrain.training.state import RunState
 
@@ -41,6 +39,13 @@ def checkpoint_state(loop) -> dict:
     }
 
 
+def write_checkpoint(loop, name: str) -> None:
+    """checkpoints/`name` of `loop`'s run, written atomically; then the callbacks hear of it."""
+    path = loop.checkpoint_path(name)
+    save_checkpoint(path, checkpoint_state(loop))
+    loop.emit("on_checkpoint", name, path)
+
+
 def restore_trainable(model: torch.nn.Module, saved: dict) -> None:
     """Freeze what the saved run had frozen (before the optimizer is built over the rest)."""
     if "trainable" not in saved:
@@ -64,7 +69,7 @@ def restore(saved: dict, path: Path, loop, total_steps: int) -> None:
     if parts.ema is not None:
         parts.ema.load_state_dict(saved["ema"])
     set_rng_states(saved["rng"], parts.arithmetic.device)  # every rank draws alike (dropout)
-    loop.state = RunState(**saved["progress"])
+    loop.state = RunState.from_progress(saved["progress"])
     note_world_change(saved.get("world_size", 1), loop)
     for name, state in saved.get("callbacks", {}).items():
         if name in loop.callbacks:

@@ -1,6 +1,24 @@
-"""Where a run is (RunState): saved in every checkpoint (as its `progress`), restored on resume."""
+"""Where a run is (RunState): saved in every checkpoint (as its `progress`), restored on resume;
+and the metrics a run may monitor (`trainer.monitor`), each with the way it improves."""
 
 from dataclasses import dataclass, field
+
+# What `trainer.monitor` may name (a key of each epoch's row): is a larger value better?
+MONITORS = {"val/acc": True, "val/loss": False, "val/balanced_acc": True}
+
+
+def improves(value: float, best: float | None, monitor: str, margin: float = 0.0) -> bool:
+    """Is `value` of `monitor` better than `best` (None: nothing yet) by more than `margin`?"""
+    if best is None:
+        return True
+    return value - margin > best if MONITORS[monitor] else value + margin < best
+
+
+def ranked(rows: list[dict], monitor: str) -> list[dict]:
+    """`rows` best first by `monitor`; of equal values the earlier epoch first (it was best
+    first: a later epoch must improve on it)."""
+    sign = -1 if MONITORS[monitor] else 1
+    return sorted(rows, key=lambda row: (sign * row[monitor], row["epoch"]))
 
 
 @dataclass
@@ -12,14 +30,25 @@ class RunState:
     totals: dict | None = None  # Totals of the unfinished epoch
     epoch_time_s: float = 0.0  # time spent in the unfinished epoch
     elapsed_s: float = 0.0  # training time so far (s), excluding start-up and final test
-    best_acc: float = -1.0
+    best_value: float | None = None  # of the monitored metric (trainer.monitor), at best_epoch
     best_epoch: int = 0
     rows: list[dict] = field(default_factory=list)
     stopped_by: str | None = None  # why training ended early ("target_accuracy", "pruned", …)
 
-    def record(self, row: dict) -> None:
-        """Close the epoch of `row`: it joins the rows, and becomes best if it improved."""
+    @classmethod
+    def from_progress(cls, progress: dict) -> "RunState":
+        """The state a checkpoint saved. One written before `trainer.monitor` existed monitored
+        val/acc and holds it as `best_acc` (-1 before any epoch)."""
+        progress = dict(progress)
+        if "best_acc" in progress:
+            best_acc = progress.pop("best_acc")
+            progress["best_value"] = best_acc if progress.get("best_epoch") else None
+        return cls(**progress)
+
+    def record(self, row: dict, monitor: str) -> None:
+        """Close the epoch of `row`: it joins the rows, and becomes best if its `monitor`
+        improved."""
         self.epoch, self.step, self.totals, self.epoch_time_s = row["epoch"], 0, None, 0.0
         self.rows.append(row)
-        if row["val/acc"] > self.best_acc:
-            self.best_acc, self.best_epoch = row["val/acc"], row["epoch"]
+        if improves(row[monitor], self.best_value, monitor):
+            self.best_value, self.best_epoch = row[monitor], row["epoch"]
