@@ -24,17 +24,20 @@ from cnntrain.core.safe_text import printable
 from cnntrain.core.seeds import seed_everything
 from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
+from cnntrain.data.split_table import write_records
 from cnntrain.data.splits import seeded_subset
 from cnntrain.metrics import class_counts, class_weights, split_metrics
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.models.transfer import architecture
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
 from cnntrain.reporting.plots import write_run_plots
+from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
 from cnntrain.training.callbacks import build_callbacks
 from cnntrain.training.compiling import compile_mode, compiled, warm_up
 from cnntrain.training.ema import EMA
+from cnntrain.training.fits import check_fits
 from cnntrain.training.loop import Loop
 from cnntrain.training.memory import peak_memory, reset_peak_memory
 from cnntrain.training.mixing import batch_mix
@@ -74,6 +77,9 @@ def train(cfg: DictConfig) -> float:
     wanted = data_defaults(cfg.model) or {}  # e.g. pretrained weights' size, RGB and statistics
     data = load_data(cfg, device, augment, wanted, channels_last=cfg.trainer.channels_last,
                      world=world)  # fmt: skip
+    if world.is_main:  # splits.csv (a split the tool made or reused), bad_rows.csv
+        write_records(data.records, run_dir)
+    check_fits(cfg, data, device, world)  # one line, not the kernel's OOM killer
     model = build_model(cfg.model, data.spec)
     if saved is None:
         init_from_training_images(model, data.train, cfg.trainer.seed)
@@ -136,8 +142,10 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
     results = {
         **split_metrics(out, data.classes, "test"),
         "test/split": data.test_name,
-        "best_epoch": p.best_epoch,
-        "best_val/acc": p.best_acc,
+        "best_epoch": p.best_epoch,  # best.pt's: the best by `monitor`
+        "best_val/acc": max(row["val/acc"] for row in p.rows),  # of any epoch, whatever `monitor`
+        "monitor": loop.monitor,
+        f"best_{loop.monitor}": p.best_value,  # best_val/loss, …: the monitored value at best_epoch
         "final_val/acc": p.rows[-1]["val/acc"],
         "epochs": p.epoch,
         "stopped_by": p.stopped_by or "epochs",
@@ -157,10 +165,13 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         "total_time_s": round(time.perf_counter() - started, 3),
     }
     write_json(loop.run_dir / "results.json", results)
+    names = image_names(data.test_files, data.origin, data.test.count)
+    write_predictions(loop.run_dir, prediction_rows(out["logits"], out["targets"], data.classes,
+                                                    names))  # fmt: skip
     if loop.cfg.trainer.plots:
         test = data.test
         write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
-                        test.images_at, test.prep, net, counts)  # fmt: skip
+                        test.images_at, test.prep, net, counts, names)  # fmt: skip
         write_run_report(loop.run_dir)
     return results
 

@@ -15,7 +15,9 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_documented_options():
-    assert options("data") == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "mnist"]
+    assert options("data") == [
+        "cifar10", "cifar100", "csv", "fashion_mnist", "hf", "imagefolder", "mnist"
+    ]  # fmt: skip
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step", "triangle"]
     assert set(options("model")) == set(model_names())  # one YAML per registered model
@@ -31,7 +33,9 @@ def test_default_config_is_cifar10_cnn_with_sgd():
 
 @pytest.mark.parametrize("option", options("data"))
 def test_every_data_option_composes(option):
-    extra = ["data.root=/some/folder"] if option == "imagefolder" else []
+    required = {"imagefolder": "data.root=/some/folder", "hf": "data.root=/some/folder",
+                "csv": "data.labels=/some/labels.csv"}  # fmt: skip
+    extra = [required[option]] if option in required else []
     cfg = compose_config(f"data={option}", *extra, output_dir="unused")
     assert cfg.data.name == option
     assert OmegaConf.missing_keys(cfg) == set()

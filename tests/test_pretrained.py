@@ -213,13 +213,18 @@ def test_pretrained_data_defaults_are_the_weights_preprocessing():
     assert data_defaults({"name": "torchvision", "arch": "resnet18", "weights": "DEFAULT"}) == {
         "channels": 3,
         "image_size": (224, 224),
+        "resize": 256,  # the short side, before the centre crop
+        "interpolation": "bilinear",
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
     }
     swag = {"name": "torchvision", "arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"}
-    assert data_defaults(swag)["image_size"] == (384, 384)
+    assert [data_defaults(swag)[k] for k in ("image_size", "resize", "interpolation")] == [
+        (384, 384), 384, "bicubic"
+    ]  # fmt: skip
     assert data_defaults({"name": "torchvision", "arch": "resnet18", "weights": None}) == {
-        "channels": 3, "image_size": None, "mean": None, "std": None
+        "channels": 3, "image_size": None, "resize": None, "interpolation": None, "mean": None,
+        "std": None,
     }  # fmt: skip
     assert data_defaults({"name": "cifar10cnn"}) is None
 

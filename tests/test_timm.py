@@ -85,8 +85,8 @@ def test_pretrained_weights_come_from_the_local_hugging_face_cache(hf_cache):
         assert all(torch.equal(state[k], saved[k]) for k in body)
         assert state["fc.weight"].shape == (7, 512)  # a fresh head for 7 classes
     assert data_defaults(timm_cfg(weights="a1_in1k")) == {
-        "channels": 3, "image_size": (224, 224), "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "channels": 3, "image_size": (224, 224), "resize": 235,  # ⌊224 / crop_pct 0.95⌋
+        "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
     }  # fmt: skip
 
 

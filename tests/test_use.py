@@ -229,7 +229,7 @@ FRESH_LOADER = """
 import json, sys
 import numpy as np, onnxruntime, torch
 pixels = torch.from_numpy(np.load(sys.argv[1]))
-extra = dict.fromkeys(["classes", "mean", "std", "input_size"], "")
+extra = dict.fromkeys(["classes", "mean", "std", "input_size", "resize", "interpolation"], "")
 scripted = torch.jit.load(sys.argv[2], _extra_files=extra)
 session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
 onnx = lambda x: session.run(["logits"], {"pixels": x.numpy()})[0].tolist()
@@ -276,7 +276,8 @@ def test_export_to_both_formats_matches_pytorch_in_a_fresh_process(
         np.testing.assert_allclose(loaded[fmt], expected.numpy(), atol=1e-4)
         np.testing.assert_allclose(loaded[f"{fmt}_one"], expected[:1].numpy(), atol=1e-4)
         assert loaded[f"{fmt}_meta"] == {"classes": list(CLASSES), "mean": model.mean,
-                                         "std": model.std, "input_size": [3, 20, 24]}  # fmt: skip
+                                         "std": model.std, "input_size": [3, 20, 24],
+                                         "resize": None, "interpolation": "bilinear"}  # fmt: skip
     assert loaded["cnntrain_imported"] == []
 
 

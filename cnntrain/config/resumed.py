@@ -11,15 +11,18 @@ from cnntrain.core.checkpoint import (
     LAST,
     checkpoint_file,
     load_checkpoint,
+    run_folder,
     saved_config,
 )
 from cnntrain.core.overrides import override_key
 from cnntrain.core.schema import CONF_DIR, WATCHING_GROUPS
 
-# Keys a resumed run may change on the command line: train longer, move (to more or fewer
-# processes too), show bars or not.
-RESUMABLE_KEYS = ("trainer.epochs", "trainer.device", "trainer.devices", "trainer.progress",
-                  "trainer.progress_every_s")  # fmt: skip
+# Keys a resumed run may change on the command line: train longer, stop early sooner or later
+# (counted from the run's rows: the rule applies to the epochs so far too), move (to more or
+# fewer processes too), show bars or not.
+RESUMABLE_KEYS = ("trainer.epochs", "trainer.early_stopping.patience",
+                  "trainer.early_stopping.min_delta", "trainer.device", "trainer.devices",
+                  "trainer.progress", "trainer.progress_every_s")  # fmt: skip
 
 
 def may_change_on_resume(key: str) -> bool:
@@ -33,8 +36,10 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     core/schema.py), changed only by those of `overrides` (command-line `key=value`s) that name
     RESUMABLE_KEYS; this machine's paths, the callbacks of this command and the trackers of
     `trackers`. Keys this version has and the saved run did not (it was started by an older
-    cnntrain) take today's defaults of the groups it chose. Nothing else of the run folder is
-    read: its .hydra/ files are what anyone could have written."""
+    cnntrain) take today's defaults of the groups it chose. The run's splits.csv, when it has
+    one, becomes data.splits: a resumed run trains on the split it started with (the table's
+    paths only pick among the files the data holds). Nothing else of the run folder is read:
+    its .hydra/ files are what anyone could have written."""
     path = checkpoint_file(cfg.resume, LAST, "resume")
     state = load_checkpoint(path)
     saved = saved_config(state, path)
@@ -45,6 +50,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     resumed.logger = trackers(cfg, overrides, state["config"].get("logger"))
     resumed.callbacks = cfg.get("callbacks") or {}
     resumed.resume = cfg.resume
+    table = run_folder(path) / "splits.csv"
+    if table.is_file():
+        resumed.data.splits = str(table)
     return resumed
 
 

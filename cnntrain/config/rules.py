@@ -10,10 +10,12 @@ from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
 from cnntrain.data.augment.options import read_options
+from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.training.optim import check_scheduler_name
+from cnntrain.training.state import MONITORS
 
 
 def device_name(v) -> bool:
@@ -38,20 +40,49 @@ def freeze_choice(v) -> bool:
     return isinstance(v, ListConfig | list) and bool(v) and all(isinstance(x, str) and x for x in v)
 
 
-def lookahead_options(v) -> bool:
-    if v is None:
-        return True
-    rules = {"every": integer(1), "decay": number(0, 1, lo_open=True), "power": number(0),
-             "after_epochs": integer(0)}  # fmt: skip
-    return (
-        isinstance(v, DictConfig | dict)
-        and v.keys() == rules.keys()
-        and all(valid(v[key]) for key, valid in rules.items())
-    )
+def options_of(rules: dict, nullable: bool = False):
+    """A mapping of exactly `rules`' keys, each value valid by its rule (or null if `nullable`)."""
+
+    def valid(v) -> bool:
+        if v is None:
+            return nullable
+        return (
+            isinstance(v, DictConfig | dict)
+            and v.keys() == rules.keys()
+            and all(rule(v[key]) for key, rule in rules.items())
+        )
+
+    return valid
+
+
+lookahead_options = options_of(
+    {"every": integer(1), "decay": number(0, 1, lo_open=True), "power": number(0),
+     "after_epochs": integer(0)},
+    nullable=True,
+)  # fmt: skip
+early_stopping_options = options_of({"patience": optional(integer(0)), "min_delta": number(0)})
 
 
 def existing_path(v) -> bool:
     return isinstance(v, str) and Path(v).expanduser().exists()
+
+
+def existing_file(v) -> bool:
+    return isinstance(v, str) and Path(v).expanduser().is_file()
+
+
+def column_name(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def hf_split_names(v) -> bool:
+    """data.hf_splits: the dataset's split name for train, and for val and test (or null)."""
+    return (
+        isinstance(v, DictConfig | dict)
+        and v.keys() == {"train", "val", "test"}
+        and column_name(v["train"])
+        and all(optional(column_name)(v[s]) for s in ("val", "test"))
+    )
 
 
 # torch.compile's modes (`trainer.compile`; true = default); CUDA graphs in reduce-overhead.
@@ -79,6 +110,12 @@ RULES = [
         optional(number(0, 1, lo_open=True)),
         "null or a fraction in (0, 1]",
     ),
+    ("trainer.monitor", one_of(*MONITORS), "one of " + ", ".join(MONITORS)),
+    (
+        "trainer.early_stopping",
+        early_stopping_options,
+        "{patience: null, 0 (off) or epochs ≥ 1, min_delta: a number ≥ 0}",
+    ),
     ("trainer.accumulate", integer(1), "an integer ≥ 1 (batches per optimizer step)"),
     ("trainer.grad_clip", optional(number(0, lo_open=True)), "null or a number > 0"),
     (
@@ -97,6 +134,7 @@ RULES = [
         "null or {every: steps ≥ 1, decay: (0, 1], power: ≥ 0, after_epochs: epochs ≥ 0}",
     ),
     ("trainer.checkpoint_every", integer(1), "an integer ≥ 1 (epochs)"),
+    ("trainer.save_top_k", integer(0), "an integer ≥ 0 (best checkpoints kept; 0: none)"),
     ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("trainer.progress_every_s", number(0), "a number of seconds ≥ 0 (0: no progress lines)"),
     ("trainer.plots", boolean, "true or false"),
@@ -104,6 +142,14 @@ RULES = [
     ("trainer.sync_bn", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("data.val_split", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
     ("data.split_seed", integer(0), "an integer ≥ 0"),
+    ("data.test_split", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
+    ("data.splits", optional(existing_file), "null or an existing splits.csv (path,class,split)"),
+    ("data.labels", existing_file, "an existing label file (.csv, .tsv, .txt, .parquet)"),
+    ("data.path_column", column_name, "a column name"),
+    ("data.label_column", column_name, "a column name"),
+    ("data.split_column", optional(column_name), "null or a column name"),
+    ("data.image_column", column_name, "a column name"),
+    ("data.hf_splits", hf_split_names, "{train: a split name, val: a name or null, test: …}"),
     ("data.batch_size", integer(1), "an integer ≥ 1"),
     ("data.eval_batch_size", integer(1), "an integer ≥ 1"),
     ("data.num_workers", integer(0), "an integer ≥ 0"),
@@ -121,6 +167,12 @@ RULES = [
     ),
     ("data.channels", optional(lambda v: v in (1, 3)), "null, 1 or 3"),
     ("data.image_size", image_size, "null, a side in px, or [H, W]"),
+    ("data.resize", optional(integer(1)), "null or the short side's px before the crop, ≥ 1"),
+    (
+        "data.interpolation",
+        optional(one_of("bilinear", "bicubic", "nearest")),
+        "null, bilinear, bicubic or nearest",
+    ),
     ("data.download", boolean, "true or false"),
     (
         "data.mean",
@@ -148,6 +200,11 @@ RULES = [
     ("scheduler.end_factor", number(0, 1, lo_open=True), "a fraction of the lr in (0, 1]"),
     ("loss.label_smoothing", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
     ("loss.class_weights", optional(one_of("auto")), "null or auto"),
+    (
+        "logger.wandb.mode",
+        optional(one_of("online", "offline", "disabled")),
+        "null (W&B's own choice), online, offline or disabled",
+    ),
 ]
 ABSENT = object()
 
@@ -159,10 +216,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not ABSENT:
             check(key, value, valid, allowed)
     check_device(str(cfg.trainer.device))
-    if cfg.data.name == "imagefolder" and not cfg.data.root:
-        raise UserError("data=imagefolder needs data.root=PATH (a folder or archive with train/)")
-    if cfg.data.root:
-        check_root(cfg.data.root)
+    check_data_source(cfg.data)
     read_options(cfg.data.augment)  # raises on a bad data.augment value
     for key, value in (cfg.data.get("eval_augment") or {}).items():
         raise UserError(
@@ -175,8 +229,27 @@ def validate(cfg: DictConfig) -> None:
     check_installed(cfg)
 
 
+def check_data_source(d: DictConfig) -> None:
+    """The data group's required source is given and exists (a Hub id aside); data=hf's extra is
+    installed."""
+    if d.name == "imagefolder" and not d.root:
+        raise UserError(
+            "data=imagefolder needs data.root=PATH (a folder or archive: train/<class>/… or "
+            "<class>/…)"
+        )
+    if d.name == "csv" and not d.get("labels"):
+        raise UserError("data=csv needs data.labels=FILE (a .csv, .tsv, .txt or .parquet file)")
+    if d.name == "hf":
+        if not d.root:
+            raise UserError("data=hf needs data.root=PATH (a save_to_disk folder) or owner/name")
+        require("datasets", "hf", "data=hf")
+    if d.root and not (d.name == "hf" and is_hub_id(d.root)):
+        check_root(d.root)
+
+
 # What a config may choose that needs an extra: (target or model name, module, extra).
-NEEDS_EXTRA = [("cnntrain.loggers.mlflow.MLflowLogger", "mlflow", "mlflow")]
+NEEDS_EXTRA = [("cnntrain.loggers.mlflow.MLflowLogger", "mlflow", "mlflow"),
+               ("cnntrain.loggers.wandb.WandbLogger", "wandb", "wandb")]  # fmt: skip
 
 
 def check_installed(cfg: DictConfig) -> None:

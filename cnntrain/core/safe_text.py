@@ -25,6 +25,14 @@ def csv_cell(value):
     return value
 
 
+def csv_value(cell: str) -> str:
+    """The text csv_cell was given, from the cell it wrote: a `'` it put before a formula goes
+    (text that itself began with `'=`… reads back without its `'`: the one ambiguity)."""
+    if cell.startswith("'") and csv_cell(cell[1:]) == cell:
+        return cell[1:]
+    return cell
+
+
 def csv_row(values) -> list:
     """csv_cell of each value of a row (a list), in order."""
     return [csv_cell(v) for v in values]

@@ -11,6 +11,10 @@ class InputSpec:
     height: int  # px
     width: int  # px
     num_classes: int
+    # How an image of any size becomes the (H, W) input (data/geometry.py): its short side resized
+    # to `resize` px (None: just covering H × W), then centre-cropped; Pillow's `interpolation`.
+    resize: int | None = None
+    interpolation: str = "bilinear"
 
     def to_dict(self) -> dict:
         """Plain ints, as a checkpoint stores them (`spec`)."""

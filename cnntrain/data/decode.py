@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from cnntrain.core.files import atomic_write
 from cnntrain.data.cache import build_once, load_json, save_json
+from cnntrain.data.geometry import Fit, as_fit, fit_image
 from cnntrain.data.limits import open_image
 from cnntrain.data.sources import ImageSource
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = (
-    2  # bump when the decoding below changes meaning (2: 16-bit scaled, alpha composited)
-)
+# Bump when the decoding below changes meaning (2: 16-bit scaled, alpha composited; 3: EXIF
+# orientation applied, aspect ratio kept: short side resized, then centre-cropped).
+CACHE_FORMAT = 3
 MODES = {1: "L", 3: "RGB"}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -30,22 +31,43 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 BACKGROUND = (255, 255, 255)  # what shows through transparent pixels: white, as a viewer shows it
 
 
-def conform(img: Image.Image, channels: int, size: tuple[int, int]) -> Image.Image:
-    """PIL image of any mode and size → the configured channels (L or RGB) and (H, W) size.
+# EXIF orientations that turn the image a quarter turn (or transpose it): width and height swap.
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF Orientation (1: as stored; 2–8: how a viewer turns or mirrors it)."""
+    return img.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(H, W) px of an opened image as a viewer shows it (after its EXIF orientation), from its
+    header alone."""
+    swap = orientation(img) in QUARTER_TURNS
+    return (img.width, img.height) if swap else (img.height, img.width)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation says (a phone's photo stored sideways)."""
+    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+
+
+def conform(img: Image.Image, channels: int, fit: Fit | tuple[int, int]) -> Image.Image:
+    """PIL image of any mode, size and orientation → upright, the configured channels (L or
+    RGB), and `fit`'s size: resized keeping its aspect ratio, then centre-cropped (an (H, W)
+    size: the crop just covered; geometry.py).
 
     16- and 32-bit values are scaled to 8 bits by the image's own range, not clipped;
     transparent pixels (RGBA, LA, a palette's transparency) are composited onto BACKGROUND,
     not left as whatever colour they hold underneath; palette and CMYK convert as usual."""
+    img = upright(img)
     if img.mode in WIDE_MODES:
         img = eight_bits(img)
     elif img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         img.alpha_composite(rgba)
-    img = img.convert(MODES[channels])
-    if img.size != (size[1], size[0]):  # PIL sizes are (W, H)
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return img
+    return fit_image(img.convert(MODES[channels]), as_fit(fit))
 
 
 def eight_bits(img: Image.Image) -> Image.Image:
@@ -63,18 +85,18 @@ def eight_bits(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * (255 / top)), 0, 255).astype(np.uint8))
 
 
-def to_pixels(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """PIL image → (C, H, W) uint8 in the configured channels and size."""
-    pixels = np.asarray(conform(img, channels, size), dtype=np.uint8)
+def to_pixels(img: Image.Image, channels: int, fit: Fit | tuple[int, int]) -> np.ndarray:
+    """PIL image → (C, H, W) uint8 in the configured channels, fitted by `fit` (conform)."""
+    pixels = np.array(conform(img, channels, fit), dtype=np.uint8)  # a copy: writable
     return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def decode_file(path: str, channels: int, size: tuple[int, int], max_pixels=None):
+def decode_file(path: str, channels: int, fit: Fit, max_pixels=None):
     """Pixels of one image file, or None when it cannot be read (truncated, empty, not an image)
     or is over `max_pixels` (H × W; None: Pillow's own limit alone)."""
     try:
         with open_image(path, max_pixels) as img:
-            return to_pixels(img, channels, size)
+            return to_pixels(img, channels, fit)
     except DECODE_ERRORS:
         return None
 
@@ -83,12 +105,12 @@ READABLE = np.empty(0, dtype=np.uint8)  # stands for the pixels when only readab
 
 
 def _decode_chunk(args) -> list[np.ndarray | None]:
-    paths, channels, size, keep, max_pixels = args
-    pixels = (decode_file(p, channels, size, max_pixels) for p in paths)
+    paths, channels, fit, keep, max_pixels = args
+    pixels = (decode_file(p, channels, fit, max_pixels) for p in paths)
     return [px if keep or px is None else READABLE for px in pixels]
 
 
-def decode_files(files: list[str], channels, size, workers: int, keep=True, max_pixels=None):
+def decode_files(files: list[str], channels, fit: Fit, workers: int, keep=True, max_pixels=None):
     """Decode many files in `workers` processes (JPEG decoding is CPU-bound and holds the GIL).
 
     Returns each file's pixels, or None where unreadable or over `max_pixels`; with keep=False
@@ -96,8 +118,7 @@ def decode_files(files: list[str], channels, size, workers: int, keep=True, max_
     """
     chunk = 512
     jobs = [
-        (files[i : i + chunk], channels, size, keep, max_pixels)
-        for i in range(0, len(files), chunk)
+        (files[i : i + chunk], channels, fit, keep, max_pixels) for i in range(0, len(files), chunk)
     ]
     if workers <= 1 or len(jobs) == 1:
         return [px for job in jobs for px in _decode_chunk(job)]
@@ -105,29 +126,33 @@ def decode_files(files: list[str], channels, size, workers: int, keep=True, max_
         return [px for part in pool.map(_decode_chunk, jobs) for px in part]
 
 
-def decode_arrays(arrays: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
+def decode_arrays(arrays: np.ndarray, channels: int, fit: Fit) -> np.ndarray:
     """(N, H, W[, C]) uint8 arrays → (N, C, H, W), converting channels/size only when needed."""
     if arrays.ndim == 3:
         arrays = arrays[..., None]  # grayscale (N, H, W) → (N, H, W, 1)
-    if arrays.shape[1:] == (*size, channels):
+    fit = as_fit(fit)
+    size = arrays.shape[1:3]
+    if (*size, arrays.shape[3]) == (*fit.crop, channels) and fit.resized_size(*size) == size:
         return np.ascontiguousarray(arrays.transpose(0, 3, 1, 2))
-    return np.stack([to_pixels(Image.fromarray(a.squeeze(-1)), channels, size) for a in arrays])
+    return np.stack([to_pixels(Image.fromarray(a.squeeze(-1)), channels, fit) for a in arrays])
 
 
-def decode_source(source: ImageSource, channels, size, workers) -> tuple[np.ndarray, list[int]]:
+def decode_source(source: ImageSource, channels, fit: Fit, workers) -> tuple[np.ndarray, list[int]]:
     """All images of `source` as (N_ok, C, H, W) uint8, and the indices of unreadable files."""
+    fit = as_fit(fit)
     if source.arrays is not None:
-        return decode_arrays(source.arrays, channels, size), []
-    pixels = decode_files(source.files, channels, size, workers, max_pixels=source.max_pixels)
+        return decode_arrays(source.arrays, channels, fit), []
+    pixels = decode_files(source.files, channels, fit, workers, max_pixels=source.max_pixels)
     bad = [i for i, px in enumerate(pixels) if px is None]
     good = [px for px in pixels if px is not None]
-    empty = np.zeros((0, channels, *size), dtype=np.uint8)
+    empty = np.zeros((0, channels, *fit.crop), dtype=np.uint8)
     return (np.stack(good) if good else empty), bad
 
 
-def cache_key(origin: str, fingerprint: str, split: str, channels: int, size, chosen=None) -> str:
-    """Key of the decoded `split` (or of its files `chosen`, an index array, when not all)."""
-    fields = [CACHE_FORMAT, origin, fingerprint, split, channels, list(size)]
+def cache_key(origin: str, fingerprint: str, split: str, channels: int, fit, chosen=None) -> str:
+    """Key of the decoded `split` fitted by `fit` (a Fit or (H, W)), or of its files `chosen`
+    (an index array) when not all."""
+    fields = [CACHE_FORMAT, origin, fingerprint, split, channels, *as_fit(fit).key()]
     if chosen is not None:
         fields.append(hashlib.blake2b(np.asarray(chosen, np.int64).tobytes()).hexdigest())
     return hashlib.blake2b(json.dumps(fields).encode(), digest_size=10).hexdigest()
@@ -150,28 +175,29 @@ def save_cached(path: Path, entry: dict) -> dict:
     return entry
 
 
-def decode_entry(source: ImageSource, channels, size, workers, folder: Path) -> dict:
+def decode_entry(source: ImageSource, channels, fit: Fit, workers, folder: Path) -> dict:
     """The cache entry of `source`: its pixels, the indices of its unreadable files, a CRC32."""
     log.info("decoding %d images (cached for the next run in %s)", len(source), folder)
-    images, bad = decode_source(source, channels, size, workers)
+    images, bad = decode_source(source, channels, fit, workers)
     images = torch.from_numpy(images)
     bad = torch.tensor(bad, dtype=torch.int64)
     return {"images": images, "bad": bad, "crc32": zlib.crc32(images.numpy())}
 
 
-def decoded_split(source: ImageSource, key: str, cache_dir: Path, channels, size, workers):
-    """(images (N_ok, C, H, W) uint8 tensor, bad file indices) for `source`, cached under `key`.
+def decoded_split(source: ImageSource, key: str, cache_dir: Path, channels, fit: Fit, workers):
+    """(images (N_ok, C, H, W) uint8 tensor, bad file indices) for `source` fitted by `fit`,
+    cached under `key`.
 
     Array-backed sources are already pixels and skip the cache: converting them takes
     milliseconds.
     """
     if source.arrays is not None:
-        return torch.from_numpy(decode_source(source, channels, size, workers)[0]), []
+        return torch.from_numpy(decode_source(source, channels, fit, workers)[0]), []
     path = cache_dir / "decoded" / f"{key}.pt"
     entry = build_once(
         path,
         load=load_cached,
-        build=lambda: decode_entry(source, channels, size, workers, path.parent),
+        build=lambda: decode_entry(source, channels, fit, workers, path.parent),
         save=save_cached,
     )
     return entry["images"], entry["bad"].tolist()
@@ -191,7 +217,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     return mean.tolist(), std.tolist()
 
 
-def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, size, workers):
+def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, fit: Fit, workers):
     """Indices of the files of `source` that cannot be decoded; the scan is cached under `key`."""
     if source.arrays is not None:
         return []
@@ -199,12 +225,12 @@ def unreadable_files(source: ImageSource, key: str, cache_dir: Path, channels, s
     return build_once(
         path,
         load=load_json,
-        build=lambda: scan_unreadable(source, channels, size, workers, path.parent),
+        build=lambda: scan_unreadable(source, channels, fit, workers, path.parent),
         save=save_json,
     )
 
 
-def scan_unreadable(source: ImageSource, channels, size, workers, folder: Path) -> list[int]:
+def scan_unreadable(source: ImageSource, channels, fit: Fit, workers, folder: Path) -> list[int]:
     log.info("checking %d image files once (cached in %s)", len(source), folder)
-    flags = decode_files(source.files, channels, size, workers, False, source.max_pixels)
+    flags = decode_files(source.files, channels, fit, workers, False, source.max_pixels)
     return [i for i, px in enumerate(flags) if px is None]

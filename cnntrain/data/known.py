@@ -1,6 +1,8 @@
 """The datasets cnntrain knows by name (`data.name`): where each is looked for, first match wins.
 
-1. `data.root`, when set: an ImageFolder folder or archive (then the name only labels the run);
+0. data=csv (a label file) and data=hf (a Hugging Face dataset): data/labels.py, data/hf.py;
+1. `data.root`, when set: an ImageFolder folder or archive, or flat class folders
+   (data/folders.py; then the name only labels the run);
 2. torchvision's own format under `paths.data_dir` (e.g. `cifar-10-batches-py/`);
 3. an offline copy under `paths.data_dir`: an ImageFolder tree or archive (`cifar10-jpeg.tar.gz`)
    for the CIFAR sets, the four raw idx `.gz` files (`fashion-mnist/`) for the MNIST sets,
@@ -18,17 +20,25 @@ from torchvision import datasets as tvd
 from torchvision.datasets.folder import find_classes
 
 from cnntrain.core.errors import UserError
+from cnntrain.data.folders import flat_listing, open_folder, unpacked
+from cnntrain.data.hf import hf_listing
+from cnntrain.data.labels import label_listing
 from cnntrain.data.limits import limits_of
+from cnntrain.data.listing import (
+    Listing,
+    SplitOptions,
+    evaluation_splits,
+    listing_splits,
+    refuse_table,
+)
 from cnntrain.data.sources import (
     ARCHIVE_SUFFIXES,
     ImageSource,
     Splits,
-    check_root,
     fingerprint,
     folder_source,
     open_image_folder,
     split_root,
-    unpack_archive,
 )
 
 
@@ -57,10 +67,13 @@ IDX_FILES = {
 
 def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
     """Find the dataset `data_cfg.name` (or the folder `data_cfg.root`) and open its splits."""
+    listed = open_listing(data_cfg, Path(cache_dir))
+    options, limits = SplitOptions.of(data_cfg), limits_of(data_cfg)
+    if listed is not None:
+        return listing_splits(*listed, options, limits)
     if data_cfg.root:
-        return open_image_folder(
-            Path(data_cfg.root).expanduser(), Path(cache_dir), limits_of(data_cfg)
-        )
+        return open_folder(Path(data_cfg.root).expanduser(), Path(cache_dir), limits, options)
+    refuse_table(options, f"data.name={data_cfg.name}")
     name = data_cfg.name
     if name not in KNOWN:
         raise UserError(
@@ -148,18 +161,36 @@ def open_idx_folder(folder: Path, classes: list[str]) -> Splits:
     return Splits(list(classes), splits, origin=f"{folder} (idx files)")
 
 
+def open_listing(data_cfg, cache_dir: Path) -> tuple[Listing, str] | None:
+    """(the images listed, where they come from) of a label file or a Hugging Face dataset;
+    None for the other sources."""
+    if data_cfg.name == "csv":
+        return label_listing(data_cfg), str(Path(data_cfg.labels).expanduser())
+    if data_cfg.name == "hf":
+        return hf_listing(data_cfg, cache_dir, limits_of(data_cfg)), str(data_cfg.root)
+    return None
+
+
 def open_evaluation_data(data_cfg, data_dir: str, cache_dir: str) -> Splits:
     """Data to evaluate a trained model on, found as open_splits finds training data; but
     `data.root` may also hold labelled images alone, without train/: `test/<class>/<images>`
-    (or `val/…`), or class folders at its top (`<class>/<images>`), read as the `test` split."""
+    (or `val/…`), or class folders at its top (`<class>/<images>`), read as the `test` split
+    (split as data.splits says instead, when set: a run's own data). A label file without a
+    split column is read whole as the test split too."""
+    options, limits = SplitOptions.of(data_cfg), limits_of(data_cfg)
+    listed = open_listing(data_cfg, Path(cache_dir))
+    if listed is not None:
+        return evaluation_splits(*listed, options, limits)
     if not data_cfg.root:
         return open_splits(data_cfg, data_dir, cache_dir)
-    path, limits = Path(data_cfg.root).expanduser(), limits_of(data_cfg)
-    check_root(str(path))
-    folder = unpack_archive(path, Path(cache_dir) / "archives", limits) if path.is_file() else path
+    path = Path(data_cfg.root).expanduser()
+    folder = unpacked(path, Path(cache_dir), limits)
     if split_root(folder) is not None:
         return open_image_folder(path, Path(cache_dir), limits)
-    root = next((folder / s for s in ("test", "val") if (folder / s).is_dir()), folder)
+    root = next((folder / s for s in ("test", "val") if (folder / s).is_dir()), None)
+    if root is None:
+        listing = flat_listing(folder, limits, unpacked_archive=path.is_file())
+        return evaluation_splits(listing, str(listing.root), options, limits)
     try:
         classes, class_to_idx = find_classes(root)
     except FileNotFoundError as e:

@@ -20,25 +20,34 @@ from torchvision.transforms import v2
 from cnntrain.core.seeds import derived_seed
 from cnntrain.data.augment.draws import EpochDraws
 from cnntrain.data.decode import conform
+from cnntrain.data.geometry import as_fit, centre_crop
 from cnntrain.data.sources import ImageSource
 from cnntrain.data.splits import batch_bounds, epoch_order
 from cnntrain.distributed import SINGLE, World, mask_padding
 
 
 class BatchPrep:
-    """On the device, for every batch: uint8 → float in [0, 1], augment (train), normalize."""
+    """On the device, for every batch: uint8 → float in [0, 1], augment (train), normalize.
 
-    def __init__(self, mean, std, device: torch.device, channels_last: bool, augment=None):
+    `size`: the model's input (H, W); a batch stored larger (a training split kept for
+    RandomResizedCrop) and given without draws (unaugmented: a data-dependent init, a warm-up)
+    is centre-cropped to it, as evaluation's images are."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool, augment=None,
+                 size: tuple[int, int] | None = None):  # fmt: skip
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augment = augment  # a BatchAugment, or None
+        self.size = size
 
     def __call__(self, x: torch.Tensor, draws: EpochDraws | None = None) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float().div_(255)  # (B, C, H, W) in [0, 1]
         if self.augment is not None and draws is not None:
             x = self.augment(x, draws)
+        elif self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = centre_crop(x, self.size)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
@@ -83,10 +92,11 @@ class SampleDataset(Dataset):
     same augmentation in any worker, after any restart, however the workers were scheduled.
     """
 
-    def __init__(self, source: ImageSource, channels, size, seed: int, transform=None, flip=None):
-        """`transform`: PIL image → (C, H, W) uint8 tensor, random; None = PILToTensor only.
+    def __init__(self, source: ImageSource, channels, fit, seed: int, transform=None, flip=None):
+        """`fit`: how images are stored (a geometry.Fit, or an (H, W) size, conform's).
+        `transform`: PIL image → (C, H, W) uint8 tensor, random; None = PILToTensor only.
         `flip`: an AlternatingFlip, applied to the image first (as on the tensor path)."""
-        self.source, self.channels, self.size, self.seed = source, channels, size, seed
+        self.source, self.channels, self.fit, self.seed = source, channels, as_fit(fit), seed
         self.flip = flip
         self.random = transform is not None
         self.transform = transform if self.random else v2.PILToTensor()
@@ -96,7 +106,7 @@ class SampleDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
-        img = conform(self.source.open(i), self.channels, self.size)
+        img = conform(self.source.open(i), self.channels, self.fit)
         if self.flip is not None and self.flip.mirrored(i, epoch):
             img = v2.functional.horizontal_flip(img)
         if not self.random:
@@ -172,7 +182,7 @@ class FileLoader:
     def images_at(self, indices) -> torch.Tensor:
         """Images `indices` (in evaluation order) as stored: (n, C, H, W) uint8 on the CPU."""
         d = self.loader.dataset
-        images = (conform(d.source.open(int(i)), d.channels, d.size) for i in indices)
+        images = (conform(d.source.open(int(i)), d.channels, d.fit) for i in indices)
         return torch.stack([v2.functional.pil_to_tensor(img) for img in images])
 
     def batches(self, epoch: int = 0, start: int = 0):

@@ -10,6 +10,7 @@ import torch
 from cnntrain.core.errors import UserError
 from cnntrain.data import decode
 from cnntrain.data.cache import build_once, load_json, save_json
+from cnntrain.data.geometry import Fit
 from cnntrain.data.selection import Part
 from cnntrain.data.sources import ImageSource, Splits
 from cnntrain.data.splits import seeded_subset
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 STATS_SAMPLE = 20_000  # images decoded to estimate normalization stats on the DataLoader path
 
 
-def normalization(d, train: Part, found: Splits, paths, channels, size, wanted: dict):
+def normalization(d, train: Part, found: Splits, paths, channels, fit: Fit, wanted: dict):
     """(mean, std) per channel, the first given of: `data.mean`/`data.std`; what the model wants
     (pretrained weights' statistics, in `wanted`); the dataset's known `data.stats`; else computed
-    on the training split only (cached)."""
+    on the training split only, its images as stored (`fit`: for RandomResizedCrop the larger
+    centre region the crops are drawn from), cached."""
     if d.mean is not None and d.std is not None:
         return fitting(d.mean, d.std, channels, "data.mean")
     if wanted.get("mean") is not None:
@@ -32,20 +34,20 @@ def normalization(d, train: Part, found: Splits, paths, channels, size, wanted: 
         return fitting(d.stats.mean, d.stats.std, channels, "data.stats.mean")
     # The training split is fixed by the data and these settings, so they key the cache.
     split = f"stats:{d.val_split}:{d.split_seed}:{d.max_train_samples}"
-    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size)
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, fit)
     path = Path(paths.cache_dir).expanduser() / "stats" / f"{key}.json"
     stats = build_once(
         path,
         load=load_json,
-        build=lambda: training_stats(train, channels, size, d),
+        build=lambda: training_stats(train, channels, fit, d),
         save=save_json,
     )
     return stats["mean"], stats["std"]
 
 
-def training_stats(train: Part, channels, size, d) -> dict[str, list[float]]:
+def training_stats(train: Part, channels, fit: Fit, d) -> dict[str, list[float]]:
     images = (
-        train.images if train.images is not None else sample_pixels(train.source, channels, size, d)
+        train.images if train.images is not None else sample_pixels(train.source, channels, fit, d)
     )
     mean, std = decode.channel_stats(images)
     log.info("normalization from the training split: mean %s, std %s", fmt(mean), fmt(std))
@@ -67,8 +69,8 @@ def fmt(values) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
 
-def sample_pixels(source: ImageSource, channels, size, d) -> torch.Tensor:
+def sample_pixels(source: ImageSource, channels, fit: Fit, d) -> torch.Tensor:
     """Up to STATS_SAMPLE training images, decoded: enough for stats to ~3 decimals."""
     chosen = seeded_subset(np.arange(len(source)), STATS_SAMPLE, d.split_seed)
-    images, _ = decode.decode_source(source.subset(chosen), channels, size, max(1, d.num_workers))
+    images, _ = decode.decode_source(source.subset(chosen), channels, fit, max(1, d.num_workers))
     return torch.from_numpy(images)

@@ -1,14 +1,16 @@
 """load_data: from `cfg.data` to train / val / test loaders on the training device.
 
-Steps: find the dataset (sources), decide channels and size, carve the validation split from train
-and cap sample counts (seeded, over the files as listed), decode or check only the chosen files and
-drop unreadable ones, take normalization statistics from the training split only, and build the
-tensor path or the DataLoader path (`data.loader`).
+Steps: find the dataset (sources), decide channels and size, and how images are fitted to it
+(geometry: short side resized, centre crop; a larger centre region for the training split with a
+random resized crop), carve the validation split from train and cap sample counts (seeded, over the
+files as listed), decode or check only the chosen files and drop unreadable ones, take
+normalization statistics from the training split only, and build the tensor path or the DataLoader
+path (`data.loader`).
 """
 
 import functools
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,11 +21,13 @@ from cnntrain.data.augment.batch import batch_augment
 from cnntrain.data.augment.flip import alternating_flip
 from cnntrain.data.augment.options import Options, check_cutout_fits
 from cnntrain.data.augment.pil import pil_pipeline
+from cnntrain.data.geometry import Fit, photo_fit, spec_fit, storage_fit
 from cnntrain.data.known import open_evaluation_data, open_splits
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.normalization import normalization
 from cnntrain.data.selection import Choice, Part, cap, partition, readable_parts
 from cnntrain.data.shape import choose_loader, input_shape
+from cnntrain.data.sources import Records
 from cnntrain.data.splits import balanced_weights
 from cnntrain.distributed import SINGLE, World
 
@@ -43,6 +47,8 @@ class DataBundle:
     std: list[float]
     loader: str  # "tensor" or "dataloader"
     origin: str
+    records: Records = field(default_factory=Records)  # for the run folder: splits.csv…
+    test_files: list[str] | None = None  # the test loader's image files in evaluation order
 
 
 def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
@@ -56,26 +62,30 @@ def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
     channels, size = input_shape(d, found, wanted)
     if augment.cutout:  # known only now; refuse before any worker hits it mid-epoch
         check_cutout_fits(augment.cutout, *size)
-    kind = choose_loader(d, found, channels, size)
+    view = photo_fit(d, size, wanted)  # evaluation's, and training's without a resized crop
+    stored = storage_fit(view) if augment.resized_crop else view
+    kind = choose_loader(d, found, channels, stored.crop)  # errs large: eval splits are `view`
     chosen, val_name, test_name = partition(found, d)
-    train, val, test = readable_parts(found, chosen, d, cfg.paths, channels, size, kind)
-    mean, std = normalization(d, train, found, cfg.paths, channels, size, wanted)
-    spec = InputSpec(channels, size[0], size[1], len(found.classes))
+    fits = [stored, view, view]
+    train, val, test = readable_parts(found, chosen, d, cfg.paths, channels, fits, kind)
+    mean, std = normalization(d, train, found, cfg.paths, channels, stored, wanted)
+    spec = InputSpec(channels, *size, len(found.classes), view.resize, view.interpolation)
     seed = cfg.trainer.seed
-    prep = BatchPrep(mean, std, device, channels_last)
+    prep = BatchPrep(mean, std, device, channels_last, size=size)
     weights = (
         balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
     )
     flip = alternating_flip(augment, seed, len(train.source))
     if kind == "tensor":  # augmentation on whole batches, on the device
-        train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment))
+        train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment, size), size)
         train_loader = tensor_loader(train, d, True, seed, train_prep, weights, flip, world)
         make_eval = functools.partial(tensor_loader, d=d, train=False, seed=seed, prep=prep,
                                       world=world)  # fmt: skip
     else:  # augmentation per PIL image, in the DataLoader's workers
-        train_loader = file_loader(train, d, True, seed, prep, weights, spec, augment, flip, world)
+        train_loader = file_loader(train, d, True, seed, prep, weights, spec, stored, augment, flip,
+                                   world)  # fmt: skip
         make_eval = functools.partial(file_loader, d=d, train=False, seed=seed, prep=prep,
-                                      spec=spec, world=world)  # fmt: skip
+                                      spec=spec, fit=view, world=world)  # fmt: skip
     val_loader = make_eval(val)
     return DataBundle(
         spec=spec,
@@ -89,6 +99,8 @@ def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
         std=std,
         loader=kind,
         origin=found.origin,
+        records=found.records,
+        test_files=test.source.files,
     )
 
 
@@ -100,6 +112,7 @@ class EvaluationSplit:
     name: str  # "test", or "val" when the data has no test split (as in training's results)
     origin: str  # where the data was found
     counts: dict[str, int]  # images per class name of the model (0 for those not in the data)
+    files: list[str] | None  # the loader's image files in evaluation order (None: arrays)
 
 
 def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
@@ -113,23 +126,24 @@ def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
     d = cfg.data
     found = open_evaluation_data(d, cfg.paths.data_dir, cfg.paths.cache_dir)
     to_model = model_class_indices(found.classes, classes)
-    size = (spec.height, spec.width)
-    kind = choose_loader(d, found, spec.channels, size)
+    fit = spec_fit(spec)  # as the model was evaluated in training
+    kind = choose_loader(d, found, spec.channels, fit.crop)
     if "train" in found.splits:
         (_, _, choice), _, name = partition(found, d)
     else:
         whole = Choice("test", np.arange(len(found.splits["test"])))
         choice, name = cap(whole, d.max_eval_samples, d.split_seed + 2), "test"
-    [part] = readable_parts(found, [choice], d, cfg.paths, spec.channels, size, kind)
+    [part] = readable_parts(found, [choice], d, cfg.paths, spec.channels, [fit], kind)
     part = Part(replace(part.source, targets=to_model[part.source.targets]), part.images)
-    prep = BatchPrep(mean, std, device, cfg.trainer.channels_last)
+    prep = BatchPrep(mean, std, device, cfg.trainer.channels_last, size=fit.crop)
     seed = cfg.trainer.seed
     if kind == "tensor":
         loader = tensor_loader(part, d, train=False, seed=seed, prep=prep)
     else:
-        loader = file_loader(part, d, train=False, seed=seed, prep=prep, spec=spec)
+        loader = file_loader(part, d, train=False, seed=seed, prep=prep, spec=spec, fit=fit)
     counts = np.bincount(part.source.targets, minlength=len(classes)).tolist()
-    return EvaluationSplit(loader, name, found.origin, dict(zip(classes, counts, strict=True)))
+    counts = dict(zip(classes, counts, strict=True))
+    return EvaluationSplit(loader, name, found.origin, counts, part.source.files)
 
 
 def model_class_indices(data_classes: list[str], classes: list[str]) -> np.ndarray:
@@ -150,10 +164,11 @@ def tensor_loader(part: Part, d, train, seed, prep, weights=None, flip=None,
     return TensorLoader(part.images, targets, batch, train, seed, prep, weights, flip, world)
 
 
-def file_loader(part: Part, d, train, seed, prep, weights=None, spec=None,
+def file_loader(part: Part, d, train, seed, prep, weights=None, spec=None, fit: Fit | None = None,
                 augment: Options | None = None, flip=None, world=SINGLE) -> FileLoader:  # fmt: skip
-    transform = pil_pipeline(augment) if augment is not None and augment.on else None
+    """`fit`: how the split's images are stored (spec's size, or a larger region to crop from)."""
     size = (spec.height, spec.width)
-    dataset = SampleDataset(part.source, spec.channels, size, seed, transform, flip)
+    transform = pil_pipeline(augment, size) if augment is not None and augment.on else None
+    dataset = SampleDataset(part.source, spec.channels, fit, seed, transform, flip)
     batch = d.batch_size if train else d.eval_batch_size
     return FileLoader(dataset, batch, train, seed, prep, d.num_workers, weights, world)

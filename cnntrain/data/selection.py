@@ -11,6 +11,7 @@ import torch
 from cnntrain.core.errors import UserError
 from cnntrain.core.safe_text import printable
 from cnntrain.data import decode
+from cnntrain.data.geometry import Fit
 from cnntrain.data.limits import oversize_reason
 from cnntrain.data.sources import ImageSource, Splits
 from cnntrain.data.splits import seeded_subset, stratified_split
@@ -34,17 +35,20 @@ class Choice:
     indices: np.ndarray  # (n,) sorted indices into found.splits[split]
 
 
-def readable_parts(found: Splits, chosen, d, paths, channels, size, kind) -> list[Part]:
-    """A Part per Choice; each split's chosen files are decoded or checked once, together."""
+def readable_parts(found: Splits, chosen, d, paths, channels, fits, kind) -> list[Part]:
+    """A Part per Choice, its images stored as its Fit of `fits` (one per Choice) says; the
+    chosen files of each split stored alike are decoded or checked once, together."""
+    ways = [(c.split, fit) for c, fit in zip(chosen, fits, strict=True)]  # (split, Fit) each
     readable = {}
-    for split in dict.fromkeys(c.split for c in chosen):
-        indices = np.unique(np.concatenate([c.indices for c in chosen if c.split == split]))
-        readable[split] = readable_part(found, split, indices, d, paths, channels, size, kind)
-    parts = {id(c): narrow(*readable[c.split], c.indices) for c in chosen}
+    for split, fit in dict.fromkeys(ways):
+        picked = [c.indices for c, way in zip(chosen, ways, strict=True) if way == (split, fit)]
+        indices = np.unique(np.concatenate(picked))
+        readable[split, fit] = readable_part(found, split, indices, d, paths, channels, fit, kind)
+    parts = {id(c): narrow(*readable[way], c.indices) for c, way in zip(chosen, ways, strict=True)}
     return [parts[id(c)] for c in chosen]  # a Choice serving two roles gives one Part
 
 
-def readable_part(found: Splits, split, indices, d, paths, channels, size, kind):
+def readable_part(found: Splits, split, indices, d, paths, channels, fit: Fit, kind):
     """(Part, kept): files `indices` of `split` minus unreadable ones (per `data.on_bad_image`),
     decoded on the tensor path, and the indices of the files kept.
 
@@ -53,13 +57,13 @@ def readable_part(found: Splits, split, indices, d, paths, channels, size, kind)
     source = found.splits[split]
     chosen = None if len(indices) == len(source) else indices
     source = source if chosen is None else source.subset(indices)
-    key = decode.cache_key(found.origin, found.fingerprint, split, channels, size, chosen)
+    key = decode.cache_key(found.origin, found.fingerprint, split, channels, fit, chosen)
     cache = Path(paths.cache_dir).expanduser()
     workers = max(1, d.num_workers)
     if kind == "tensor":
-        images, bad = decode.decoded_split(source, key, cache, channels, size, workers)
+        images, bad = decode.decoded_split(source, key, cache, channels, fit, workers)
     else:
-        images, bad = None, decode.unreadable_files(source, key, cache, channels, size, workers)
+        images, bad = None, decode.unreadable_files(source, key, cache, channels, fit, workers)
     if bad:
         report_unreadable(source, bad, split, d.on_bad_image)
         keep = np.setdiff1d(np.arange(len(source)), bad)

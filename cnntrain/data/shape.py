@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 # Training files whose headers decide a folder's image size and channels: a few hundred header
 # reads take well under a second, and their most common size is not one outlier's.
 SIZE_SAMPLE = 256
+# Square side (px) photos are brought to when data.image_size is unset: their median short side,
+# at most this. The README's own-data line (cifar10cnn, batch 128) on 5,200 photos (evaluation
+# batches of 512) peaks at 3.7 GB resident in float32 on a CPU at 96 px, 2.6 GB in bf16; at
+# 128 px float32 takes 5.9 GB even on 600 photos (bench/own_photos.py). training/fits.py refuses
+# a size that would not fit.
+PHOTO_SIDE = 96
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
@@ -45,23 +51,42 @@ def input_shape(d, found: Splits, wanted: dict) -> tuple[int, tuple[int, int]]:
 
 
 def data_shape(train: ImageSource, seed: int, say_size: bool) -> tuple[int, tuple[int, int]]:
-    """(channels, (H, W)) of the training split as stored; for files, sniff_files' answer on a
-    seeded sample of them (logged with `say_size`, when it becomes the run's size)."""
+    """(channels, (H, W)) of the training split as stored; for files, read from the headers of a
+    seeded sample of them (chosen_size; logged with `say_size`, when it becomes the run's)."""
     if train.arrays is not None:
         shape = train.arrays.shape  # (N, H, W) or (N, H, W, C)
         return (1 if len(shape) == 3 else shape[3]), shape[1:3]
     sample = seeded_subset(np.arange(len(train)), SIZE_SAMPLE, seed)
-    channels, size, read = sniff_files([train.files[i] for i in sample], train.max_pixels)
+    channels, sizes = sniff_files([train.files[i] for i in sample], train.max_pixels)
+    size, why = chosen_size(sizes)
     if say_size:
-        log.info("image size %d×%d (H×W, data.image_size unset): the most common of %d "
-                 "training image(s) sampled", *size, read)  # fmt: skip
+        log.info("image size %d×%d (H×W, data.image_size unset): %s", *size, why)
     return channels, size
 
 
-def sniff_files(files: list[str], max_pixels=None) -> tuple[int, tuple[int, int], int]:
-    """(channels, (H, W), files read) from the headers of `files` (no pixels are decoded): 1
-    channel if all are grayscale, the most common size (ties: the first found); unreadable files
-    and those over `max_pixels` are passed over (reported when the split is decoded)."""
+def chosen_size(sizes: Counter) -> tuple[tuple[int, int], str]:
+    """(H, W) for images of `sizes` ((H, W) → count of a sample), and why. Their most common
+    size when it is at least half of them and no more pixels than PHOTO_SIDE² (CIFAR-10's
+    32×32, a folder of 64×64 tiles, a few odd files among them); else, for photos (mixed sizes,
+    or large), a square of their median short side, at most PHOTO_SIDE."""
+    (height, width), count = sizes.most_common(1)[0]
+    n = sizes.total()
+    if 2 * count >= n and height * width <= PHOTO_SIDE**2:
+        return (height, width), f"the most common of {n} training image(s) sampled"
+    shorts = sorted(min(size) for size, k in sizes.items() for _ in range(k))
+    median = shorts[n // 2]
+    side = min(median, PHOTO_SIDE)
+    return (side, side), (
+        f"{n} training image(s) sampled have {len(sizes)} size(s) (short sides {shorts[0]}-"
+        f"{shorts[-1]} px, median {median}); photos get a square of the median short side, at "
+        f"most {PHOTO_SIDE} px (data.image_size=N sets another)"
+    )
+
+
+def sniff_files(files: list[str], max_pixels=None) -> tuple[int, Counter]:
+    """(channels, Counter of (H, W) sizes) from the headers of `files` (no pixels are
+    decoded): 1 channel if all are grayscale; unreadable files and those over `max_pixels` are
+    passed over (reported when the split is decoded)."""
     modes, sizes = set(), Counter()
     for path in files:
         try:
@@ -74,8 +99,7 @@ def sniff_files(files: list[str], max_pixels=None) -> tuple[int, tuple[int, int]
         raise UserError(
             f"none of {len(files)} sampled images could be read (first: {printable(files[0])})"
         )
-    channels = 1 if modes <= GRAYSCALE_MODES else 3
-    return channels, sizes.most_common(1)[0][0], sizes.total()
+    return (1 if modes <= GRAYSCALE_MODES else 3), sizes
 
 
 def choose_loader(d, found: Splits, channels, size) -> str:

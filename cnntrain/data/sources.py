@@ -65,6 +65,17 @@ class ImageSource:
 
 
 @dataclass
+class Records:
+    """What a run folder keeps of how its images were chosen (data/split_table.py writes them)."""
+
+    # splits.csv, when the tool made the split or reused one (data.splits): (path relative to
+    # the data's root, POSIX separators; class name; train, val or test) per image
+    table: list[tuple[str, str, str]] = field(default_factory=list)
+    # bad_rows.csv: rows of a label file or split table left out: (file, row, path, reason)
+    bad_rows: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+
+@dataclass
 class Splits:
     """A dataset as found: class names, its splits (`train` always; `val`, `test` if provided)."""
 
@@ -72,6 +83,7 @@ class Splits:
     splits: dict[str, ImageSource]
     origin: str  # where it was found, for the log and for cache keys
     fingerprint: str = field(default="")  # changes when the files change
+    records: Records = field(default_factory=Records)
 
 
 def check_root(root: str) -> None:

@@ -20,6 +20,7 @@ imported only when a timm model is asked for: it takes seconds to import.
 """
 
 import difflib
+import math
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,15 +30,18 @@ from torch import nn
 from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
 from cnntrain.core.spec import InputSpec
+from cnntrain.data.geometry import INTERPOLATIONS
 from cnntrain.models.registry import register
 from cnntrain.models.torchvision import (
     LOAD_ERRORS,
+    NO_PREPROCESSING,
     first_line,
     load_state_dict_file,
     meta_forward_error,
 )
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a hub repo
+DEFAULT_CROP_PCT = 0.875  # timm's, for a pretrained_cfg without crop_pct: 224 of 256
 
 
 def timm_module():
@@ -84,14 +88,24 @@ def resolve_weights(arch: str, weights):
 
 
 def data_defaults(arch, weights) -> dict:
-    """3 channels; with pretrained weights their input size and mean/std (`pretrained_cfg`)."""
+    """3 channels; with pretrained weights their evaluation preprocessing (`pretrained_cfg`):
+    the short side resized to ⌊crop / crop_pct⌋ px (timm's own rounding) with their
+    interpolation (bilinear where it is one cnntrain does not offer), centre-cropped to their
+    input size, and their mean/std."""
     chosen = resolve_weights(arch, weights)
     if not isinstance(chosen, str):
-        return {"channels": 3, "image_size": None, "mean": None, "std": None}
+        return dict(NO_PREPROCESSING)
     cfg = timm_module().models.get_pretrained_cfg(chosen)
     _, height, width = cfg.input_size
-    return {"channels": 3, "image_size": (height, width), "mean": list(cfg.mean),
-            "std": list(cfg.std)}  # fmt: skip
+    crop_pct = cfg.crop_pct or DEFAULT_CROP_PCT
+    return {
+        "channels": 3,
+        "image_size": (height, width),
+        "resize": math.floor(min(height, width) / crop_pct),
+        "interpolation": cfg.interpolation if cfg.interpolation in INTERPOLATIONS else None,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+    }
 
 
 @register("timm", check=resolve_weights, data_defaults=data_defaults)

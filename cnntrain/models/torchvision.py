@@ -90,18 +90,25 @@ def resolve_weights(arch: str, weights) -> tv.WeightsEnum | Path | None:
     return path
 
 
+NO_PREPROCESSING = {"channels": 3, "image_size": None, "resize": None, "interpolation": None,
+                    "mean": None, "std": None}  # fmt: skip
+
+
 def data_defaults(arch, weights) -> dict:
     """What the data must be for `arch` with `weights`: 3 channels, and with pretrained weights
-    their own preprocessing — the crop size their `transforms()` feeds the network, and their
-    mean/std. (torchvision first resizes the short side to `resize_size`, then center-crops.)"""
+    their own preprocessing (`transforms()`, no download): the short side resized to
+    `resize_size` px with their interpolation, centre-cropped to the size fed to the network,
+    and their mean/std."""
     chosen = resolve_weights(arch, weights)
     if not isinstance(chosen, tv.WeightsEnum):
-        return {"channels": 3, "image_size": None, "mean": None, "std": None}
+        return dict(NO_PREPROCESSING)
     preprocess = chosen.transforms()
     crop = preprocess.crop_size  # [side] or [H, W]
     return {
         "channels": 3,
         "image_size": (crop[0], crop[-1]),
+        "resize": preprocess.resize_size[0],  # [short side]
+        "interpolation": preprocess.interpolation.value,  # "bilinear", "bicubic"
         "mean": list(preprocess.mean),
         "std": list(preprocess.std),
     }

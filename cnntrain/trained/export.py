@@ -6,7 +6,10 @@ The exported network takes float32 pixels in [0, 1], (N, C, H, W) with N free (w
 gives, stacked), and returns logits (N, classes). Metadata, each value JSON: `classes` (names in
 logit order), `mean` and `std` (per channel, applied inside), `input_size` ([C, H, W]): ONNX
 `metadata_props`, TorchScript extra files of those names (`torch.jit.load(path,
-_extra_files=...)`). Loading the TorchScript file needs torch only, the ONNX file any ONNX runtime.
+_extra_files=...)`). How an image of any size becomes that input, as training's evaluation made
+it: `resize` (px its short side is resized to; null: just covering the input size) with
+`interpolation` (bilinear, bicubic or nearest), then a centre crop to `input_size`. Loading the
+TorchScript file needs torch only, the ONNX file any ONNX runtime.
 """
 
 import json
@@ -50,6 +53,8 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
         "mean": json.dumps(trained.mean),
         "std": json.dumps(trained.std),
         "input_size": json.dumps([spec.channels, spec.height, spec.width]),
+        "resize": json.dumps(spec.resize),
+        "interpolation": json.dumps(spec.interpolation),
     }
 
 

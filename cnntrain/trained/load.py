@@ -19,6 +19,7 @@ from cnntrain.core.checkpoint import (
 )
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
+from cnntrain.data.geometry import spec_fit
 from cnntrain.models.registry import build_architecture
 
 
@@ -77,9 +78,10 @@ def load_trained(source) -> TrainedModel:
 
 
 def image_pixels(image: Image.Image, spec: InputSpec) -> torch.Tensor:
-    """(C, H, W) uint8 of a PIL image of any mode and size, in the model's channels and size,
-    converted exactly as training decoded its images (data/decode.py)."""
-    return torch.from_numpy(to_pixels(image, spec.channels, (spec.height, spec.width)))
+    """(C, H, W) uint8 of a PIL image of any mode, size and EXIF orientation, in the model's
+    channels and size, converted exactly as training decoded its evaluation images
+    (data/decode.py: upright, short side resized to the spec's resize, centre-cropped)."""
+    return torch.from_numpy(to_pixels(image, spec.channels, spec_fit(spec)))
 
 
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:

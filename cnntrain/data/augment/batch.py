@@ -18,34 +18,40 @@ from cnntrain.data.augment.kernels import (
 )
 from cnntrain.data.augment.options import Options
 from cnntrain.data.augment.policies import batch_policy
+from cnntrain.data.augment.resized_crop import resized_crop
 
 
-def batch_augment(options: Options) -> "BatchAugment | None":
-    """The batch form of `options`, or None when every option is off."""
+def batch_augment(options: Options, size: tuple[int, int] | None = None) -> "BatchAugment | None":
+    """The batch form of `options`, or None when every option is off; `size`: the (H, W) the
+    random resized crop outputs (None: the batch's own)."""
     if not options.on:
         return None
-    return BatchAugment(options, batch_policy(options))
+    return BatchAugment(options, batch_policy(options), size)
 
 
 class BatchAugment:
     """Augments a float batch (N, C, H, W) in [0, 1] on any device, every parameter drawn per image
     from `generator` (on the batch's device) only: same generator state, same output.
 
-    Order as the PIL pipeline: crop → hflip → rotation/translation → colour jitter → policy →
-    cutout → random erasing.
+    Order as the PIL pipeline: resized crop (from the stored size to `size`) → crop → hflip →
+    rotation/translation → colour jitter → policy → cutout → random erasing.
     """
 
-    def __init__(self, options: Options, policy=None):
+    def __init__(self, options: Options, policy=None, size: tuple[int, int] | None = None):
         self.o = options
+        self.size = size
         self.jitter = [
             (JITTER_OPS[name], *factor_range(name, s)) for name, s in options.jitter.items()
         ]
         self.policy = policy  # policy(x, draw) → x (policies.py), or None
 
     def __call__(self, x: torch.Tensor, generator: "torch.Generator | EpochDraws") -> torch.Tensor:
-        n, _, h, w = x.shape
+        n = x.shape[0]
         draw = generator if isinstance(generator, EpochDraws) else Draws(n, generator, x.device)
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        if self.o.resized_crop:
+            x = resized_crop(x, self.size or tuple(x.shape[-2:]), self.o.resized_crop, draw)
+        h, w = x.shape[-2:]
         if self.o.moves_pixels:
             x = gather_pixels(x, *self.pixel_sources(h, w, draw))
         if self.jitter:

@@ -3,10 +3,11 @@ laws both follow (random erasing's area and aspect)."""
 
 from dataclasses import dataclass
 
+from omegaconf import ListConfig
 from torchvision.transforms import v2
 
 from cnntrain.core import checks
-from cnntrain.core.checks import integer, number
+from cnntrain.core.checks import boolean, integer, number
 from cnntrain.core.errors import UserError
 
 PADDING_MODES = ("constant", "reflect", "edge")  # torchvision's padding_mode names
@@ -17,6 +18,15 @@ AUTOAUGMENT_POLICIES = tuple(p.value for p in v2.AutoAugmentPolicy)  # imagenet,
 # RandomErasing's defaults: the erased area as a fraction of the image, its aspect ratio (h / w).
 ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)
 ERASING_TRIES = 10  # RandomErasing draws up to 10 rectangles and erases the first that fits
+RESIZED_CROP_TRIES = 10  # RandomResizedCrop's: boxes drawn before its centred fallback
+
+
+@dataclass(frozen=True)
+class ResizedCrop:
+    """`data.augment.random_resized_crop`, on: RandomResizedCrop's law over the stored region."""
+
+    scale: tuple[float, float]  # the crop's area as a fraction of the region's ~ U(scale)
+    ratio: tuple[float, float]  # its aspect ratio (width / height): log ~ U(log ratio)
 
 
 class AugmentError(UserError, ValueError):
@@ -43,6 +53,7 @@ class Options:
     random_erasing: float  # probability per image; 0 = off
     mixup: float  # Beta(α, α) of MixUp on training batches; 0 = off
     cutmix: float  # Beta(α, α) of CutMix; 0 = off
+    resized_crop: ResizedCrop | None = None  # first of all; None = off
 
     @property
     def affine(self) -> bool:
@@ -59,7 +70,7 @@ class Options:
     @property
     def on(self) -> bool:
         """Does any per-image option change the images? (MixUp / CutMix act on batches later.)"""
-        extra = self.policy != "none" or self.random_erasing
+        extra = self.policy != "none" or self.random_erasing or self.resized_crop
         return bool(self.moves_pixels or self.jitter or self.cutout or extra)
 
     @property
@@ -111,7 +122,38 @@ def read_options(cfg) -> Options:
         random_erasing=float(cfg["random_erasing"]),
         mixup=float(cfg["mixup"]),
         cutmix=float(cfg["cutmix"]),
+        resized_crop=read_resized_crop(cfg.get("random_resized_crop")),
     )
+
+
+def read_resized_crop(cfg) -> ResizedCrop | None:
+    """`data.augment.random_resized_crop` (absent, as in older configs: off), checked."""
+    if cfg is None:
+        return None
+    key = "random_resized_crop"
+    check(f"{key}.enabled", cfg["enabled"], boolean, "true or false")
+    scale, ratio = cfg["scale"], cfg["ratio"]
+    check(f"{key}.scale", scale, ordered_pair(number(0, 1, lo_open=True)),
+          "[lo, hi], fractions of the area with 0 < lo ≤ hi ≤ 1")  # fmt: skip
+    check(f"{key}.ratio", ratio, ordered_pair(number(0, lo_open=True)),
+          "[lo, hi], aspect ratios (width / height) with 0 < lo ≤ hi")  # fmt: skip
+    if not cfg["enabled"]:
+        return None
+    return ResizedCrop((float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1])))
+
+
+def ordered_pair(valid):
+    """Two values, each `valid`, the first not above the second."""
+
+    def pair(v) -> bool:
+        return (
+            isinstance(v, list | tuple | ListConfig)
+            and len(v) == 2
+            and all(map(valid, v))
+            and v[0] <= v[1]
+        )
+
+    return pair
 
 
 def read_policy_options(cfg) -> None:

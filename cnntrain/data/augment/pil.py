@@ -51,12 +51,23 @@ def policy_transform(o: Options) -> v2.Transform | None:
     return None
 
 
-def pil_augment(o: Options) -> list:
+def resized_crop(height: int, width: int, o: Options) -> v2.RandomResizedCrop:
+    """RandomResizedCrop to height × width px: bilinear, antialiased, as the tensor path's."""
+    crop = o.resized_crop
+    bilinear = v2.InterpolationMode.BILINEAR
+    return v2.RandomResizedCrop((height, width), crop.scale, crop.ratio, bilinear, antialias=True)
+
+
+def pil_augment(o: Options, size: tuple[int, int] | None = None) -> list:
     """The transforms from a PIL image to an augmented (C, H, W) uint8 tensor, to compose;
-    they draw from torch's global RNG. Order: crop → flip → rotation/translation → colour jitter
+    they draw from torch's global RNG. `size`: the (H, W) the random resized crop outputs (None:
+    the image's own). Order: resized crop → crop → flip → rotation/translation → colour jitter
     → policy → to tensor → cutout → random erasing (torchvision's classification reference:
     crop/flip, policy, to tensor, erasing)."""
     steps = []
+    if o.resized_crop:
+        make = functools.partial(resized_crop, o=o)
+        steps.append(make(*size) if size else AtImageSize(make))
     if o.crop_padding:
         crop = functools.partial(
             random_crop, padding=o.crop_padding, padding_mode=o.crop_padding_mode
@@ -82,6 +93,6 @@ def pil_augment(o: Options) -> list:
     return steps
 
 
-def pil_pipeline(options: Options) -> v2.Compose:
+def pil_pipeline(options: Options, size: tuple[int, int] | None = None) -> v2.Compose:
     """`pil_augment` composed: PIL image → augmented (C, H, W) uint8 tensor."""
-    return v2.Compose(pil_augment(options))
+    return v2.Compose(pil_augment(options, size))

@@ -1,0 +1,220 @@
+"""Labelled files before a split (flat folders, label files, HF exports) made into `Splits`.
+
+Which split each file joins: data.splits' table when given (a run's splits.csv: the same files
+go to the same splits); else the data's own word where it has one (a split column, the
+dataset's splits), the tool carving what it lacks (val, test) from train, seeded and per class
+(splits.three_way_split). Whenever the table or the tool decided, `Splits.records.table` holds
+the assignment, for the run folder's splits.csv.
+"""
+
+import functools
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cnntrain.core.errors import UserError
+from cnntrain.core.safe_text import printable
+from cnntrain.core.schema import CONF_DIR
+from cnntrain.data.limits import Limits
+from cnntrain.data.sources import SPLIT_NAMES, ImageSource, Records, Splits, fingerprint
+from cnntrain.data.split_table import read_split_table
+from cnntrain.data.splits import three_way_split
+
+log = logging.getLogger(__name__)
+SHOWN = 3  # bad rows, left-out files or small classes a warning names before `…`
+
+
+@dataclass
+class Listing:
+    """Labelled image files as a source lists them, before any split is made."""
+
+    root: Path  # what the split table's paths are relative to
+    files: list[str]  # image paths
+    labels: list[str]  # each file's class name
+    given: list[str] | None = None  # each file's split as the data says it; None: the tool splits
+    classes: list[str] | None = None  # class names in index order; None: sorted labels
+    bad_rows: list[tuple[str, int, str, str]] = field(default_factory=list)  # Records.bad_rows'
+    fixed: bool = False  # its files never change under the same names (a cache's): not stat-ed
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How the tool splits a listing (conf/config.yaml's data.* keys)."""
+
+    val: float  # data.val_split: fraction of all images (of train when the data has test)
+    test: float  # data.test_split: fraction of all images (of train when the data has val)
+    seed: int  # data.split_seed
+    table: str | None  # data.splits: a splits.csv to follow instead
+
+    @classmethod
+    def of(cls, d) -> "SplitOptions":
+        """From a `data` config; keys it lacks (a config saved before test_split and splits
+        existed, a script's partial one) take conf/config.yaml's defaults."""
+        val, test, seed = (
+            d.get(k, data_default(k)) for k in ("val_split", "test_split", "split_seed")
+        )
+        return cls(float(val), float(test), int(seed), d.get("splits"))
+
+
+@functools.cache
+def data_default(key: str):
+    return yaml.safe_load((CONF_DIR / "config.yaml").read_text())["data"][key]
+
+
+def listing_splits(listing: Listing, origin: str, options: SplitOptions, limits: Limits,
+                   training: bool = True) -> Splits:  # fmt: skip
+    """`listing` split as the module docstring says; `origin`: where it comes from (the log's,
+    the caches' key); `training`: a train split is needed."""
+    classes = listing.classes or class_order(listing.labels)
+    keys = [table_key(f, listing.root) for f in listing.files]
+    bad = list(listing.bad_rows)
+    if options.table:
+        assigned, decided = follow_table(Path(options.table).expanduser(), keys, listing, bad), True
+    else:
+        assigned, decided = assign(listing, classes, options)
+    report_bad_rows(bad)
+    to_index = {name: i for i, name in enumerate(classes)}
+    splits = {}
+    for split in SPLIT_NAMES:
+        rows = [i for i, s in enumerate(assigned) if s == split]
+        if rows:
+            targets = np.array([to_index[listing.labels[i]] for i in rows], dtype=np.int64)
+            files = [listing.files[i] for i in rows]
+            splits[split] = ImageSource(targets, files=files, max_pixels=limits.max_image_pixels)
+    if training and "train" not in splits:
+        raise UserError(f"{origin}: no image is in the train split; there is nothing to train on")
+    table = (
+        [(keys[i], listing.labels[i], s) for i, s in enumerate(assigned) if s] if decided else []
+    )
+    records = Records(table=table, bad_rows=bad)
+    found = fingerprint(splits, limits, stat=not listing.fixed)
+    return Splits(classes, splits, origin=origin, fingerprint=found, records=records)
+
+
+def evaluation_splits(listing: Listing, origin: str, options: SplitOptions,
+                      limits: Limits) -> Splits:  # fmt: skip
+    """Other labelled data to test a model on: split as for training when a table or the data
+    says how (the run's own data: its splits.csv), else every file of it as the test split."""
+    if not options.table and listing.given is None:
+        listing = replace(listing, given=["test"] * len(listing.files))
+    return listing_splits(listing, origin, options, limits, training=False)
+
+
+def refuse_table(options: SplitOptions, data: str) -> None:
+    """Refuse data.splits for data that comes split (`data` names it)."""
+    if options.table:
+        raise UserError(
+            f"data.splits={options.table!r}: {data} comes with its own splits; data.splits "
+            "applies to class folders, label files and Hugging Face datasets: unset it"
+        )
+
+
+def class_order(labels: list[str]) -> list[str]:
+    """The sorted class names: by value when all are integers (`2` before `10`), else as text."""
+    names = set(labels)
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=lambda name: (int(name), name))  # `7` before `007`: one order
+    return sorted(names)
+
+
+def table_key(file: str, root: Path) -> str:
+    """`file` as splits.csv names it: relative to `root` with POSIX separators (absolute when
+    outside it)."""
+    path = Path(file)
+    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
+def assign(listing: Listing, classes: list[str], options: SplitOptions):
+    """(each file's split, whether the tool decided any): the data's splits, with val and test
+    carved from train by the tool where the data has none."""
+    given = listing.given or ["train"] * len(listing.files)
+    present = set(given)
+    val = options.val if "val" not in present else 0.0
+    test = options.test if "test" not in present else 0.0
+    rows = np.array([i for i, s in enumerate(given) if s == "train"], dtype=np.int64)
+    if (val == 0 and test == 0) or len(rows) == 0:
+        return given, False
+    to_index = {name: i for i, name in enumerate(classes)}
+    targets = np.array([to_index[listing.labels[i]] for i in rows], dtype=np.int64)
+    made = three_way_split(targets, val, test, options.seed)
+    assigned = list(given)
+    for split, chosen in made.items():
+        for i in rows[chosen]:
+            assigned[i] = split
+    carved = {"val": val, "test": test}
+    check_carved(made, targets, classes, carved)
+    own = f" (besides its own {', '.join(sorted(present - {'train'}))})" if len(present) > 1 else ""
+    log.info("split the data%s per class, seeded by data.split_seed=%d: %s of each class's "
+             "images; splits.csv in the run folder keeps the split (data.splits=FILE reuses one)",
+             own, options.seed,
+             " and ".join(f"{s} {f:.0%}" for s, f in carved.items() if f > 0))  # fmt: skip
+    return assigned, True
+
+
+def check_carved(made: dict, targets: np.ndarray, classes: list[str], fractions: dict) -> None:
+    """Refuse a carved split left empty; warn, in one line, of classes missing from one."""
+    for split, fraction in fractions.items():
+        if fraction > 0 and len(made[split]) == 0:
+            raise UserError(
+                f"data.{split}_split={fraction} gives the {split} split no image (too few images "
+                f"per class); add images or set data.{split}_split=0"
+            )
+    total = np.bincount(targets, minlength=len(classes))
+    per_split = {s: np.bincount(targets[made[s]], minlength=len(classes))
+                 for s, f in fractions.items() if f > 0}  # fmt: skip
+    short = []
+    for c in np.flatnonzero(total):
+        lacking = [s for s, counts in per_split.items() if counts[c] == 0]
+        if lacking:
+            name = printable(classes[c])
+            short.append(f"{name!r} ({total[c]} image(s): no {' or '.join(lacking)})")
+    if short:
+        log.warning(
+            "%d class(es) too small for every split: %s; a class keeps 1 image for train, then "
+            "gives val 1 before test", len(short), shown(short),
+        )  # fmt: skip
+
+
+def follow_table(table: Path, keys: list[str], listing: Listing, bad: list) -> list[str | None]:
+    """Each file's split as the split table `table` (data.splits) says; a listed file that the
+    data lacks is a bad row, a file it does not list is left out (None, one warning), a class
+    that disagrees is refused."""
+    rows, unreadable = read_split_table(table)
+    bad += unreadable
+    index = {key: i for i, key in enumerate(keys)}
+    assigned: list[str | None] = [None] * len(keys)
+    for row in rows:
+        i = index.get(row.path)
+        if i is None or assigned[i] is not None:
+            reason = "not found in the data" if i is None else "listed again"
+            bad.append((str(table), row.line, row.path, reason))
+            continue
+        if row.label != listing.labels[i]:
+            raise UserError(
+                f"data.splits={str(table)!r} line {row.line}: {printable(row.path)} is class "
+                f"{printable(row.label)!r} there but {printable(listing.labels[i])!r} in the "
+                "data; fix the table or the data, or leave data.splits unset to split anew"
+            )
+        assigned[i] = row.split
+    unlisted = [printable(keys[i]) for i, s in enumerate(assigned) if s is None]
+    if unlisted:
+        log.warning("left out %d image file(s) that data.splits=%s does not list: %s",
+                    len(unlisted), table, shown(unlisted))  # fmt: skip
+    return assigned
+
+
+def report_bad_rows(bad: list[tuple[str, int, str, str]]) -> None:
+    """One warning line for every row left out (the first SHOWN named); the run folder's
+    bad_rows.csv lists them all."""
+    if bad:
+        named = [f"{Path(f).name} row {row} {printable(path)!r}: {reason}"
+                 for f, row, path, reason in bad]  # fmt: skip
+        log.warning("left out %d row(s): %s; the run folder's bad_rows.csv lists them all",
+                    len(bad), shown(named))  # fmt: skip
+
+
+def shown(names: list[str]) -> str:
+    return "; ".join(names[:SHOWN]) + ("; …" if len(names) > SHOWN else "")
