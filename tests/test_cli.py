@@ -65,6 +65,23 @@ def test_cifar10_run_writes_every_output(finished_run):
     assert last["epoch"] == 2 and last["metrics"] == rows
     ArticleCIFAR10CNN().load_state_dict(last["model"], strict=True)
     assert_plots_and_report(run, results)
+    assert_test_predictions(run, results, "test/")
+
+
+def assert_test_predictions(run, results, prefix: str) -> None:
+    """test_predictions.csv: one row per test image, worst (largest loss) first, its file's path
+    under the data's root starting with `prefix` ("" where the data is arrays), and the
+    accuracy it implies equal to results.json's."""
+    with open(run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == results["test/count"]
+    assert sorted(int(r["index"]) for r in rows) == list(range(len(rows)))
+    losses = [float(r["loss"]) for r in rows]
+    assert losses == sorted(losses, reverse=True)
+    right = sum(r["true"] == r["predicted"] for r in rows)
+    assert right == round(results["test/acc"] * len(rows))
+    assert all(r["path"].startswith(prefix) if prefix else r["path"] == "" for r in rows)
+    assert {r["true"] for r in rows} <= set(results["classes"])
 
 
 PLOTS = ("curves", "confusion_matrix", "per_class_accuracy", "class_distribution",
@@ -105,6 +122,7 @@ def test_fashion_mnist_run_learns(tmp_path):
     assert best["val/split"] == "test"
     assert (results["test/acc"], results["test/loss"]) == (best["val/acc"], best["val/loss"])
     assert results["test/count"] == 512
+    assert_test_predictions(run, results, "")
 
 
 def test_unseen_image_folder_trains_without_options(tmp_path):

@@ -236,13 +236,16 @@ def test_most_confident_mistakes_exactly():
 def test_misclassified_grayscale(tmp_path):
     images = uint8_images(5, 1)
     true, predicted = ["<cat> & dog"] * 5, ["$5 $10"] * 5
-    plot_misclassified(images, true, predicted, [0.97, 0.9, 0.8, 0.7, 0.6], tmp_path / "m.png")
+    names = ["a/b.jpg"] * 5
+    plot_misclassified(
+        images, true, predicted, [0.97, 0.9, 0.8, 0.7, 0.6], names, tmp_path / "m.png"
+    )
     assert_png(tmp_path / "m.png")
 
 
 def test_misclassified_when_nothing_is_wrong(tmp_path):
     empty = torch.empty(0, 3, 16, 16, dtype=torch.uint8)
-    plot_misclassified(empty, [], [], [], tmp_path / "m.png")
+    plot_misclassified(empty, [], [], [], [], tmp_path / "m.png")
     assert_png(tmp_path / "m.png", min_side=150)
 
 
@@ -278,6 +281,7 @@ def run_plots(tmp_path, logits, targets, in_channels=3):
         lambda batch: batch.float() / 255 - 0.5,
         model,
         {f"class {i}": 100 + i for i in range(k)},
+        [f"dir/{i}.png" if i % 2 else "" for i in range(len(targets))],
     )
     assert no_hooks(model) and not model.training
     return paths, asked
@@ -286,9 +290,10 @@ def run_plots(tmp_path, logits, targets, in_channels=3):
 def test_write_run_plots(tmp_path, monkeypatch):
     drawn = {}
 
-    def spy(images, true, predicted, confidence, path):
-        drawn.update(images=images, true=true, predicted=predicted, confidence=confidence)
-        plot_misclassified(images, true, predicted, confidence, path)  # this module's: the real one
+    def spy(images, true, predicted, confidence, names, path):
+        drawn.update(images=images, true=true, predicted=predicted, confidence=confidence,
+                     names=names)  # fmt: skip
+        plot_misclassified(images, true, predicted, confidence, names, path)  # the real one
 
     monkeypatch.setattr(plots, "plot_misclassified", spy)
     logits, targets = noisy_logits(300, 10)
@@ -304,6 +309,8 @@ def test_write_run_plots(tmp_path, monkeypatch):
     assert drawn["predicted"] == [f"class {probabilities[i].argmax()}" for i in wrong]
     assert drawn["confidence"] == pytest.approx([probabilities[i].max().item() for i in wrong])
     assert drawn["images"].shape == (16, 3, 16, 16)
+    # captions name the file (odd indices here) or the index in the test split (built-in data)
+    assert drawn["names"] == [f"dir/{i}.png" if i % 2 else f"#{i}" for i in wrong]
 
 
 def test_write_run_plots_grayscale_without_mistakes(tmp_path):
@@ -372,7 +379,7 @@ def test_image_figures_show_the_images(tmp_path, figures):
     shown = figures[0].axes[0].get_images()[0].get_array()  # (H, W, 3) mosaic in [0, 1]
     assert np.array_equal(shown, filter_mosaic(model.early.weight).permute(1, 2, 0).numpy())
     images = uint8_images(3, 3)
-    plot_misclassified(images, ["a"] * 3, ["b"] * 3, [0.9, 0.8, 0.7], tmp_path / "m.png")
+    plot_misclassified(images, ["a"] * 3, ["b"] * 3, [0.9, 0.8, 0.7], ["x"] * 3, tmp_path / "m.png")
     pictures = [ax.get_images()[0].get_array() for ax in figures[1].axes if ax.get_images()]
     assert len(pictures) == 3 and all(np.ptp(p) > 0 for p in pictures)
     plot_feature_maps(model, torch.randn(3, 8, 8), images[0], tmp_path / "maps.png")

@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 from cnntrain.core.files import atomic_write
 from cnntrain.metrics import confusion_counts, per_class_accuracy
+from cnntrain.reporting.predictions import short_name
 
 DPI = 120  # ~1000-2000 px wide figures: sharp in a browser, well under 1 MB as PNG
 MAX_CELL_NUMBERS = 20  # confusion matrices with more classes show colours only
@@ -313,10 +314,10 @@ def most_confident_mistakes(logits: torch.Tensor, targets: torch.Tensor, k: int)
     return wrong[order].tolist()
 
 
-def plot_misclassified(
-    images: torch.Tensor, true: list[str], predicted: list[str], confidence: list[float], path: Path
-) -> None:
-    """The given wrongly classified images (k, C, H, W) uint8, titled "true → predicted (p=…)"."""
+def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str],
+                       confidence: list[float], names: list[str], path: Path) -> None:  # fmt: skip
+    """The given wrongly classified images (k, C, H, W) uint8, titled "true → predicted (p=…)"
+    over the image's name (its file, or `#index` in the test split): test_predictions.csv's."""
     if len(images) == 0:
         plot_message("misclassified test images", "no test image was misclassified", path)
         return
@@ -326,7 +327,7 @@ def plot_misclassified(
     for i, axes in enumerate(fig.subplots(rows, columns, squeeze=False).flat):
         axes.set_axis_off()
         if i < len(images):
-            title = f"{true[i]} → {predicted[i]} (p={confidence[i]:.2f})"
+            title = f"{true[i]} → {predicted[i]} (p={confidence[i]:.2f})\n{short_name(names[i])}"
             draw_picture(axes, images[i], title)
     fig.suptitle("most confidently misclassified test images (true → predicted)")
     save_png(fig, path)
@@ -400,11 +401,13 @@ def write_run_plots(
     prep: Callable[[torch.Tensor], torch.Tensor],
     model: nn.Module,
     class_counts: dict[str, int],
+    names: list[str],
 ) -> list[Path]:
     """All figures of a finished run into run_dir/plots/; the paths written.
 
     logits (N, K) float and targets (N,) int64: test-split outputs on the CPU, evaluation order;
-    images_at(indices) -> uint8 (n, C, H, W) test images; prep(uint8 batch) -> model input.
+    images_at(indices) -> uint8 (n, C, H, W) test images; prep(uint8 batch) -> model input;
+    names (N,): each test image's file relative to the data's root, "" for a built-in dataset's.
     """
     out = Path(run_dir) / "plots"
     paths = {name: out / f"{name}.png" for name in PLOT_NAMES}
@@ -421,6 +424,7 @@ def write_run_plots(
         [classes[t] for t in targets[wrong].tolist()],
         [classes[p] for p in predicted.tolist()],
         confidence.tolist(),
+        [names[i] or f"#{i}" for i in wrong],
         paths["misclassified"],
     )
     return list(paths.values())

@@ -25,7 +25,9 @@ CAPTIONS = {
     "feature_maps": "Activation maps of an early, a middle and a late convolution for one "
     "test image.",
     "filters": "The first convolution's filters.",
-    "misclassified": "The test images the model got most confidently wrong.",
+    "misclassified": "The test images the model got most confidently wrong, each with its file "
+    "(or its index in the test split); test_predictions.csv lists every test image, worst "
+    "(largest loss) first.",
 }
 
 STYLE = """

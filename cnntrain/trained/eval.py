@@ -16,6 +16,7 @@ from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.metrics import split_metrics
 from cnntrain.reporting.plots import write_test_plots
+from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_eval_report
 from cnntrain.trained.load import TrainedModel, load_trained
@@ -54,6 +55,18 @@ def eval_config(saved: dict, fresh: DictConfig, overrides: list[str]) -> DictCon
     return cfg
 
 
+# Keys that name the data itself: overriding one evaluates on other data than the run's.
+SOURCE_KEYS = ("data", "data.name", "data.root", "data.labels", "data.splits")
+
+
+def use_run_split(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    """On the run's own data, test on the split it trained with: its splits.csv (when the tool
+    made or reused a split; the table's paths only pick among the files the data holds)."""
+    table = run_dir / "splits.csv"
+    if table.is_file() and not any(override_key(o) in SOURCE_KEYS for o in overrides):
+        cfg.data.splits = str(table)
+
+
 def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     """Test the run folder (or checkpoint) `source` on the data `overrides` give (its own test
     split when none); the new folder RUN_DIR/eval/<time>/ holding what was written."""
@@ -62,6 +75,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     refuse_links(run_folder(source), ["eval"])  # a received run's eval/ may be a link out of it
     trained = load_trained(source)
     cfg = eval_config(trained.config, fresh, overrides)
+    use_run_split(cfg, run_folder(source), overrides)
     device = select_device(cfg.trainer.device)
     arithmetic = Arithmetic.for_trainer(cfg.trainer, device)
     split = load_evaluation_split(cfg, device, trained.spec, trained.mean, trained.std,
@@ -88,6 +102,9 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     }
     folder = new_eval_folder(trained)
     write_json(folder / "results.json", results)
+    names = image_names(split.files, split.origin, split.loader.count)
+    write_predictions(folder, prediction_rows(out["logits"], out["targets"], trained.classes,
+                                              names))  # fmt: skip
     write_test_plots(folder / "plots", out["logits"], out["targets"], trained.classes)
     write_eval_report(folder)
     return folder

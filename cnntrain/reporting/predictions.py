@@ -1,0 +1,63 @@
+"""test_predictions.csv: every test image's file, true and predicted class, confidence and loss,
+worst first, so a mislabelled or confusing image can be found and fixed."""
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnntrain.core.files import write_text
+from cnntrain.core.safe_text import csv_row
+
+PREDICTIONS_FILE = "test_predictions.csv"
+COLUMNS = ("index", "path", "true", "predicted", "confidence", "loss")
+
+
+def image_names(files: list[str] | None, root: str | None, count: int) -> list[str]:
+    """What identifies each of `count` evaluated images: its file's path relative to the data's
+    `root` (POSIX separators; the path as given where it is not under `root`), or "" for images
+    of a built-in dataset (arrays: the `index` column identifies them)."""
+    if files is None:
+        return [""] * count
+    base = Path(root) if root else None
+    return [relative(Path(f), base) for f in files]
+
+
+def relative(path: Path, base: Path | None) -> str:
+    if base is not None and path.is_relative_to(base):
+        return path.relative_to(base).as_posix()
+    return path.as_posix()
+
+
+def prediction_rows(logits: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                    names: list[str]) -> list[tuple]:  # fmt: skip
+    """One row per image (COLUMNS), sorted by loss, largest first (ties: evaluation order).
+
+    logits (N, K) float and targets (N,) int64 on the CPU, in evaluation order; `names` (N,)."""
+    logits = logits.float()
+    losses = F.cross_entropy(logits, targets, reduction="none")  # (N,) nats
+    confidence, predicted = F.softmax(logits, dim=1).max(1)  # (N,) each
+    order = losses.argsort(descending=True, stable=True).tolist()
+    return [
+        (i, names[i], classes[targets[i]], classes[predicted[i]],
+         round(confidence[i].item(), 6), round(losses[i].item(), 6))
+        for i in order
+    ]  # fmt: skip
+
+
+def write_predictions(folder: Path, rows: list[tuple]) -> Path:
+    """`folder`/test_predictions.csv (atomic; cells safe to open in a spreadsheet)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(csv_row(row) for row in rows)
+    path = Path(folder) / PREDICTIONS_FILE
+    write_text(path, text.getvalue())
+    return path
+
+
+def short_name(name: str, width: int = 32) -> str:
+    """`name` cut from the left to fit `width` characters (the file name matters most)."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
