@@ -44,7 +44,8 @@ warm-up            .warmup_epochs=W: lr/S to lr over its S    --warmup-epochs W 
                                                                 epochs from 1e-5, inside --epochs)
 epochs             trainer.epochs=E                           --epochs E−W (+ W of warm-up)
 label smoothing    loss.label_smoothing                       --smoothing (its default: 0.1)
-arithmetic         trainer.precision=32                       no --amp (fp32)
+arithmetic         trainer.precision=32 (--precision bf16:    no --amp (fp32); --amp --amp-dtype
+                     trainer.precision=bf16)                    bfloat16 with --precision bf16
 device             trainer.device=cpu                         --device cpu --no-prefetcher
 loader processes   data.num_workers                           --workers (its default: 4)
 seed               trainer.seed                               --seed
@@ -113,6 +114,7 @@ class Recipe:
     val_split: float = 0.15
     test_split: float = 0.15
     split_seed: int = 0
+    precision: str = "32"  # both sides: "32" (fp32) or "bf16" (autocast, where the CPU has it)
 
     @property
     def resize(self) -> int:
@@ -168,7 +170,7 @@ def cnntrain_overrides(recipe: Recipe, root: Path, seed: int) -> list[str]:
         "optimizer.nesterov=true", f"optimizer.weight_decay={r.weight_decay}",
         "scheduler=cosine", f"scheduler.warmup_epochs={r.warmup_epochs}", "scheduler.min_lr=0",
         f"loss.label_smoothing={r.smoothing}",
-        f"trainer.epochs={r.epochs}", "trainer.device=cpu", "trainer.precision=32",
+        f"trainer.epochs={r.epochs}", "trainer.device=cpu", f"trainer.precision={r.precision}",
         f"trainer.seed={seed}", "trainer.save_top_k=0",
     ]  # fmt: skip
 
@@ -203,6 +205,7 @@ def timm_command(
         "--sched", "cosine", "--sched-on-updates", "--min-lr", "0", *warmup,
         "--workers", str(r.workers), "--seed", str(seed),
         "--output", str(output), "--experiment", name,
+        *(["--amp", "--amp-dtype", "bfloat16"] if r.precision == "bf16" else []),
     ]  # fmt: skip
 
 
@@ -265,6 +268,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
     ap.add_argument("--per-class", type=int, help="override the recipe's images per class")
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
+    ap.add_argument("--precision", choices=("32", "bf16"), default="32",
+                    help="both sides: fp32, or bf16 autocast (timm: --amp)")  # fmt: skip
     ap.add_argument("--folder-cache", type=Path,
                     default=Path(tempfile.gettempdir()) / "cnntrain-bench")  # fmt: skip
     ap.add_argument("--timm-script", type=Path, default=TIMM_SCRIPT)
@@ -275,6 +280,7 @@ def main() -> None:
     recipe = QUICK if args.quick else Recipe()
     recipe = replace(recipe, **{k: v for k, v in (("epochs", args.epochs),
                                                   ("per_class", args.per_class)) if v})  # fmt: skip
+    recipe = replace(recipe, precision=args.precision)
     args.folder_cache.mkdir(parents=True, exist_ok=True)
     root, folder = photo_folder(recipe, args.folder_cache)
     work = Path(tempfile.mkdtemp(prefix="bench-timm-"))

@@ -118,8 +118,10 @@ def train(cfg: DictConfig) -> float:
         loop.emit("on_close", "interrupted" if interrupted else "failed")
         raise
     loop.emit("on_close", "finished")
-    log.info("test accuracy %.2f%% (%s split, best epoch %d); results in %s",
-             100 * results["test/acc"], data.test_name, results["best_epoch"], run_dir)  # fmt: skip
+    weights = (f"best epoch {results['best_epoch']}" if cfg.trainer.save_top_k
+               else f"epoch {results['epochs']}'s weights: trainer.save_top_k=0")  # fmt: skip
+    log.info("test accuracy %.2f%% (%s split, %s); results in %s", 100 * results["test/acc"],
+             data.test_name, weights, run_dir)  # fmt: skip
     return results[cfg.optimized_metric]
 
 
