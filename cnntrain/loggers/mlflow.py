@@ -15,10 +15,10 @@ import logging
 import time
 from pathlib import Path
 
-from cnntrain.core.checkpoint import BEST, LAST
+from cnntrain.core.checkpoint import BEST
 from cnntrain.core.errors import UserError
 from cnntrain.loggers.params import flat_config, sweep_folder
-from cnntrain.training.events import Callback
+from cnntrain.loggers.rows import EpochRows, numbers
 
 log = logging.getLogger("cnntrain")
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
@@ -27,15 +27,12 @@ BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE = "sqlite:///"
 
 
-class MLflowLogger(Callback):
-    is_tracker = True
-
+class MLflowLogger(EpochRows):
     def __init__(self, tracking_uri: str, experiment_name: str = "cnntrain",
                  log_checkpoints: bool = False):  # fmt: skip
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.log_checkpoints = log_checkpoints
         self.run_id = None  # set on the first start, restored from the checkpoint on resume
-        self.sent = 0  # epochs the server has
 
     def state_dict(self) -> dict:
         return {"run_id": self.run_id}
@@ -100,25 +97,13 @@ class MLflowLogger(Callback):
             location = (database.parent / "mlartifacts").resolve().as_uri()
         return self.client.create_experiment(self.experiment_name, artifact_location=location)
 
-    def send_rows(self, rows: list[dict]) -> None:
-        """Each row of `rows` the server lacks, at step=epoch, in one call per row."""
+    def send_row(self, row: dict) -> None:
+        """One row at step=epoch, in one call."""
         from mlflow.entities import Metric
 
-        for row in rows:
-            if row["epoch"] <= self.sent:
-                continue
-            now = int(time.time() * 1000)
-            metrics = [
-                Metric(key, float(value), now, row["epoch"])
-                for key, value in row.items()
-                if key != "epoch" and isinstance(value, int | float)
-            ]
-            self.client.log_batch(self.run_id, metrics=metrics)
-            self.sent = row["epoch"]
-
-    def on_checkpoint(self, loop, name: str, path) -> None:
-        if name == LAST:  # its epochs are what a resume would continue from
-            self.send_rows(loop.state.rows)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, row["epoch"]) for k, v in numbers(row).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_fit_end(self, loop, results: dict) -> None:
         from mlflow.entities import Metric

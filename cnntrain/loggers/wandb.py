@@ -25,7 +25,7 @@ from cnntrain.core.checkpoint import LAST
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import tree
 from cnntrain.loggers.params import flat_config, sweep_folder
-from cnntrain.training.events import Callback
+from cnntrain.loggers.rows import EpochRows, numbers
 
 log = logging.getLogger("cnntrain")
 FOLDER = "wandb"  # in the run folder
@@ -37,9 +37,7 @@ BLOCK, HEADER, MAGIC = 32768, 7, b":W&B"
 WHOLE, FIRST, LAST_PIECE = 1, 2, 4  # the type of a record's piece (3: a middle one)
 
 
-class WandbLogger(Callback):
-    is_tracker = True
-
+class WandbLogger(EpochRows):
     def __init__(self, project: str = "cnntrain", entity: str | None = None,
                  mode: str | None = None, tags=(), log_checkpoints: bool = False):  # fmt: skip
         self.project, self.entity, self.mode = project, entity, mode
@@ -47,7 +45,6 @@ class WandbLogger(Callback):
         self.log_checkpoints = log_checkpoints
         self.run_id = None  # set on the first start, restored from the checkpoint on resume
         self.run = None  # the W&B run, once started
-        self.sent = 0  # epochs W&B has
         self.environment = None  # the variables W&B's places replaced, to put back at the end
 
     def state_dict(self) -> dict:
@@ -92,16 +89,8 @@ class WandbLogger(Callback):
             return max((max(history_steps(path), default=0) for path in logs), default=0)
         return max(0, self.run.starting_step - 1)  # the step after the server's last
 
-    def send_rows(self, rows: list[dict]) -> None:
-        """Each row of `rows` W&B lacks, at step=epoch."""
-        for row in rows:
-            if row["epoch"] > self.sent:
-                self.run.log(numbers(row), step=row["epoch"])
-                self.sent = row["epoch"]
-
-    def on_checkpoint(self, loop, name: str, path) -> None:
-        if name == LAST:  # its epochs are what a resume would continue from
-            self.send_rows(loop.state.rows)
+    def send_row(self, row: dict) -> None:
+        self.run.log({"epoch": row["epoch"], **numbers(row)}, step=row["epoch"])
 
     def on_fit_end(self, loop, results: dict) -> None:
         import wandb
@@ -161,10 +150,6 @@ def sweep_group() -> str | None:
     """A sweep job's W&B group: its sweep folder's date and time (`2026-12-05/06-38-02_x1y2`)."""
     sweep = sweep_folder()
     return "/".join(Path(sweep).parts[-2:]) if sweep else None
-
-
-def numbers(row: dict) -> dict:
-    return {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def history_steps(path: Path) -> list[int]:
