@@ -43,6 +43,13 @@ class Node:
 
 
 @functools.cache
+def data_defaults() -> dict:
+    """conf/config.yaml's `data:` values: what a `data` config saved before a key existed, or a
+    script's partial one, takes for it."""
+    return yaml.safe_load((CONF_DIR / "config.yaml").read_text())["data"]
+
+
+@functools.cache
 def config_schema() -> Node:
     """Every key any file of conf/ sets (Hydra's own hydra/ group aside), with the kinds of value
     and the `_target_`s found there. A group's file sets keys under the group's name, unless it

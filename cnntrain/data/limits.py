@@ -5,11 +5,10 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 
-import yaml
 from PIL import Image
 
 from cnntrain.core.safe_text import printable
-from cnntrain.core.schema import CONF_DIR
+from cnntrain.core.schema import data_defaults
 
 # Pillow refuses any image past twice its own warning limit (DecompressionBombError), whatever
 # data.max_image_pixels says: the cap can only be lower.
@@ -36,7 +35,7 @@ class TooLarge(ValueError):
 @functools.cache
 def default_limits() -> Limits:
     """The caps conf/config.yaml sets, for a config saved before the keys existed."""
-    data = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["data"]
+    data = data_defaults()
     return Limits(data["max_file_mb"], data["max_image_pixels"])
 
 

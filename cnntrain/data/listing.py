@@ -7,17 +7,15 @@ dataset's splits), the tool carving what it lacks (val, test) from train, seeded
 the assignment, for the run folder's splits.csv.
 """
 
-import functools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.safe_text import printable
-from cnntrain.core.schema import CONF_DIR
+from cnntrain.core.schema import data_defaults
 from cnntrain.data.limits import Limits
 from cnntrain.data.sources import SPLIT_NAMES, ImageSource, Records, Splits, fingerprint
 from cnntrain.data.split_table import read_split_table
@@ -54,14 +52,9 @@ class SplitOptions:
         """From a `data` config; keys it lacks (a config saved before test_split and splits
         existed, a script's partial one) take conf/config.yaml's defaults."""
         val, test, seed = (
-            d.get(k, data_default(k)) for k in ("val_split", "test_split", "split_seed")
+            d.get(k, data_defaults()[k]) for k in ("val_split", "test_split", "split_seed")
         )
         return cls(float(val), float(test), int(seed), d.get("splits"))
-
-
-@functools.cache
-def data_default(key: str):
-    return yaml.safe_load((CONF_DIR / "config.yaml").read_text())["data"][key]
 
 
 def listing_splits(listing: Listing, origin: str, options: SplitOptions, limits: Limits,
