@@ -16,6 +16,7 @@ from cnntrain.core.checkpoint import (
 )
 from cnntrain.core.overrides import override_key
 from cnntrain.core.schema import CONF_DIR, WATCHING_GROUPS
+from cnntrain.data.split_table import run_split_table
 
 # Keys a resumed run may change on the command line: train longer, stop early sooner or later
 # (counted from the run's rows: the rule applies to the epochs so far too), move (to more or
@@ -50,9 +51,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     resumed.logger = trackers(cfg, overrides, state["config"].get("logger"))
     resumed.callbacks = cfg.get("callbacks") or {}
     resumed.resume = cfg.resume
-    table = run_folder(path) / "splits.csv"
-    if table.is_file():
-        resumed.data.splits = str(table)
+    resumed.data.splits = run_split_table(run_folder(path)) or resumed.data.get("splits")
     return resumed
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write
 from cnntrain.core.safe_text import csv_row, csv_value, printable
+from cnntrain.data.limits import MIB, default_limits
 from cnntrain.data.sources import Records
 
+SPLITS_FILE, BAD_ROWS_FILE = "splits.csv", "bad_rows.csv"  # in a run folder
 TABLE_COLUMNS = ("path", "class", "split")
 BAD_ROW_COLUMNS = ("file", "row", "path", "reason")
 # What a split column may say (case and surrounding spaces aside), and the split it names.
@@ -38,11 +40,26 @@ def unknown_split_reason(value) -> str:
     )
 
 
+def run_split_table(run_dir: Path) -> str | None:
+    """The split a run trained on (its splits.csv, a regular file), for its resume and its
+    evaluation; None when the run had the data's own splits."""
+    table = Path(run_dir) / SPLITS_FILE
+    return str(table) if table.is_file() else None
+
+
 def read_split_table(path: Path) -> tuple[list[TableRow], list[tuple[str, int, str, str]]]:
     """(rows, bad rows) of the splits.csv at `path` (data.splits): a row whose split cell names no
     split is a bad row; a missing column or a file that is not UTF-8 CSV is a UserError."""
     rows, bad = [], []
     try:
+        size, limits = Path(path).stat().st_size, default_limits()
+        if (
+            size > limits.max_file_bytes
+        ):  # a received run's table is read whole: as large as an archive member
+            raise UserError(
+                f"data.splits={str(path)!r} is {size / MIB:,.0f} MiB, over data.max_file_mb="
+                f"{limits.max_file_mb}; give a splits.csv a run wrote"
+            )
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in TABLE_COLUMNS if c not in (reader.fieldnames or [])]
@@ -70,9 +87,9 @@ def read_split_table(path: Path) -> tuple[list[TableRow], list[tuple[str, int, s
 def write_records(records: Records, run_dir: Path) -> None:
     """splits.csv and bad_rows.csv in `run_dir`, each only when there is something to keep."""
     if records.table:
-        write_csv(run_dir / "splits.csv", TABLE_COLUMNS, records.table)
+        write_csv(run_dir / SPLITS_FILE, TABLE_COLUMNS, records.table)
     if records.bad_rows:
-        write_csv(run_dir / "bad_rows.csv", BAD_ROW_COLUMNS, records.bad_rows)
+        write_csv(run_dir / BAD_ROWS_FILE, BAD_ROW_COLUMNS, records.bad_rows)
 
 
 def write_csv(path: Path, header, rows) -> None:

@@ -14,6 +14,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_links, write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
+from cnntrain.data.split_table import run_split_table
 from cnntrain.metrics import split_metrics
 from cnntrain.reporting.plots import write_test_plots
 from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
@@ -62,9 +63,9 @@ SOURCE_KEYS = ("data", "data.name", "data.root", "data.labels", "data.splits")
 def use_run_split(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
     """On the run's own data, test on the split it trained with: its splits.csv (when the tool
     made or reused a split; the table's paths only pick among the files the data holds)."""
-    table = run_dir / "splits.csv"
-    if table.is_file() and not any(override_key(o) in SOURCE_KEYS for o in overrides):
-        cfg.data.splits = str(table)
+    table = run_split_table(run_dir)
+    if table and not any(override_key(o) in SOURCE_KEYS for o in overrides):
+        cfg.data.splits = table
 
 
 def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:

@@ -213,3 +213,25 @@ def test_a_size_sample_is_capped_and_seeded(tmp_path):
     files = found.splits["train"].files
     assert len(first) == SIZE_SAMPLE and opened == first * 2  # the same draw every time
     assert first != files[:SIZE_SAMPLE] and set(first) < set(files)  # drawn from all of them
+
+
+def test_a_received_runs_split_table_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    """resume= and cnntrain-eval read a received run's splits.csv whole: one over
+    data.max_file_mb is refused in one line before a byte is read."""
+    from cnntrain.core.errors import UserError
+    from cnntrain.data import split_table
+    from cnntrain.data.limits import Limits
+
+    run = tmp_path / "received run"
+    run.mkdir()
+    (run / split_table.SPLITS_FILE).write_text("path,class,split\n" + "a.png,a,train\n" * 20000)
+    table = split_table.run_split_table(run)
+    assert table == str(run / "splits.csv")
+    assert len(split_table.read_split_table(Path(table))[0]) == 20000  # within the cap: read
+    monkeypatch.setattr(split_table, "default_limits", lambda: Limits(0.1, 10**6))  # 0.1 MiB
+    monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("the table was opened"))
+    with pytest.raises(UserError, match=r"over data.max_file_mb=0.1;"):
+        split_table.read_split_table(Path(table))
+    (run / "splits.csv").unlink()
+    (run / "splits.csv").mkdir()  # not a regular file: no table
+    assert split_table.run_split_table(run) is None
