@@ -111,6 +111,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """A small ImageFolder (train/ and val/, 2 classes × 60 PNGs each) for one test module:
+    the trackers' tests train on it."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=60)
+
+
 def make_image_folder(
     root: Path,
     splits=("train", "val"),

@@ -9,18 +9,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnntrain.training.step import SYNC_EVERY
-from tests.conftest import make_image_folder, read_jsonl, run_cli, run_folders, run_with_fault
+from tests.conftest import read_jsonl, run_cli, run_folders, run_with_fault
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2
 BATCH = 2
 STEPS = 52  # 104 training images / batch 2: one running-loss point (every 50 steps) per epoch
 TRACKED = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "train/images_per_s", "epoch")
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=60)
 
 
 def args(root) -> list[str]:

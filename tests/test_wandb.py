@@ -10,15 +10,10 @@ import torch
 
 from cnntrain.core.checkpoint import LAST, checkpoint_path
 from cnntrain.loggers.wandb import BLOCK, history_steps, places, transaction_records
-from tests.conftest import make_image_folder, read_jsonl, run_cli, run_folders, run_with_fault
+from tests.conftest import read_jsonl, run_cli, run_folders, run_with_fault
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=40)
 
 
 def args(root) -> list[str]:
