@@ -32,13 +32,6 @@ class MLflowLogger(EpochRows):
                  log_checkpoints: bool = False):  # fmt: skip
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.log_checkpoints = log_checkpoints
-        self.run_id = None  # set on the first start, restored from the checkpoint on resume
-
-    def state_dict(self) -> dict:
-        return {"run_id": self.run_id}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.run_id = state["run_id"]
 
     def on_fit_start(self, loop) -> None:
         from mlflow import MlflowClient  # imported only when tracking (about a second)

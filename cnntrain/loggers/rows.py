@@ -1,5 +1,6 @@
-"""EpochRows: the part every remote tracker shares — each epoch's metrics row sent once, when
-its checkpoint is written, so after a kill and a resume the tracker holds every epoch once."""
+"""EpochRows: the part every remote tracker shares — its run's id, saved in every checkpoint so
+a resume continues that run, and each epoch's metrics row sent once, when its checkpoint is
+written, so after a kill and a resume the tracker holds every epoch once."""
 
 from cnntrain.core.checkpoint import LAST
 from cnntrain.training.events import Callback
@@ -21,6 +22,13 @@ class EpochRows(Callback):
 
     is_tracker = True
     sent = 0  # epochs the tracker holds
+    run_id = None  # the tracker's run: set on the first start, from the checkpoint on resume
+
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state["run_id"]
 
     def send_row(self, row: dict) -> None:
         raise NotImplementedError

@@ -43,15 +43,8 @@ class WandbLogger(EpochRows):
         self.project, self.entity, self.mode = project, entity, mode
         self.tags = [str(tag) for tag in tags or []]
         self.log_checkpoints = log_checkpoints
-        self.run_id = None  # set on the first start, restored from the checkpoint on resume
         self.run = None  # the W&B run, once started
         self.environment = None  # the variables W&B's places replaced, to put back at the end
-
-    def state_dict(self) -> dict:
-        return {"run_id": self.run_id}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.run_id = state["run_id"]
 
     def on_fit_start(self, loop) -> None:
         import wandb  # imported only when tracking
