@@ -9,7 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnntrain.core.checkpoint import BEST, best_weights, checkpoint_path, save_checkpoint
+from cnntrain.core.checkpoint import (
+    BEST,
+    best_weights,
+    checkpoint_file,
+    checkpoint_path,
+    save_checkpoint,
+)
 from cnntrain.models import build_model
 from cnntrain.reporting.metrics_log import TIME_FIELDS
 from cnntrain.training import best
@@ -152,3 +158,5 @@ def test_early_stopping_stops_at_the_same_epoch_with_the_same_rows_after_a_stop_
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]
     assert ("trainer.save_top_k=0 keeps no best checkpoint: the final test uses the last epoch's "
             "weights (epoch 3)") in said  # fmt: skip
+    # …and the commands that use a run (eval, predict, export, init_from) take those weights too.
+    assert checkpoint_file(run, BEST, "RUN_DIR") == checkpoint_path(run, "last.pt")

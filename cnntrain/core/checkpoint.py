@@ -8,6 +8,7 @@ trained run is used with: eval, predict, export, model.init_from), and with
 `trainer.save_top_k` > 1 the other best epochs as checkpoints/best-epoch<N>.pt.
 """
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write
 from cnntrain.core.schema import check_received
+
+log = logging.getLogger("cnntrain")
 
 FORMAT = "cnntrain-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"  # under RUN_DIR/checkpoints/
@@ -66,11 +69,17 @@ def run_folder(source) -> Path:
 
 def checkpoint_file(source, name: str, what: str) -> Path:
     """The checkpoint `source` names: a .pt file itself, or a run folder's checkpoints/`name`
-    (LAST or BEST); `what` names `source` in the error when there is none (the key, or the
-    command's argument)."""
+    (LAST or BEST; BEST is LAST in a run that keeps no best one); `what` names `source` in the
+    error when there is none (the key, or the command's argument)."""
     path = Path(str(source)).expanduser()
     if path.is_dir():
+        last = checkpoint_path(path, LAST)
         path = checkpoint_path(path, name)
+        if name == BEST and not path.is_file() and last.is_file():
+            # A run that keeps no best checkpoint (trainer.save_top_k=0) was tested, and is
+            # used, with its last weights.
+            log.info("%s has no %s (trainer.save_top_k=0): using %s", source, BEST, last)
+            path = last
     if not path.is_file():
         raise UserError(
             f"{what}={str(source)!r}: no checkpoint at {path}; "
