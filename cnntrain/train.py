@@ -26,14 +26,17 @@ from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.split_table import write_records
 from cnntrain.data.splits import seeded_subset
-from cnntrain.metrics import class_counts, class_weights, split_metrics
+from cnntrain.metrics import calibration_metrics, class_counts, class_weights, split_metrics
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.models.transfer import architecture
+from cnntrain.reporting.calibration_plots import write_calibration_plots
+from cnntrain.reporting.cam import SplitImages, write_cam_plots
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
 from cnntrain.reporting.plots import write_run_plots
 from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
+from cnntrain.training.calibrate import fit_on_validation
 from cnntrain.training.callbacks import build_callbacks
 from cnntrain.training.compiling import compile_mode, compiled, warm_up
 from cnntrain.training.ema import EMA
@@ -132,17 +135,21 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
     `started`: time.perf_counter() at the process's start of this run (for total_time_s)."""
     loop.fit()
     out, net = loop.test()
-    results = write_results(loop, out, net, counts, started) if loop.is_main else None
+    temperature = fit_on_validation(loop, net)  # every rank evaluates; rank 0 fits and saves
+    results = write_results(loop, out, net, counts, started, temperature) if loop.is_main else None
     results = distributed.from_main(results)
     loop.emit("on_fit_end", results)
     return results
 
 
-def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: float) -> dict:
-    """results.json, and the plots and report unless `trainer.plots` is false; the results."""
+def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: float,
+                  temperature: float | None) -> dict:  # fmt: skip
+    """results.json, and the plots and report unless `trainer.plots` is false; the results.
+    `temperature`: fitted on the validation split (None: not fitted)."""
     data, p = loop.data, loop.state
     results = {
         **split_metrics(out, data.classes, "test"),
+        **calibration_metrics(out["logits"], out["targets"], temperature, "test"),
         "test/split": data.test_name,
         "best_epoch": p.best_epoch,  # best.pt's: the best by `monitor`
         "best_val/acc": max(row["val/acc"] for row in p.rows),  # of any epoch, whatever `monitor`
@@ -174,6 +181,11 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         test = data.test
         write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
                         test.images_at, test.prep, net, counts, names)  # fmt: skip
+        write_calibration_plots(loop.run_dir / "plots", out["logits"], out["targets"], temperature)
+        shown = SplitImages(test.images_at, test.prep, out["logits"], out["targets"], data.classes,
+                           names)  # fmt: skip
+        write_cam_plots(loop.run_dir / "plots", net, shown, loop.cfg.trainer.cam,
+                        loop.cfg.trainer.cam_layer)  # fmt: skip
         write_run_report(loop.run_dir)
     return results
 

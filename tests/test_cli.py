@@ -85,7 +85,8 @@ def assert_test_predictions(run, results, prefix: str) -> None:
 
 
 PLOTS = ("curves", "confusion_matrix", "per_class_accuracy", "class_distribution",
-         "feature_maps", "filters", "misclassified")  # fmt: skip
+         "feature_maps", "filters", "misclassified", "reliability", "coverage", "cam_mistakes",
+         "cam_correct")  # fmt: skip
 
 
 def assert_plots_and_report(run, results) -> None:

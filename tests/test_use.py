@@ -96,7 +96,8 @@ def test_predict_on_the_test_images_reproduces_test_acc(trained, tmp_path):
     cfg = eval_config(model.config, compose_config("paths.output_dir=unused"), [])
     split = load_evaluation_split(cfg, CPU, model.spec, model.mean, model.std, model.classes)
     logits = evaluate(model.network, split.loader, Arithmetic(CPU, None), keep_outputs=True)
-    expected = logits["logits"].softmax(1).sort(1, descending=True).values  # (30, 3)
+    calibrated = logits["logits"] / model.temperature  # fitted on the val split
+    expected = calibrated.softmax(1).sort(1, descending=True).values  # (30, 3)
     got = [[float(r[c]) for c in ("probability", "top2_probability", "top3_probability")]
            for r in rows]  # fmt: skip
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)
@@ -184,8 +185,10 @@ def test_eval_on_the_runs_own_test_split_reproduces_its_results(trained, monkeyp
         assert scored[key] == results[key], key
     assert scored["test/loss"] == pytest.approx(results["test/loss"], rel=1e-6)
     assert "test/top5_acc" not in scored  # 3 classes
-    assert {p.name for p in (folder / "plots").iterdir()} == {"confusion_matrix.png",
-                                                              "per_class_accuracy.png"}  # fmt: skip
+    assert scored["temperature"] == results["temperature"]  # the run's, from its checkpoint
+    assert scored["test/ece_calibrated"] == pytest.approx(results["test/ece_calibrated"], abs=1e-6)
+    plots = {"confusion_matrix.png", "per_class_accuracy.png", "reliability.png", "coverage.png"}
+    assert {p.name for p in (folder / "plots").iterdir()} == plots
     report = (folder / "report.html").read_text()
     assert "data:image/png;base64," in report and "evaluation of" in report
 
@@ -229,7 +232,8 @@ FRESH_LOADER = """
 import json, sys
 import numpy as np, onnxruntime, torch
 pixels = torch.from_numpy(np.load(sys.argv[1]))
-extra = dict.fromkeys(["classes", "mean", "std", "input_size", "resize", "interpolation"], "")
+extra = dict.fromkeys(["classes", "mean", "std", "input_size", "resize", "interpolation",
+                      "temperature", "calibrated"], "")
 scripted = torch.jit.load(sys.argv[2], _extra_files=extra)
 session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
 onnx = lambda x: session.run(["logits"], {"pixels": x.numpy()})[0].tolist()
@@ -277,7 +281,9 @@ def test_export_to_both_formats_matches_pytorch_in_a_fresh_process(
         np.testing.assert_allclose(loaded[f"{fmt}_one"], expected[:1].numpy(), atol=1e-4)
         assert loaded[f"{fmt}_meta"] == {"classes": list(CLASSES), "mean": model.mean,
                                          "std": model.std, "input_size": [3, 20, 24],
-                                         "resize": None, "interpolation": "bilinear"}  # fmt: skip
+                                         "resize": None, "interpolation": "bilinear",
+                                         "temperature": model.temperature,
+                                         "calibrated": False}  # fmt: skip
     assert loaded["cnntrain_imported"] == []
 
 

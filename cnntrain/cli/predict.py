@@ -1,4 +1,4 @@
-"""`cnntrain-predict RUN_DIR PATH… [--out FILE] [--top-k K] [--tta]`: label images with a run."""
+"""`cnntrain-predict RUN_DIR PATH… [--out FILE] … [--explain DIR]`: label images with a run."""
 
 import sys
 from collections import Counter
@@ -10,17 +10,21 @@ from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_link
+from cnntrain.reporting.cam import CAM_METHODS
 from cnntrain.reporting.console import console
+from cnntrain.trained.explain import explained_layer, write_explanations
 from cnntrain.trained.load import load_trained
-from cnntrain.trained.predict import TOP_K, Predictions, find_images, predict, write_csv
+from cnntrain.trained.predict import TOP_K, UNKNOWN, Predictions, find_images, predict, write_csv
 
 ROWS_SHOWN = 10  # rows of the printed table; the CSV has them all
 
 DESCRIPTION = """Label images with the best weights of a cnntrain run (its EMA weights when it
 kept an EMA): image files, folders (recursively) and .zip/.tar.gz/.tgz/.tar archives (read
 without unpacking). Each image is converted to the run's channels and size as in training and
-normalized with the run's statistics. Writes a CSV with columns path, prediction, probability,
-top2, top2_probability, … topK, topK_probability; unreadable files are skipped and counted."""
+normalized with the run's statistics. Probabilities are calibrated: softmax(logits / T), T the
+temperature the run fitted on its validation split (1 when none). Writes a CSV with columns path,
+prediction, probability, top2, top2_probability, … topK, topK_probability (and best_guess with
+--abstain); unreadable files are skipped and counted."""
 
 
 def main() -> None:
@@ -35,11 +39,26 @@ def main() -> None:
                         "or the model's class count if smaller)")  # fmt: skip
     parser.add_argument("--tta", action="store_true",
                         help="average each image's logits with its mirror image's")  # fmt: skip
+    parser.add_argument("--abstain", type=float, metavar="P",
+                        help=f"answer {UNKNOWN!r} when the top probability is below P (0 < P < 1); "
+                        "the most probable class goes in a last column, best_guess")  # fmt: skip
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="also write into DIR one PNG per image, beside it the map "
+                        "of its predicted class's evidence (pip extra: explain)")  # fmt: skip
+    parser.add_argument("--layer", metavar="NAME",
+                        help="with --explain: the module to explain, a name from the run's "
+                        "summary.txt (default: the last convolution with a map ≥ 2×2)")  # fmt: skip
+    parser.add_argument("--method", choices=list(CAM_METHODS), default="gradcam",
+                        help="with --explain: how the map is made (default: gradcam)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out when it exists (else that is refused)")  # fmt: skip
     args = parser.parse_args()
     if args.top_k < 1:
         fail(f"--top-k {args.top_k}: give a number of classes ≥ 1")
+    if args.abstain is not None and not 0 < args.abstain < 1:
+        fail(f"--abstain {args.abstain:g}: give a probability between 0 and 1, e.g. --abstain 0.8")
+    if args.layer is not None and args.explain is None:
+        fail("--layer chooses what --explain DIR explains: give --explain DIR too")
     log_to_console()
     try:
         refuse_link(args.out)  # now, not after the work (writing it refuses it too)
@@ -48,6 +67,7 @@ def main() -> None:
                             "to replace it")  # fmt: skip
         trained = load_trained(args.run)
         refs = find_images(args.paths)
+        layer = explained_layer(trained, args.explain, args.layer) if args.explain else None
         predictions = predict(
             trained,
             refs,
@@ -56,14 +76,26 @@ def main() -> None:
             tta=args.tta,
             device=select_device("auto"),
             show_bars=sys.stderr.isatty(),
+            abstain=args.abstain,
         )
         write_csv(predictions, args.out)
+        if layer is not None:
+            explained = write_explanations(trained, refs, args.explain, layer, args.method,
+                                           tta=args.tta, device=select_device("auto"),
+                                           show_bars=sys.stderr.isatty())  # fmt: skip
     except UserError as e:
         fail(str(e))
     if predictions.skipped:
         names = ", ".join(predictions.skipped[:3]) + (", …" if len(predictions.skipped) > 3 else "")
         warn(f"skipped {len(predictions.skipped)} unreadable file(s): {names}")
     console.print(layers_table(predictions))
+    if predictions.answered is not None:
+        total = len(predictions.rows)
+        print(f"answered {predictions.answered:,} of {total:,} images "
+              f"({predictions.answered / total:.1%}); the rest are {UNKNOWN} below "
+              f"{args.abstain:g}", flush=True)  # fmt: skip
+    if layer is not None:
+        print(f"class-activation maps: {explained:,} PNGs in {args.explain}", flush=True)
     print(f"predictions: {args.out}", flush=True)
 
 

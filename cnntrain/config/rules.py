@@ -14,6 +14,7 @@ from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
+from cnntrain.reporting.cam import CAM_METHODS
 from cnntrain.training.optim import check_scheduler_name
 from cnntrain.training.state import MONITORS
 
@@ -138,6 +139,12 @@ RULES = [
     ("trainer.progress", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("trainer.progress_every_s", number(0), "a number of seconds ≥ 0 (0: no progress lines)"),
     ("trainer.plots", boolean, "true or false"),
+    ("trainer.cam", one_of(*CAM_METHODS, "none"), ", ".join(CAM_METHODS) + " or none"),
+    (
+        "trainer.cam_layer",
+        optional(lambda v: isinstance(v, str) and bool(v)),
+        "null or a module name from the run's summary.txt",
+    ),
     ("trainer.devices", integer(1), "an integer ≥ 1 (processes on this machine)"),
     ("trainer.sync_bn", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     ("data.val_split", number(0, 1, hi_open=True), "a fraction in [0, 1)"),

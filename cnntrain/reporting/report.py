@@ -11,6 +11,8 @@ import yaml
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
+from cnntrain.reporting.calibration_plots import CALIBRATION_PLOTS
+from cnntrain.reporting.cam import CAM_PLOTS
 from cnntrain.reporting.metrics_log import read_rows
 from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
 from cnntrain.reporting.sweep_table import FINISHED, constant_settings, sweep_rows, swept_keys
@@ -28,6 +30,16 @@ CAPTIONS = {
     "misclassified": "The test images the model got most confidently wrong, each with its file "
     "(or its index in the test split); test_predictions.csv lists every test image, worst "
     "(largest loss) first.",
+    "reliability": "Reliability diagram of the test split: each confidence bin's accuracy against "
+    "the diagonal a calibrated model follows, as trained and after temperature scaling (the "
+    "temperature fitted on the validation split), with the expected calibration error (ECE).",
+    "coverage": "Accuracy against coverage: answering only the most confident test images "
+    "(cnntrain-predict --abstain P), the share answered and their accuracy; dots mark "
+    "confidence thresholds.",
+    "cam_mistakes": "Class-activation maps of the most confident mistakes: where in each image "
+    "lies the evidence for the predicted class (red: most), by trainer.cam at trainer.cam_layer.",
+    "cam_correct": "Class-activation maps of the most confident right answers, two per class: "
+    "where the evidence for the class lies.",
 }
 
 STYLE = """
@@ -217,7 +229,28 @@ def test_pairs(r: dict) -> list[tuple[str, str]]:
     pairs = [("balanced accuracy", percent(r.get("test/balanced_acc")))]
     if "test/top5_acc" in r:
         pairs.append(("top-5 accuracy", percent(r["test/top5_acc"])))
-    return [*pairs, ("test loss", metric("test/loss", r.get("test/loss")))]
+    return [*pairs, ("test loss", metric("test/loss", r.get("test/loss"))), *calibration_pairs(r)]
+
+
+def calibration_pairs(r: dict) -> list[tuple[str, str]]:
+    """ECE and NLL as trained → after temperature scaling, and the temperature; none for
+    results written before cnntrain measured calibration."""
+    if "test/ece" not in r:
+        return []
+    t = r.get("temperature")
+    where = r.get("temperature_fitted_on") or "?"
+    fitted = f"{t:.4g} (fitted on the {where} split)" if is_number(t) else "none fitted"
+    return [
+        ("expected calibration error (ECE)", before_after(r, "test/ece")),
+        ("negative log-likelihood (NLL)", before_after(r, "test/nll")),
+        ("temperature", fitted),
+    ]
+
+
+def before_after(r: dict, key: str) -> str:
+    """`0.1234 → 0.0456 after temperature scaling`: a calibration metric and its calibrated one."""
+    after = r.get(f"{key}_calibrated")
+    return f"{metric(key, r.get(key))} → {metric(key, after)} after temperature scaling"
 
 
 def results_section(r: dict) -> str:
@@ -243,7 +276,7 @@ def plots_section(plots_dir: Path) -> str:
     """Every PNG of the plots folder, the known ones in PLOT_NAMES order, then the rest by name."""
     if not plots_dir.is_dir():
         return ""
-    order = {name: i for i, name in enumerate(PLOT_NAMES)}
+    order = {name: i for i, name in enumerate((*PLOT_NAMES, *CALIBRATION_PLOTS, *CAM_PLOTS))}
     pngs = sorted(plots_dir.glob("*.png"), key=lambda p: (order.get(p.stem, len(order)), p.name))
     figures = "".join(figure(p, CAPTIONS.get(p.stem, p.stem.replace("_", " "))) for p in pngs)
     return section("plots", figures) if pngs else ""

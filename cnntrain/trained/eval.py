@@ -15,7 +15,8 @@ from cnntrain.core.files import refuse_links, write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.data.split_table import run_split_table
-from cnntrain.metrics import split_metrics
+from cnntrain.metrics import calibration_metrics, split_metrics
+from cnntrain.reporting.calibration_plots import write_calibration_plots
 from cnntrain.reporting.plots import write_test_plots
 from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
 from cnntrain.reporting.progress import progress_bars_enabled
@@ -87,8 +88,10 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     network = trained.network.to(device, memory_format=layout)
     bars = progress_bars_enabled(cfg)
     out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
+    temperature = trained.temperature if trained.temperature_fitted else None  # the run's
     results = {
         **split_metrics(out, trained.classes, "test"),
+        **calibration_metrics(out["logits"], out["targets"], temperature, "test"),
         "test/split": split.name,
         "test/class_counts": split.counts,
         "dataset": cfg.data.name,
@@ -107,6 +110,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     write_predictions(folder, prediction_rows(out["logits"], out["targets"], trained.classes,
                                               names))  # fmt: skip
     write_test_plots(folder / "plots", out["logits"], out["targets"], trained.classes)
+    write_calibration_plots(folder / "plots", out["logits"], out["targets"], temperature)
     write_eval_report(folder)
     return folder
 

@@ -9,10 +9,14 @@ logit order), `mean` and `std` (per channel, applied inside), `input_size` ([C, 
 _extra_files=...)`). How an image of any size becomes that input, as training's evaluation made
 it: `resize` (px its short side is resized to; null: just covering the input size) with
 `interpolation` (bilinear, bicubic or nearest), then a centre crop to `input_size`. Loading the
-TorchScript file needs torch only, the ONNX file any ONNX runtime.
+TorchScript file needs torch only, the ONNX file any ONNX runtime. Calibration: `temperature`
+(T fitted on the validation split, 1 when none) and `calibrated` (true when the graph already
+divides its logits by T: --calibrated); softmax(logits / T) of a raw file, softmax(logits) of a
+calibrated one, gives calibrated probabilities.
 """
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ TOLERANCE = 1e-4  # largest |logit difference| from PyTorch's that an exported f
 CHECK_IMAGES = 8  # images of the run's test split the export is checked on
 TRACE_BATCH = 2  # images the network is traced with: the check's batch of 8 proves N is free
 ONNX_EXTRA = f"{install_command('onnx')} (onnx, onnxscript, onnxruntime)"
+log = logging.getLogger("cnntrain")
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Exported:
     checked_on: str  # which images: "8 test images of …" or "8 random images (…)"
 
 
-def metadata(trained: TrainedModel) -> dict[str, str]:
+def metadata(trained: TrainedModel, calibrated: bool) -> dict[str, str]:
     """What travels with the exported file, each value as JSON."""
     spec = trained.spec
     return {
@@ -55,6 +60,8 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
         "input_size": json.dumps([spec.channels, spec.height, spec.width]),
         "resize": json.dumps(spec.resize),
         "interpolation": json.dumps(spec.interpolation),
+        "temperature": json.dumps(trained.temperature),
+        "calibrated": json.dumps(calibrated),
     }
 
 
@@ -80,9 +87,11 @@ def check_images(trained: TrainedModel, fresh: DictConfig) -> tuple[torch.Tensor
     return images, f"{CHECK_IMAGES} random images (the run's test data could not be read: {why})"
 
 
-def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exported:
+def export_run(source, fmt: str, out: Path | None, fresh: DictConfig,
+               calibrated: bool = False) -> Exported:  # fmt: skip
     """Export the run (folder or checkpoint) `source` as `fmt` (onnx | torchscript) to `out`
-    (default RUN_DIR/export/<FILE_NAMES[fmt]>); a file that fails its check is not kept."""
+    (default RUN_DIR/export/<FILE_NAMES[fmt]>); a file that fails its check is not kept.
+    `calibrated`: the graph divides its logits by the run's temperature."""
     if fmt == "onnx":
         require_onnx()
     if out is None:
@@ -91,7 +100,10 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exporte
     out = Path(out)
     refuse_link(out)  # now, not after the work (atomic_write refuses it too)
     trained = load_trained(source)
-    model = trained.normalized()
+    if calibrated and not trained.temperature_fitted:
+        log.warning("%s has no fitted temperature (trained with data.val_split=0?): --calibrated "
+                    "divides by 1", trained.checkpoint)  # fmt: skip
+    model = trained.normalized(calibrated)
     images, checked_on = check_images(trained, fresh)
     pixels = unit_range(images)  # (n, C, H, W) in [0, 1]
     with torch.no_grad():
@@ -101,7 +113,7 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig) -> Exporte
 
     def write_checked(tmp: Path) -> None:
         nonlocal difference
-        write(model, pixels[:TRACE_BATCH], tmp, metadata(trained))
+        write(model, pixels[:TRACE_BATCH], tmp, metadata(trained, calibrated))
         difference = float((run(tmp, pixels) - expected).abs().max())
         if not difference <= TOLERANCE:
             raise UserError(

@@ -17,6 +17,7 @@ from cnntrain.core.checkpoint import (
     load_checkpoint,
     saved_config,
 )
+from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
 from cnntrain.data.geometry import spec_fit
@@ -26,16 +27,20 @@ from cnntrain.models.registry import build_architecture
 class Normalized(nn.Module):
     """A network with its input normalization inside: float32 pixels in [0, 1] (N, C, H, W), as
     ToTensor gives them, → logits (N, classes). The arithmetic is the data pipeline's BatchPrep:
-    (x - mean) / std per channel."""
+    (x - mean) / std per channel. With a `temperature`, the logits come out divided by it
+    (temperature-scaled: their softmax gives calibrated probabilities)."""
 
-    def __init__(self, network: nn.Module, mean: list[float], std: list[float]):
+    def __init__(self, network: nn.Module, mean: list[float], std: list[float],
+                 temperature: float | None = None):  # fmt: skip
         super().__init__()
         self.network = network
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.temperature = temperature  # a constant of an exported graph
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network((pixels - self.mean) / self.std)
+        logits = self.network((pixels - self.mean) / self.std)
+        return logits if self.temperature is None else logits / self.temperature
 
 
 @dataclass
@@ -49,10 +54,14 @@ class TrainedModel:
     std: list[float]
     config: dict  # the run's resolved config, as saved (trackers and callbacks dropped)
     checkpoint: Path
+    temperature: float = 1.0  # the logits' divisor fitted on the validation split (1: none)
+    temperature_fitted: bool = False  # whether the run fitted one (data.val_split=0: not)
 
-    def normalized(self) -> Normalized:
-        """The network taking [0, 1] pixels (normalization inside), in eval mode."""
-        return Normalized(self.network, self.mean, self.std).eval()
+    def normalized(self, calibrated: bool = False) -> Normalized:
+        """The network taking [0, 1] pixels (normalization inside), in eval mode; `calibrated`:
+        its logits divided by the temperature."""
+        temperature = self.temperature if calibrated else None
+        return Normalized(self.network, self.mean, self.std, temperature).eval()
 
 
 def load_trained(source) -> TrainedModel:
@@ -66,6 +75,7 @@ def load_trained(source) -> TrainedModel:
     network = build_architecture(config["model"], spec)
     check_compatible(saved, network, path)
     network.load_state_dict(evaluated_weights(saved))
+    temperature = saved_temperature(saved, path)
     return TrainedModel(
         network=network.eval(),
         spec=spec,
@@ -74,7 +84,24 @@ def load_trained(source) -> TrainedModel:
         std=list(saved["normalization"]["std"]),
         config=config,
         checkpoint=path,
+        temperature=1.0 if temperature is None else temperature,
+        temperature_fitted=temperature is not None,
     )
+
+
+def saved_temperature(saved: dict, path: Path) -> float | None:
+    """The temperature of the checkpoint's `calibration` entry (training/calibrate.py), checked
+    as received data: a finite positive number; None when the run fitted none."""
+    calibration = saved.get("calibration")
+    if calibration is None:
+        return None
+    t = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf"):
+        raise UserError(
+            f"checkpoint {path}: calibration.temperature {t!r} is not a finite positive number; "
+            "use the run's own checkpoint, or train it again"
+        )
+    return float(t)
 
 
 def image_pixels(image: Image.Image, spec: InputSpec) -> torch.Tensor:

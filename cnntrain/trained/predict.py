@@ -34,6 +34,7 @@ from cnntrain.training.evaluate import model_logits
 
 log = logging.getLogger(__name__)
 TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
+UNKNOWN = "unknown"  # --abstain's prediction for an image below the confidence asked for
 ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)
 
 
@@ -54,6 +55,7 @@ class Predictions:
     header: list[str]
     rows: list[list[str]]
     skipped: list[str]  # the files not read, as shown (escaped; with the cap when over one)
+    answered: int | None = None  # with --abstain: the rows not UNKNOWN
 
 
 def is_image_name(name: str) -> bool:
@@ -157,22 +159,24 @@ def csv_header(k: int) -> list[str]:
 
 @torch.no_grad()
 def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top_k: int,
-            tta: bool, device: torch.device, show_bars: bool) -> Predictions:  # fmt: skip
+            tta: bool, device: torch.device, show_bars: bool,
+            abstain: float | None = None) -> Predictions:  # fmt: skip
     """Label `refs` with `trained`, `batch_size` images at a time: the `top_k` classes of each
-    readable image by softmax probability (flip TTA: of its logits averaged with its mirror's)."""
+    readable image by calibrated softmax probability, softmax(logits / the run's temperature)
+    (flip TTA: of its logits averaged with its mirror's). `abstain`: see `abstained`."""
     k = min(top_k, len(trained.classes))
-    model = trained.normalized().to(device)
+    model = trained.normalized(calibrated=True).to(device)
     limits = limits_of(trained.config["data"])
-    rows, skipped, names, pixels = [], [], [], []
+    rows, skipped, names, pixels, confident = [], [], [], [], []
 
     def label_batch() -> None:
         batch = unit_range(torch.stack(pixels)).to(device)  # (B, C, H, W) in [0, 1]
         probabilities = model_logits(model, batch, tta).softmax(1)
         top = probabilities.topk(k, dim=1)  # (B, k) each, most probable first
         for name, p, i in zip(names, top.values.tolist(), top.indices.tolist(), strict=True):
-            rows.append(
-                [name] + [v for j in range(k) for v in (trained.classes[i[j]], f"{p[j]:.6f}")]
-            )
+            row = [name] + [v for j in range(k) for v in (trained.classes[i[j]], f"{p[j]:.6f}")]
+            confident.append(abstain is None or p[0] >= abstain)
+            rows.append(row if abstain is None else abstained(row, confident[-1]))
         names.clear()
         pixels.clear()
 
@@ -193,7 +197,15 @@ def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top
             f"none of the {len(refs)} image files could be read (first: {skipped[0]}); "
             "are they images?"
         )
-    return Predictions(csv_header(k), rows, skipped)
+    if abstain is None:
+        return Predictions(csv_header(k), rows, skipped)
+    return Predictions([*csv_header(k), "best_guess"], rows, skipped, sum(confident))
+
+
+def abstained(row: list[str], confident: bool) -> list[str]:
+    """A CSV row under --abstain P: `prediction` is UNKNOWN unless the top probability is at
+    least P (`confident`); the most probable class also goes in a last column, `best_guess`."""
+    return [row[0], row[1] if confident else UNKNOWN, *row[2:], row[1]]
 
 
 def write_csv(predictions: Predictions, path: Path) -> None:

@@ -1,0 +1,47 @@
+"""Temperature scaling after the final test: a temperature fitted on the validation split (never
+the test split) with the tested weights, saved in the checkpoint the test used."""
+
+import logging
+from pathlib import Path
+
+from cnntrain.core.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from cnntrain.metrics import fit_temperature, negative_log_likelihood
+from cnntrain.training.evaluate import evaluate
+
+log = logging.getLogger("cnntrain")
+NO_VALIDATION = ("data.val_split=0: no validation split to fit a temperature on; probabilities "
+                 "stay uncalibrated")  # fmt: skip
+
+
+def fit_on_validation(loop, net) -> float | None:
+    """The temperature of `net` (the tested weights) fitted on the validation split, with the
+    test's arithmetic and test-time views, written into the tested checkpoint; None when the run
+    has no validation split of its own (data.val_split=0: it validated on the test split).
+
+    Every rank evaluates its shard (call it on all of them); rank 0 alone fits and writes, and
+    gets the temperature (the other ranks None)."""
+    data = loop.data
+    if data.val is data.test:
+        if loop.is_main:
+            log.info(NO_VALIDATION)
+        return None
+    out = evaluate(net, data.val, loop.parts.arithmetic, loop.show_bars, "calibrate",
+                   keep_outputs=True)  # fmt: skip
+    if not loop.is_main or out["count"] == 0:
+        return None
+    logits, targets = out["logits"], out["targets"]
+    temperature = fit_temperature(logits, targets)
+    path = loop.checkpoint_path(BEST if loop.keeps_best else LAST)
+    save_temperature(path, temperature, out["count"])
+    log.info("temperature %.4g fitted on %d %s images (NLL %.4f → %.4f), saved in %s",
+             temperature, out["count"], data.val_name, negative_log_likelihood(logits, targets),
+             negative_log_likelihood(logits, targets, temperature), path)  # fmt: skip
+    return temperature
+
+
+def save_temperature(path: Path, temperature: float, images: int) -> None:
+    """Add `calibration` ({temperature, fitted_on, images}) to the checkpoint at `path`,
+    rewritten atomically (what cnntrain-eval, -predict and -export read back)."""
+    state = load_checkpoint(path)
+    state["calibration"] = {"temperature": temperature, "fitted_on": "val", "images": images}
+    save_checkpoint(path, state)
