@@ -22,7 +22,8 @@ FLOORS = (
     "loggers",  # trackers: callbacks that send a run to TensorBoard or MLflow
     "config",  # composing and checking a config, resolvers, a resumed run's config
     "train",  # train(cfg): wiring only
-    "trained",  # a trained run used: load, eval, predict, export
+    "trained",  # a trained run used: load, eval, predict, export, explain
+    "audit",  # cnntrain-audit: duplicates, file problems, label issues from fold models
     "sweeps",  # a sweep job's share of the machine, pruning, the multirun callback
     "cli",  # the console scripts
 )

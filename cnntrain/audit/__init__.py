@@ -1,0 +1,1 @@
+"""Data audits (cnntrain-audit): duplicates, file problems and likely label errors."""

@@ -1,0 +1,278 @@
+"""Out-of-fold class probabilities: K models trained as one cnntrain sweep, each scoring the images
+it did not train on (cnntrain-audit --folds K, for cleanlab's label issues).
+
+The work folder holds fold<k>.csv (a splits.csv: fold k's images are `test`, ~10% of the rest
+`val`, the others `train`) and runs/<attempt>/<job>/: one sweep folder per attempt, its
+recipe.json naming the overrides its jobs trained with. A job is reused, never retrained, when it
+finished (results.json), trained on that recipe, and its splits.csv holds fold k's rows: an
+attempt launches only the folds no earlier attempt finished.
+"""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnntrain.audit.pool import Pool
+from cnntrain.core.device import select_device
+from cnntrain.core.errors import UserError
+from cnntrain.core.files import write_json
+from cnntrain.core.overrides import override_key, quoted
+from cnntrain.core.safe_text import printable
+from cnntrain.core.seeds import derived_seed
+from cnntrain.data.limits import limits_of
+from cnntrain.data.sources import split_root
+from cnntrain.data.split_table import TABLE_COLUMNS, read_split_table, run_split_table, write_csv
+from cnntrain.data.splits import stratified_split
+from cnntrain.reporting.report import read_json
+from cnntrain.trained.load import load_trained, unit_range
+from cnntrain.trained.predict import ImageRef, read_pixels
+from cnntrain.training.evaluate import model_logits
+
+log = logging.getLogger(__name__)
+RUNS, RECIPE = "runs", "recipe.json"
+VAL_FRACTION = 0.1  # of each class's images outside the fold: picks the best epoch
+BATCH = 256  # images scored at once
+# What every fold job is told: no plots, trackers or bars (K jobs, maybe side by side).
+QUIET = ("trainer.plots=false", "logger=none", "trainer.progress=false")
+# Keys the pool's data took and the folds set anew: dropped from every override list.
+DATA_KEYS = ("data.splits", "resume")
+# Keys that would change what the fold sweep is (its folders, its sweeper): the audit's command
+# line may not set them; the data's own overrides (its run's) drop them with all Hydra settings.
+SWEEP_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra/sweeper", "hparams_search")
+
+
+def out_of_fold_probabilities(
+    pool: Pool, folds: int, work: Path, extra: list[str], seed: int
+) -> np.ndarray:
+    """(N, len(pool.classes)) float64: image i's softmax probabilities from the fold model that did
+    not train on it, in pool order; the K models are trained in `work` as one cnntrain sweep
+    (`extra`: the audit command's overrides, a launcher among them), finished ones reused."""
+    refuse_tree(pool)
+    labels = np.asarray(pool.labels, dtype=np.int64)
+    check_fold_count(labels, pool.classes, folds)
+    assigned = fold_of_each(labels, folds, seed)
+    tables = [fold_rows(pool, assigned, k, seed) for k in range(folds)]
+    files = [Path(work) / f"fold{k}.csv" for k in range(folds)]
+    for file, rows in zip(files, tables, strict=True):
+        write_csv(file, TABLE_COLUMNS, rows)
+    overrides = sweep_overrides(pool.overrides, extra)
+    runs = Path(work) / RUNS
+    jobs = finished_jobs(runs, tables, overrides)
+    missing = [k for k, job in enumerate(jobs) if job is None]
+    if missing:
+        log.info("training %d of %d fold model(s) (%d finished before: reused) in %s",
+                 len(missing), folds, folds - len(missing), runs)  # fmt: skip
+        attempt, status = train_folds([files[k] for k in missing], runs, overrides)
+        jobs = finished_jobs(runs, tables, overrides)
+        check_trained(jobs, attempt, status)
+    else:
+        log.info("all %d fold models finished before in %s: none retrained", folds, runs)
+    return fold_probabilities(pool, labels, assigned, jobs)
+
+
+# ---- the folds ----
+
+
+def refuse_tree(pool: Pool) -> None:
+    """Refuse an ImageFolder tree: training splits one by its folders (data.splits is refused)."""
+    root = Path(pool.root)
+    if root.is_dir() and split_root(root) is not None:
+        raise UserError(
+            f"--folds: {root} is an ImageFolder tree (train/ and its split folders), which "
+            "training splits by its folders alone; give class folders (<class>/<images>) or a "
+            "label file (data=csv) to use --folds, or leave --folds out"
+        )
+
+
+def check_fold_count(labels: np.ndarray, classes: list[str], folds: int) -> None:
+    """Refuse fewer than 2 folds, or more than the smallest class has images (each fold holds at
+    least one image of every class)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    smallest = int(counts.argmin())
+    fewest, name = int(counts[smallest]), printable(classes[smallest])
+    if folds < 2 or folds > fewest:
+        fix = f"use --folds between 2 and {fewest}" if fewest >= 2 else "add images to it"
+        raise UserError(
+            f"--folds={folds}: K-fold needs 2 folds or more, each with an image of every class, "
+            f"and class {name!r} has {fewest} image(s); {fix}"
+        )
+
+
+def fold_of_each(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N,) each image's fold: each class's images, permuted with `seed`, dealt round the folds
+    (each class's deal starting where the last one stopped, so fold sizes differ by one at most)."""
+    rng = np.random.default_rng(seed)
+    assigned = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        assigned[members] = (np.arange(len(members)) + start) % folds
+        start += len(members)
+    return assigned
+
+
+def fold_rows(pool: Pool, assigned: np.ndarray, k: int, seed: int) -> list[tuple[str, str, str]]:
+    """Fold k's splits.csv rows (path, class, split) in pool order: its images `test`, of the
+    others a seeded VAL_FRACTION of each class `val`, the rest `train`."""
+    split = np.where(assigned == k, "test", "train").astype(object)
+    rest = np.flatnonzero(assigned != k)
+    targets = np.asarray(pool.labels, dtype=np.int64)[rest]
+    _, val = stratified_split(targets, VAL_FRACTION, derived_seed(seed, k))
+    split[rest[val]] = "val"
+    return [(name, pool.classes[label], str(s))
+            for name, label, s in zip(pool.names, pool.labels, split, strict=True)]  # fmt: skip
+
+
+# ---- the sweep ----
+
+
+def sweep_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """Every fold job's overrides but data.splits: the data's own (`base`, less DATA_KEYS, Hydra's
+    settings and flags), the command's (`extra` less DATA_KEYS, winning on a key both set), then
+    QUIET."""
+    for override in extra:
+        if override_key(override) in SWEEP_KEYS:
+            raise UserError(
+                f"{override}: cnntrain-audit --folds runs its fold jobs as a sweep of its own "
+                f"(in <audit folder>/folds/runs); leave {override_key(override)} out"
+            )
+    kept = [o for o in base if for_folds(o)]
+    extra = [o for o in extra if override_key(o) not in DATA_KEYS]
+    given = {override_key(o) for o in extra}
+    quiet = {override_key(o) for o in QUIET}
+    merged = [o for o in kept if override_key(o) not in given] + list(extra)
+    return [o for o in merged if override_key(o) not in quiet] + list(QUIET)
+
+
+def for_folds(override: str) -> bool:
+    """Do the fold jobs take this override of the data's own command? Not DATA_KEYS, a search,
+    Hydra's settings (the audit's command line picks the launcher) or a flag."""
+    key = override_key(override)
+    owned = key in (*DATA_KEYS, *SWEEP_KEYS) or key.startswith("hydra")
+    return not (owned or override.startswith("-"))
+
+
+def train_folds(files: list[Path], runs: Path, overrides: list[str]) -> tuple[Path, int]:
+    """(the attempt's sweep folder, the sweep's exit status): one job per fold file, through
+    whichever Hydra launcher `overrides` pick (the basic one runs them one after another)."""
+    attempt = runs / str(1 + max((int(p.name) for p in attempts(runs)), default=0))
+    write_json(attempt / RECIPE, {"overrides": recipe(overrides)})
+    command = [
+        sys.executable, "-m", "cnntrain", "-m", *overrides,
+        "data.splits=" + ",".join(quoted(str(f)) for f in files),
+        "hydra.sweep.dir=" + quoted(str(attempt)),
+    ]  # fmt: skip
+    return attempt, subprocess.run(command, check=False).returncode
+
+
+def recipe(overrides: list[str]) -> list[str]:
+    """What a fold model depends on: the overrides but Hydra's (another launcher trains alike)."""
+    return [o for o in overrides if not override_key(o).startswith("hydra")]
+
+
+def attempts(runs: Path) -> list[Path]:
+    """The attempts' sweep folders, newest (highest number) first."""
+    found = [p for p in runs.iterdir() if p.is_dir() and p.name.isdigit()] if runs.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name), reverse=True)
+
+
+def finished_jobs(runs: Path, tables: list[list[tuple]], overrides: list[str]) -> list[Path | None]:
+    """Each fold's finished job folder (the newest), None where none is: one that has results.json,
+    trained with `overrides` (its attempt's recipe.json), on the fold's rows (its splits.csv)."""
+    wanted = [set(rows) for rows in tables]
+    found: list[Path | None] = [None] * len(tables)
+    for attempt in attempts(runs):
+        if (read_json(attempt / RECIPE) or {}).get("overrides") != recipe(overrides):
+            continue
+        for job in sorted(p for p in attempt.iterdir() if p.is_dir() and p.name.isdigit()):
+            rows = job_rows(job)
+            for k, fold in enumerate(wanted):
+                if found[k] is None and rows == fold:
+                    found[k] = job
+    return found
+
+
+def job_rows(job: Path) -> set[tuple[str, str, str]] | None:
+    """The (path, class, split) rows a finished job trained on; None when it did not finish."""
+    table = run_split_table(job)
+    if not (job / "results.json").is_file() or table is None:
+        return None
+    rows, _ = read_split_table(Path(table))
+    return {(r.path, r.label, r.split) for r in rows}
+
+
+def check_trained(jobs: list[Path | None], attempt: Path, status: int) -> None:
+    """Refuse to go on without every fold's model: the first failed job's error, in one line."""
+    if all(job is not None for job in jobs):
+        return
+    for job in sorted(p for p in attempt.iterdir() if p.is_dir() and p.name.isdigit()):
+        error = job / "error.txt"
+        if error.is_file():
+            first = error.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            raise UserError(f"fold job {job} failed: {printable(first[0] if first else '')}")
+    untrained = ", ".join(f"fold{k}" for k, job in enumerate(jobs) if job is None)
+    raise UserError(
+        f"the fold sweep in {attempt} ended (exit status {status}) without a model for "
+        f"{untrained}; its jobs' train.log say why (run the audit again to train only those)"
+    )
+
+
+# ---- the probabilities ----
+
+
+def fold_probabilities(
+    pool: Pool, labels: np.ndarray, assigned: np.ndarray, jobs: list[Path]
+) -> np.ndarray:
+    """(N, classes) float64: each fold's images scored by that fold's model."""
+    probabilities = np.zeros((len(labels), len(pool.classes)), dtype=np.float64)
+    for k, job in enumerate(jobs):
+        rows = np.flatnonzero(assigned == k)
+        probabilities[rows] = job_probabilities(job, pool, labels, rows)
+    return probabilities
+
+
+@torch.no_grad()
+def job_probabilities(job: Path, pool: Pool, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), classes) softmax probabilities of the images `rows` by the job's best network,
+    read as its evaluation read them (its caps, its test-time flips, its temperature when it has
+    one); an image it cannot read keeps its given label's one-hot row (no evidence against it;
+    files.csv lists it)."""
+    trained = load_trained(job)
+    if trained.classes != list(pool.classes):
+        raise UserError(
+            f"fold job {job} has the classes {', '.join(map(printable, trained.classes))}, not the "
+            f"audited data's {', '.join(map(printable, pool.classes))}; remove {job.parent} and "
+            "run the audit again"
+        )
+    device = select_device("auto")
+    model = trained.normalized(calibrated=True).to(device)  # logits ÷ the run's temperature
+    tta = trained.config.get("trainer", {}).get("tta", False)
+    scored = np.eye(len(pool.classes))[labels[rows]]  # (len(rows), classes)
+    refs = [ImageRef(pool.names[i], Path(pool.files[i])) for i in rows]
+    batch, places, unread = [], [], []
+
+    def score() -> None:
+        pixels = unit_range(torch.stack(batch)).to(device)  # (B, C, H, W) in [0, 1]
+        scored[places] = model_logits(model, pixels, tta).double().softmax(1).cpu().numpy()
+        batch.clear()
+        places.clear()
+
+    pixels_of = read_pixels(refs, trained.spec, limits_of(trained.config.get("data", {})))
+    for place, (ref, pixels) in enumerate(pixels_of):
+        if isinstance(pixels, str):
+            unread.append(printable(ref.name))
+            continue
+        batch.append(pixels)
+        places.append(place)
+        if len(batch) == BATCH:
+            score()
+    if batch:
+        score()
+    if unread:
+        log.warning("%s: %d image(s) could not be read (first: %s); they keep their given label",
+                    job, len(unread), unread[0])  # fmt: skip
+    return scored
