@@ -154,3 +154,9 @@ def test_audit_refuses_bad_input_in_one_line(arguments, message, tmp_path, monke
     assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "elsewhere").exists()
     shutil.rmtree(data)
+
+
+def test_fold_models_near_chance_are_called_too_weak_to_rank_label_errors():
+    weak = audit_cli.weak
+    assert weak(0.34, 3) and weak(0.15, 10)  # chance: 1/3, 1/10
+    assert not weak(0.6, 3) and not weak(0.3, 10) and not weak(0.9, 2)

@@ -5,6 +5,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cnntrain.audit.duplicates import Duplicates, find_duplicates, write_duplicates
 from cnntrain.audit.files import file_problems, write_file_problems
 from cnntrain.audit.page import write_audit_page
@@ -38,17 +40,19 @@ def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
     write_duplicates(pool, duplicates, folder)
     problems = file_problems(pool, scan, options.folds)
     write_file_problems(problems, folder)
-    issues = label_issues(pool, folder, options) if options.folds else None
+    issues, fold_accuracy = label_issues(pool, folder, options) if options.folds else (None, None)
     summary = audit_summary(pool, duplicates, problems, issues, options)
+    summary["fold_accuracy"] = fold_accuracy
     summary["time_s"] = round(time.perf_counter() - started, 1)
     write_json(folder / SUMMARY_FILE, summary)
     write_audit_page(folder, pool, summary, duplicates, problems, issues, options.max_pixels)
     return summary
 
 
-def label_issues(pool: Pool, folder: Path, options: AuditOptions) -> list[dict]:
+def label_issues(pool: Pool, folder: Path, options: AuditOptions) -> tuple[list[dict], float]:
     """Out-of-fold probabilities from --folds models (folder/folds/), ranked by cleanlab, kept
-    in folder/label_issues.csv."""
+    in folder/label_issues.csv; also the fold models' accuracy on the images they did not see
+    (the ranking is only as good as they are: near chance, it flags noise)."""
     from cnntrain.audit.folds import out_of_fold_probabilities
     from cnntrain.audit.label_issues import rank_label_issues, write_label_issues
 
@@ -58,7 +62,8 @@ def label_issues(pool: Pool, folder: Path, options: AuditOptions) -> list[dict]:
                                               options.seed)  # fmt: skip
     rows = rank_label_issues(pool, probabilities)
     write_label_issues(rows, folder)
-    return rows
+    accuracy = float((probabilities.argmax(1) == np.asarray(pool.labels)).mean())
+    return rows, round(accuracy, 4)
 
 
 def percent(part: int, whole: int) -> float | None:

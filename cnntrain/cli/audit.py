@@ -113,8 +113,18 @@ def summary_lines(s: dict) -> list[str]:
         f"{s['odd_size']} odd size, {s['odd_channels']} odd channels",
     ]
     if s["label_issues"] is not None:
-        lines.append(f"likely label errors: {s['label_issues']:,} (label_issues.csv)")
+        lines.append(f"likely label errors: {s['label_issues']:,} (label_issues.csv); the fold "
+                     f"models got {s['fold_accuracy']:.1%} of the images they did not see right"
+                     + (" — too few to trust the ranking: train them longer (trainer.epochs=…)"
+                        if weak(s["fold_accuracy"], s["classes"]) else ""))  # fmt: skip
     return lines
+
+
+def weak(accuracy: float, classes: int) -> bool:
+    """Fold models too close to chance (1/classes) for their disagreements to point at label
+    errors: below 2/(classes + 1), the accuracy at which right answers are twice as frequent as
+    any one wrong class's when mistakes spread evenly over the others."""
+    return accuracy < 2 / (classes + 1)
 
 
 if __name__ == "__main__":

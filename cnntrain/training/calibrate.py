@@ -9,6 +9,7 @@ from cnntrain.metrics import fit_temperature, negative_log_likelihood
 from cnntrain.training.evaluate import evaluate
 
 log = logging.getLogger("cnntrain")
+FEW_IMAGES = 100  # validation images below which a fitted temperature is said to be rough
 NO_VALIDATION = ("data.val_split=0: no validation split to fit a temperature on; probabilities "
                  "stay uncalibrated")  # fmt: skip
 
@@ -33,6 +34,9 @@ def fit_on_validation(loop, net) -> float | None:
     temperature = fit_temperature(logits, targets)
     path = loop.checkpoint_path(BEST if loop.keeps_best else LAST)
     save_temperature(path, temperature, out["count"])
+    if out["count"] < FEW_IMAGES:
+        log.warning("the temperature is fitted on only %d validation images: a rough estimate "
+                    "(more with a larger data.val_split)", out["count"])  # fmt: skip
     log.info("temperature %.4g fitted on %d %s images (NLL %.4f → %.4f), saved in %s",
              temperature, out["count"], data.val_name, negative_log_likelihood(logits, targets),
              negative_log_likelihood(logits, targets, temperature), path)  # fmt: skip
