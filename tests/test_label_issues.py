@@ -3,6 +3,7 @@ sweep (finished ones reused), and cleanlab's label issues finding planted label 
 
 import csv
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,19 @@ import pytest
 
 from bench.photo_folder import read_sources
 from cnntrain.audit.folds import (
+    QUIET,
     check_fold_count,
     check_trained,
     fold_of_each,
     fold_rows,
     out_of_fold_probabilities,
     sweep_overrides,
+    tree_as_label_file,
 )
 from cnntrain.audit.label_issues import LABEL_ISSUE_COLUMNS, rank_label_issues, write_label_issues
 from cnntrain.audit.pool import Pool
 from cnntrain.core.errors import UserError
+from cnntrain.core.overrides import quoted
 from cnntrain.data.split_table import TABLE_COLUMNS, read_split_table, write_csv
 from tests.conftest import CIFAR_ARCHIVE, make_image_folder, needs_cifar
 
@@ -117,8 +121,16 @@ def test_fold_count_and_overrides_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"exit status 1\) without a model for fold1;"):
         check_trained([attempt / "0", None], attempt, 1)
     tree = make_image_folder(tmp_path / "tree", per_class=3)
-    with pytest.raises(UserError, match="is an ImageFolder tree"):
-        out_of_fold_probabilities(pool_of([0, 0, 1, 1], root=tree), 2, tmp_path / "w", [], 0)
+    pool = pool_of([0, 1], root=tree)
+    pool = replace(pool, names=["train/=a.png", "val/b c.png"])
+    # a tree is split by its folders: the fold jobs get its files as a label file instead
+    given = sweep_overrides(pool.overrides, [f"data.root={tree}", "data.image_size=16"])
+    assert tree_as_label_file(pool, tmp_path / "w", given) == [
+        "data=csv", f"data.labels={quoted(str(tmp_path / 'w' / 'labels.csv'))}",
+        f"data.root={quoted(str(tree))}", "data.image_size=16", *QUIET]  # fmt: skip
+    written = (tmp_path / "w" / "labels.csv").read_text().splitlines()
+    assert written == ["path,label", "train/=a.png,cat", "val/b c.png,dog"]  # read verbatim
+    assert tree_as_label_file(pool_of([0, 1]), tmp_path / "v", given) == given  # not a tree
 
 
 # ---- end to end: the done-when ----

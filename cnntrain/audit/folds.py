@@ -8,6 +8,7 @@ finished (results.json), trained on that recipe, and its splits.csv holds fold k
 attempt launches only the folds no earlier attempt finished.
 """
 
+import csv
 import logging
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 from cnntrain.audit.pool import Pool
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
-from cnntrain.core.files import write_json
+from cnntrain.core.files import atomic_write, write_json
 from cnntrain.core.overrides import override_key, quoted
 from cnntrain.core.safe_text import printable
 from cnntrain.core.seeds import derived_seed
@@ -33,7 +34,7 @@ from cnntrain.trained.predict import ImageRef, read_pixels
 from cnntrain.training.evaluate import model_logits
 
 log = logging.getLogger(__name__)
-RUNS, RECIPE = "runs", "recipe.json"
+RUNS, RECIPE, LABELS = "runs", "recipe.json", "labels.csv"
 VAL_FRACTION = 0.1  # of each class's images outside the fold: picks the best epoch
 BATCH = 256  # images scored at once
 # What every fold job is told: no plots, trackers or bars (K jobs, maybe side by side).
@@ -51,7 +52,6 @@ def out_of_fold_probabilities(
     """(N, len(pool.classes)) float64: image i's softmax probabilities from the fold model that did
     not train on it, in pool order; the K models are trained in `work` as one cnntrain sweep
     (`extra`: the audit command's overrides, a launcher among them), finished ones reused."""
-    refuse_tree(pool)
     labels = np.asarray(pool.labels, dtype=np.int64)
     check_fold_count(labels, pool.classes, folds)
     assigned = fold_of_each(labels, folds, seed)
@@ -59,7 +59,7 @@ def out_of_fold_probabilities(
     files = [Path(work) / f"fold{k}.csv" for k in range(folds)]
     for file, rows in zip(files, tables, strict=True):
         write_csv(file, TABLE_COLUMNS, rows)
-    overrides = sweep_overrides(pool.overrides, extra)
+    overrides = tree_as_label_file(pool, Path(work), sweep_overrides(pool.overrides, extra))
     runs = Path(work) / RUNS
     jobs = finished_jobs(runs, tables, overrides)
     missing = [k for k, job in enumerate(jobs) if job is None]
@@ -77,15 +77,34 @@ def out_of_fold_probabilities(
 # ---- the folds ----
 
 
-def refuse_tree(pool: Pool) -> None:
-    """Refuse an ImageFolder tree: training splits one by its folders (data.splits is refused)."""
+def tree_as_label_file(pool: Pool, work: Path, overrides: list[str]) -> list[str]:
+    """The fold jobs' `overrides`, for an ImageFolder tree (train/, test/…) given as a label
+    file: training splits a tree by its folders alone (it refuses data.splits for one), so the
+    jobs get work/labels.csv (path, label; paths relative to the tree) with `data=csv` instead of
+    the overrides naming the tree; their other keys stay. Other data: `overrides` as they are."""
     root = Path(pool.root)
-    if root.is_dir() and split_root(root) is not None:
-        raise UserError(
-            f"--folds: {root} is an ImageFolder tree (train/ and its split folders), which "
-            "training splits by its folders alone; give class folders (<class>/<images>) or a "
-            "label file (data=csv) to use --folds, or leave --folds out"
-        )
+    if not (root.is_dir() and split_root(root) is not None):
+        return overrides
+    labels = Path(work) / LABELS
+    write_label_file(labels, [(name, pool.classes[c]) for name, c in zip(pool.names, pool.labels,
+                                                                        strict=True)])  # fmt: skip
+    source = ("data", "data.root", "data.labels", "data.name")
+    kept = [o for o in overrides if override_key(o) not in source]
+    return ["data=csv", f"data.labels={quoted(str(labels))}", f"data.root={quoted(str(root))}",
+            *kept]  # fmt: skip
+
+
+def write_label_file(path: Path, rows: list[tuple[str, str]]) -> None:
+    """A plain label file (path,label), atomically: cells as they are, since data=csv reads
+    them verbatim (a spreadsheet-safe `'` would become part of a file name)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("path", "label"))
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def check_fold_count(labels: np.ndarray, classes: list[str], folds: int) -> None:
