@@ -53,20 +53,29 @@ def mass_on(maps: np.ndarray, corners, side: int) -> float:
     return float(np.mean(shares))
 
 
-@pytest.fixture(scope="module")
-def square_model():
-    """cnntrain's simplecnn trained (a few seconds) to tell the squares' colours apart."""
+def trained_on_squares(model: nn.Module, images: int, side: int, epochs: int, batch: int):
+    """`model` trained with Adam (lr 1e-3) on `images` square images of `side` px, seeded; in
+    eval mode."""
     torch.manual_seed(0)
-    x, y, _ = square_images(128, seed=1)
-    model = build_model(OmegaConf.create({"name": "simplecnn"}), InputSpec(3, SIDE, SIDE, 3))
+    x, y, _ = square_images(images, seed=1, side=side)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(3):
-        for start in range(0, len(x), 32):
-            loss = nn.functional.cross_entropy(model(x[start : start + 32]), y[start : start + 32])
+    for _ in range(epochs):
+        for start in range(0, len(x), batch):
+            loss = nn.functional.cross_entropy(
+                model(x[start : start + batch]), y[start : start + batch]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def square_model():
+    """cnntrain's simplecnn trained (a few seconds) to tell the squares' colours apart."""
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create({"name": "simplecnn"}), InputSpec(3, SIDE, SIDE, 3))
+    return trained_on_squares(model, images=128, side=SIDE, epochs=3, batch=32)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
@@ -88,16 +97,8 @@ def torchvision_square_model():
     """torchvision's resnet18 (random init) trained (~10 s) on 48 px square images: its late maps
     (layer3: 3×3, layer4: 2×2) see the whole image, so layer2's 6×6 map is the one to read."""
     torch.manual_seed(0)
-    x, y, _ = square_images(160, seed=1, side=48)
     model = torchvision.models.resnet18(num_classes=3)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(5):
-        for start in range(0, len(x), 16):
-            loss = nn.functional.cross_entropy(model(x[start : start + 16]), y[start : start + 16])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    return trained_on_squares(model, images=160, side=48, epochs=5, batch=16)
 
 
 def test_a_torchvision_network_looks_at_the_square(torchvision_square_model):
