@@ -185,7 +185,8 @@ def train_folds(files: list[Path], runs: Path, overrides: list[str]) -> tuple[Pa
         "data.splits=" + ",".join(quoted(str(f)) for f in files),
         "hydra.sweep.dir=" + quoted(str(attempt)),
     ]  # fmt: skip
-    return attempt, subprocess.run(command, check=False).returncode
+    # The jobs' console lines go to stderr, with the audit's own log: stdout keeps its answer.
+    return attempt, subprocess.run(command, check=False, stdout=sys.stderr).returncode
 
 
 def recipe(overrides: list[str]) -> list[str]:

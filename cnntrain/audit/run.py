@@ -1,6 +1,7 @@
 """cnntrain-audit's work: a Pool's images read once, duplicates, file problems, with --folds the
 likely label errors, then report.html and summary.json in the audit folder."""
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,12 +10,14 @@ import numpy as np
 
 from cnntrain.audit.duplicates import Duplicates, find_duplicates, write_duplicates
 from cnntrain.audit.files import file_problems, write_file_problems
+from cnntrain.audit.label_issues import LABEL_ISSUES_FILE
 from cnntrain.audit.page import write_audit_page
 from cnntrain.audit.pool import Pool
 from cnntrain.audit.scan import scan_pool
 from cnntrain.core.extras import require
 from cnntrain.core.files import write_json
 
+log = logging.getLogger("cnntrain")
 SUMMARY_FILE = "summary.json"
 METHOD = "pHash (imagehash.phash: 64 bits of the 8 × 8 lowest DCT frequencies), Hamming distance"
 
@@ -41,6 +44,9 @@ def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
     problems = file_problems(pool, scan, options.folds)
     write_file_problems(problems, folder)
     issues, fold_accuracy = label_issues(pool, folder, options) if options.folds else (None, None)
+    if not options.folds and (folder / LABEL_ISSUES_FILE).is_file():
+        log.info("%s of an earlier --folds audit is kept as it was (not in this report); "
+                 "give --folds K to rank again", folder / LABEL_ISSUES_FILE)  # fmt: skip
     summary = audit_summary(pool, duplicates, problems, issues, options)
     summary["fold_accuracy"] = fold_accuracy
     summary["time_s"] = round(time.perf_counter() - started, 1)
