@@ -185,8 +185,9 @@ def train_folds(files: list[Path], runs: Path, overrides: list[str]) -> tuple[Pa
         "data.splits=" + ",".join(quoted(str(f)) for f in files),
         "hydra.sweep.dir=" + quoted(str(attempt)),
     ]  # fmt: skip
-    # The jobs' console lines go to stderr, with the audit's own log: stdout keeps its answer.
-    return attempt, subprocess.run(command, check=False, stdout=sys.stderr).returncode
+    # The jobs' console lines go to stderr (file descriptor 2: whatever sys.stderr has become in
+    # a notebook or under capture), with the audit's own log: stdout keeps the audit's answer.
+    return attempt, subprocess.run(command, check=False, stdout=2).returncode
 
 
 def recipe(overrides: list[str]) -> list[str]:
