@@ -10,9 +10,8 @@ from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_link
-from cnntrain.reporting.cam import CAM_METHODS
+from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.reporting.console import console
-from cnntrain.trained.explain import explained_layer, write_explanations
 from cnntrain.trained.load import load_trained
 from cnntrain.trained.predict import TOP_K, UNKNOWN, Predictions, find_images, predict, write_csv
 
@@ -67,7 +66,12 @@ def main() -> None:
                             "to replace it")  # fmt: skip
         trained = load_trained(args.run)
         refs = find_images(args.paths)
-        layer = explained_layer(trained, args.explain, args.layer) if args.explain else None
+        if args.explain:  # imported only then: the maps' figures need matplotlib and grad-cam
+            from cnntrain.trained.explain import explained_layer, write_explanations
+
+            layer = explained_layer(trained, args.explain, args.layer)
+        else:
+            layer = None
         predictions = predict(
             trained,
             refs,

@@ -14,7 +14,7 @@ from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
-from cnntrain.reporting.cam import CAM_METHODS
+from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.training.optim import check_scheduler_name
 from cnntrain.training.state import MONITORS
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
+from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.reporting.layer_table import placement, summarize_layers
 from cnntrain.reporting.plots import (
     draw_picture,
@@ -29,8 +30,6 @@ from cnntrain.reporting.predictions import short_name
 
 log = logging.getLogger(__name__)
 
-# trainer.cam and --method: the grad-cam library's classes, imported when a map is first drawn
-CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM"}
 CAM_PLOTS = ("cam_mistakes", "cam_correct")  # plots/<name>.png, in a report's order
 CAM_MISTAKES = 8  # cam_mistakes: the most confident mistakes
 CAM_PER_CLASS, CAM_CLASSES = 2, 10  # cam_correct: the 2 most confident right answers, ≤10 classes
