@@ -36,6 +36,7 @@ from cnntrain.reporting.plots import write_run_plots
 from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
+from cnntrain.training.budget import budget_results, resumed_epochs
 from cnntrain.training.calibrate import fit_on_validation
 from cnntrain.training.callbacks import build_callbacks
 from cnntrain.training.compiling import compile_mode, compiled, warm_up
@@ -105,7 +106,7 @@ def train(cfg: DictConfig) -> float:
         log.info("resuming %s from epoch %d, step %d", run_dir, saved["progress"]["epoch"],
                  saved["progress"]["step"])  # fmt: skip
         steps = optimizer_steps(len(data.train), cfg.trainer.accumulate)
-        restore(saved, resume_path, loop, cfg.trainer.epochs * steps)
+        restore(saved, resume_path, loop, resumed_epochs(saved, cfg) * steps)
     if compile_mode(cfg.trainer.compile):
         loop.compile_s = warm_up(loop.parts, loop.eval_model, data, cfg, world.size)
     counts = class_counts(data.train.targets, data.classes)
@@ -159,6 +160,7 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         "epochs": p.epoch,
         "stopped_by": p.stopped_by or "epochs",
         "train_time_s": round(p.elapsed_s, 3),
+        **budget_results(loop),  # trainer.time_budget's: null when off
         "compile_s": round(loop.compile_s, 3),  # torch.compile's warm-up, not in train_time_s
         "params": sum(x.numel() for x in loop.model.parameters()),
         "model": loop.cfg.model.name,

@@ -18,10 +18,11 @@ from cnntrain.core.overrides import override_key
 from cnntrain.core.schema import CONF_DIR, WATCHING_GROUPS
 from cnntrain.data.split_table import run_split_table
 
-# Keys a resumed run may change on the command line: train longer, stop early sooner or later
-# (counted from the run's rows: the rule applies to the epochs so far too), move (to more or
-# fewer processes too), show bars or not.
-RESUMABLE_KEYS = ("trainer.epochs", "trainer.early_stopping.patience",
+# Keys a resumed run may change on the command line: train longer, or within another time
+# budget (re-planned from the time used), stop early sooner or later (counted from the run's
+# rows: the rule applies to the epochs so far too), move (to more or fewer processes too), show
+# bars or not.
+RESUMABLE_KEYS = ("trainer.epochs", "trainer.time_budget", "trainer.early_stopping.patience",
                   "trainer.early_stopping.min_delta", "trainer.device", "trainer.devices",
                   "trainer.progress", "trainer.progress_every_s")  # fmt: skip
 

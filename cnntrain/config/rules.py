@@ -15,6 +15,8 @@ from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.reporting.cam_methods import CAM_METHODS
+from cnntrain.training.budget import ALLOWED as BUDGET_FORMS
+from cnntrain.training.budget import is_budget
 from cnntrain.training.optim import check_scheduler_name
 from cnntrain.training.state import MONITORS
 
@@ -97,6 +99,7 @@ OPTIMIZABLE = ("best_val/acc", "final_val/acc", "test/acc", "test/balanced_acc",
 RULES = [
     ("optimized_metric", one_of(*OPTIMIZABLE), "one of " + ", ".join(OPTIMIZABLE)),
     ("trainer.epochs", integer(1), "an integer ≥ 1"),
+    ("trainer.time_budget", is_budget, BUDGET_FORMS),
     ("trainer.seed", integer(0), "an integer ≥ 0"),
     ("trainer.device", device_name, "auto, cpu, cuda or cuda:N"),
     ("trainer.precision", one_of("auto", "32", "tf32", "bf16", "16"), "auto, 32, tf32, bf16 or 16"),

@@ -14,6 +14,8 @@ from cnntrain.core.checkpoint import LAST, remove_torn_writes
 from cnntrain.reporting.metrics_log import MetricsLog
 from cnntrain.reporting.report import duration
 from cnntrain.training.best import BestCheckpoints
+from cnntrain.training.budget import NAME as TIME_BUDGET
+from cnntrain.training.budget import TimeBudget
 from cnntrain.training.events import Callback
 from cnntrain.training.resume import write_checkpoint
 from cnntrain.training.step import optimizer_steps
@@ -207,6 +209,8 @@ def build_callbacks(cfg, is_main: bool = True) -> dict[str, Callback]:
     callbacks["model_epoch"] = ModelEpoch()
     if cfg.trainer.get("lookahead") is not None:
         callbacks["lookahead"] = Lookahead(**cfg.trainer.lookahead)
+    if cfg.trainer.get("time_budget") is not None:  # before the checkpoints: they save its plan
+        callbacks[TIME_BUDGET] = TimeBudget(cfg.trainer.time_budget)
     for group in ("logger", "callbacks") if is_main else ("callbacks",):
         for name, spec in (cfg.get(group) or {}).items():
             callbacks[name] = instantiate(spec)
