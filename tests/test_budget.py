@@ -103,8 +103,8 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=48)
 
 
-def budget_run(root, budget: str, *extra: str) -> tuple[str, ...]:
-    return ("data=imagefolder", f"data.root={root}", "model=simplecnn", "trainer.epochs=50",
+def budget_run(root, budget: str, *extra: str, epochs: int = 50) -> tuple[str, ...]:
+    return ("data=imagefolder", f"data.root={root}", "model=simplecnn", f"trainer.epochs={epochs}",
             f"trainer.time_budget={budget}", "data.batch_size=16", "scheduler=cosine",
             f"scheduler.min_lr={MIN_LR}", "scheduler.warmup_epochs=0", "logger=none",
             "trainer.plots=false", "trainer.device=cpu", "trainer.precision=32",
@@ -115,6 +115,18 @@ def saved_plan(run) -> tuple[dict, dict]:
     """checkpoints/last.pt's scheduler state and the time budget's."""
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     return last["scheduler"], last["callbacks"][NAME]
+
+
+def test_a_run_its_budget_ended_trains_on_when_resumed_without_one(folder, tmp_path):
+    run = tmp_path / "run"
+    first = train_here(*budget_run(folder, "0.001s", epochs=3), output_dir=run)
+    assert (first["stopped_by"], first["epochs"]) == ("time_budget", 1)  # over it after epoch 1
+    results = train_here("trainer.time_budget=null", output_dir=run, resume=run)
+    assert (results["stopped_by"], results["epochs"]) == ("epochs", 3)
+    assert results["time_budget_s"] is None
+    # the schedule, resized to the plan's 1 epoch, restored for trainer.epochs, and ended
+    scheduler = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scheduler"]
+    assert scheduler["last_epoch"] == scheduler["total_steps"] == 3 * scheduler["steps_per_epoch"]
 
 
 @pytest.mark.slow

@@ -110,21 +110,64 @@ def test_the_estimate_is_near_a_training_steps_measured_peak():
     assert 0.7 < estimated / measured < 2, (estimated, measured)
 
 
-def test_a_cgroup_limit_leaves_limit_less_usage(tmp_path):
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
-    usage.write_text("400\n")
-    limit.write_text("1000\n")
-    assert fits.room(limit, usage) == 600
-    limit.write_text("max\n")  # v2: no limit
-    assert fits.room(limit, usage) is None
-    limit.write_text("9223372036854771712\n")  # v1: no limit
-    assert fits.room(limit, usage) is None
-    assert fits.room(tmp_path / "none", usage) is None
+V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+V2 = ("memory.max", "memory.current", "inactive_file")
 
 
-def test_the_cpus_free_memory_is_read():
-    free = fits.free_bytes(torch.device("cpu"))
-    assert free is None or 0 < free <= fits.mem_available()
+def test_a_cgroup_limit_leaves_limit_less_usage_less_inactive_file_pages(tmp_path):
+    (tmp_path / "memory.current").write_text("400\n")
+    (tmp_path / "memory.max").write_text("1000\n")
+    assert fits.room(tmp_path, *V2) == 600  # no memory.stat: nothing counted reclaimable
+    (tmp_path / "memory.stat").write_text("anon 100\ninactive_file 300\nactive_file 0\n")
+    assert fits.room(tmp_path, *V2) == 900
+    (tmp_path / "memory.stat").write_text("inactive_file 500\n")  # read later than the usage
+    assert fits.room(tmp_path, *V2) == 1000
+    (tmp_path / "memory.max").write_text("max\n")  # v2: no limit
+    assert fits.room(tmp_path, *V2) is None
+    (tmp_path / "memory.max").write_text("9223372036854771712\n")  # v1: no limit
+    assert fits.room(tmp_path, *V2) is None
+    assert fits.room(tmp_path / "none", *V2) is None
+
+
+def fake_cgroup(folder: Path, names: tuple[str, str, str], limit, usage: int, inactive: int):
+    """A cgroup's memory files in `folder`, as `names` (V1 or V2) calls them."""
+    limit_file, usage_file, key = names
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / limit_file).write_text(f"{limit}\n")
+    (folder / usage_file).write_text(f"{usage}\n")
+    # v1's inactive_file is the cgroup's own pages, total_inactive_file its subtree's (as usage)
+    (folder / "memory.stat").write_text(f"cache {usage}\ninactive_file 0\n{key} {inactive}\n")
+
+
+def test_a_containers_page_cache_counts_as_room_under_its_cgroup_limits(tmp_path):
+    # v1 (this machine's kind: 21.4 GB used, 20.5 GB of it page cache): a cgroup /a/b in a
+    # limited /a, the least room of the two; v2: one limited cgroup /c.
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for root, line in ((v1, "4:memory:/a/b\n1:cpu:/\n"), (v2, "0::/c\n")):
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/cgroup").write_text(line)
+    mount = v1 / "sys/fs/cgroup/memory"
+    fake_cgroup(mount, V1, 9223372036854771712, 40 * GIB, 30 * GIB)  # no limit
+    fake_cgroup(mount / "a", V1, 24 * GIB, 22 * GIB, 20 * GIB)  # 24 − (22 − 20)
+    fake_cgroup(mount / "a/b", V1, 30 * GIB, 21 * GIB, 19 * GIB)  # 30 − (21 − 19)
+    assert fits.cgroup_room(v1) == 22 * GIB
+    fake_cgroup(v2 / "sys/fs/cgroup/c", V2, 8 * GIB, 7 * GIB, 5 * GIB)
+    assert fits.cgroup_room(v2) == 6 * GIB
+    assert fits.cgroup_room(tmp_path / "none") is None
+
+
+def test_the_cpus_free_memory_is_the_least_room_its_readers_give(monkeypatch):
+    for available, room, free in ((5 * GIB, 3 * GIB, 3 * GIB), (2 * GIB, 3 * GIB, 2 * GIB),
+                                  (5 * GIB, None, 5 * GIB), (None, None, None)):  # fmt: skip
+        monkeypatch.setattr(fits, "mem_available", lambda available=available: available)
+        monkeypatch.setattr(fits, "cgroup_room", lambda room=room: room)
+        assert fits.free_bytes(torch.device("cpu")) == free
+    assert fits.free_bytes(torch.device("meta")) is None
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="not Linux")
+def test_the_kernels_available_memory_is_read():
+    assert fits.mem_available() > 0
 
 
 def bundle(spec: InputSpec, train=1000, evaluated=200):
@@ -154,6 +197,19 @@ def test_a_run_too_large_is_refused_with_what_would_fit(monkeypatch):
     bigger = fits.SUGGESTED_SIDES[fits.SUGGESTED_SIDES.index(side) - 1]
     assert fits.run_estimate(cfg.model, InputSpec(3, bigger, bigger, 10), settings).total > 12 * GIB
     assert 0 < batch < 128
+
+
+def test_a_side_too_small_for_the_models_forward_ends_the_suggestions_without_a_traceback():
+    # alexnet's max-pools fail on the meta device below 63 px (RuntimeError), after 192…64 px
+    model = compose_config("model=torchvision", "model.arch=alexnet", output_dir="unused").model
+    settings = fits.Settings(128, 128, 2, torch.float32)
+    spec = InputSpec(3, 224, 224, 10)
+    with pytest.raises(RuntimeError):
+        fits.run_estimate(model, InputSpec(3, 48, 48, 10), settings)
+    assert fits.largest_side(model, spec, settings, free=1) is None
+    assert fits.remedies(model, spec, settings, free=1, processes=1) == "choose a smaller model"
+    fits_at_64 = fits.run_estimate(model, InputSpec(3, 64, 64, 10), settings).total
+    assert fits.largest_side(model, spec, settings, fits_at_64) == 64
 
 
 def test_a_run_that_fits_says_its_estimate_past_half_the_free_memory(monkeypatch, caplog):
@@ -228,13 +284,13 @@ def test_mixed_size_photos_get_a_square_of_their_median_short_side(tmp_path, cap
 def test_large_photos_get_the_default_photo_side(tmp_path):
     from cnntrain.data import input_spec
 
-    same = [(640, 480)] * 5  # one camera's: one size, but large
+    same = [(640, 480)] * 5  # one camera's: one size, but large (its aspect ratio is kept)
     mixed = [(1600, 1200), (300, 400), (500, 200), (640, 431), (250, 250)]
-    for name, sizes in (("same", same), ("mixed", mixed)):
+    for name, sizes, side in (("same", same, 128), ("mixed", mixed, PHOTO_SIDE)):
         write_photos(tmp_path / name / "train" / "dog", sizes)
         write_photos(tmp_path / name / "test" / "dog", sizes[:2])
         spec, _ = input_spec(photo_config(tmp_path / name), {})
-        assert (spec.height, spec.width) == (PHOTO_SIDE, PHOTO_SIDE), name
+        assert (spec.height, spec.width) == (PHOTO_SIDE, side), name
 
 
 def test_a_folder_of_one_small_size_keeps_it(tmp_path):

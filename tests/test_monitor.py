@@ -160,3 +160,35 @@ def test_early_stopping_stops_at_the_same_epoch_with_the_same_rows_after_a_stop_
             "weights (epoch 3)") in said  # fmt: skip
     # …and the commands that use a run (eval, predict, export, init_from) take those weights too.
     assert checkpoint_file(run, BEST, "RUN_DIR") == checkpoint_path(run, "last.pt")
+
+
+def test_a_run_early_stopping_ended_stops_again_on_resume_unless_its_patience_changed(
+    monitored, tmp_path
+):
+    _, reference = monitored  # without early stopping: all 5 epochs (the same training)
+    run = tmp_path / "run"
+    assert train_here(*SLICE, *EARLY, output_dir=run)["stopped_by"] == "early_stopping"
+    again = train_here(output_dir=run, resume=run)  # the rule, asked again, still says stop
+    assert (again["stopped_by"], again["epochs"]) == ("early_stopping", 3)
+    results = train_here("trainer.early_stopping.patience=0", output_dir=run, resume=run)
+    assert (results["stopped_by"], results["epochs"]) == ("epochs", 5)
+    rows = without_times(read_jsonl(run / "metrics.jsonl"))
+    assert rows == without_times(read_jsonl(reference / "metrics.jsonl"))
+
+
+def test_the_final_test_and_the_calibration_read_best_pt_once(tmp_path, monkeypatch):
+    if not FASHION_DIR.exists():
+        pytest.skip(f"no {FASHION_DIR}")
+    read, load = [], torch.load
+
+    def recorded(f, *args, **kwargs):
+        read.append(Path(str(f)).name)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recorded)
+    results = train_here(*SLICE, "trainer.epochs=2", output_dir=tmp_path / "run")
+    assert read.count(BEST) == 1  # the test's load; the temperature is written into that state
+    monkeypatch.undo()
+    saved = torch.load(checkpoint_path(tmp_path / "run", BEST), weights_only=True)
+    assert saved["progress"]["epoch"] == results["best_epoch"] and saved["optimizer"]
+    assert saved["calibration"]["fitted_on"] == "val" and saved["calibration"]["images"] == 128

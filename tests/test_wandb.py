@@ -1,6 +1,7 @@
 """logger=wandb, offline, read back from W&B's transaction logs (run-<id>.wandb: wandb.proto
 records): a run stopped by SIGTERM, then killed by SIGKILL, and resumed each time is one W&B run
-holding every epoch once, in order; W&B writes nothing outside the run folder."""
+holding every epoch once, in order; W&B writes nothing outside the run folder. And the
+checkpoints `log_checkpoints` uploads."""
 
 import json
 import signal
@@ -8,11 +9,16 @@ import signal
 import pytest
 import torch
 
-from cnntrain.core.checkpoint import LAST, checkpoint_path
-from cnntrain.loggers.wandb import BLOCK, history_steps, places, transaction_records
+from cnntrain.core.checkpoint import BEST, LAST, checkpoint_path
+from cnntrain.loggers.wandb import (
+    BLOCK,
+    history_steps,
+    logged_checkpoints,
+    places,
+    transaction_records,
+)
 from tests.conftest import read_jsonl, run_cli, run_folders, run_with_fault
 
-pytestmark = pytest.mark.slow
 EPOCHS = 4
 
 
@@ -44,6 +50,7 @@ def isolated(tmp_path, monkeypatch):
     return home
 
 
+@pytest.mark.slow
 def test_a_stopped_killed_and_resumed_run_is_one_wandb_run_with_every_epoch_once(
     isolated, image_root, tmp_path
 ):
@@ -82,6 +89,7 @@ def test_a_stopped_killed_and_resumed_run_is_one_wandb_run_with_every_epoch_once
     assert (run / "wandb" / "cache").is_dir()  # where W&B's service logs went
 
 
+@pytest.mark.slow
 def test_the_transaction_log_reader_reads_what_wandb_wrote_across_blocks(
     isolated, tmp_path, monkeypatch
 ):
@@ -104,3 +112,13 @@ def test_the_transaction_log_reader_reads_what_wandb_wrote_across_blocks(
     configs = [i.value_json for r in transaction_records(path) if r.HasField("config")
                for i in r.config.update]  # fmt: skip
     assert any("x" * (2 * BLOCK) in value for value in configs)
+
+
+def test_the_logged_checkpoints_are_the_best_ones_else_the_tested_last_pt(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / LAST).touch()
+    assert logged_checkpoints(tmp_path) == [folder / LAST]  # trainer.save_top_k=0
+    for name in (BEST, "best-epoch3.pt"):
+        (folder / name).touch()
+    assert logged_checkpoints(tmp_path) == [folder / "best-epoch3.pt", folder / BEST]

@@ -103,11 +103,7 @@ class MLflowLogger(EpochRows):
 
         self.send_rows(loop.state.rows)
         now, step = int(time.time() * 1000), loop.state.epoch
-        final = [
-            Metric(key, float(value), now, step)
-            for key, value in results.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        ]
+        final = [Metric(key, float(value), now, step) for key, value in numbers(results).items()]
         self.client.log_batch(self.run_id, metrics=final)
         for name in ARTIFACTS:
             if (loop.run_dir / name).exists():

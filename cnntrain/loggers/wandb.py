@@ -5,8 +5,8 @@ settings and login in ~/.config/wandb and ~/.netrc are read as usual, never writ
 
 Run name: the run folder's name; config: the flat config; history: each epoch's row at
 step=epoch (W&B's step is the epoch, so it only grows, across resumes too); summary at the end:
-results.json's values; with `log_checkpoints`, checkpoints/best*.pt as a model artifact. A
-sweep's jobs share the W&B group of their sweep folder.
+results.json's values; with `log_checkpoints`, checkpoints/best*.pt (last.pt in a run that keeps
+no best one) as a model artifact. A sweep's jobs share the W&B group of their sweep folder.
 
 An epoch is logged once its checkpoint is written, and a resumed run continues its W&B run (the
 id is saved in the checkpoint) from the first epoch W&B lacks: online, W&B's server says where
@@ -21,7 +21,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from cnntrain.core.checkpoint import LAST
+from cnntrain.core.checkpoint import BEST, LAST, checkpoint_file, checkpoint_path
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import tree
 from cnntrain.loggers.params import flat_config, sweep_folder
@@ -93,7 +93,7 @@ class WandbLogger(EpochRows):
         self.run.summary.update(scalars)
         if self.log_checkpoints:
             artifact = wandb.Artifact(f"model-{self.run_id}", type="model")
-            for path in sorted(loop.checkpoint_path(LAST).parent.glob("best*.pt")):
+            for path in logged_checkpoints(loop.run_dir):
                 artifact.add_file(str(path), skip_cache=True, policy="immutable")  # no copies
             self.run.log_artifact(artifact)
 
@@ -111,6 +111,13 @@ class WandbLogger(EpochRows):
         finally:
             replace_environment(self.environment)
             remove_links(loop.run_dir / FOLDER)
+
+
+def logged_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints `log_checkpoints` uploads: checkpoints/best*.pt, or the one the run was
+    tested with where it keeps none (trainer.save_top_k=0: last.pt)."""
+    best = sorted(checkpoint_path(run_dir, LAST).parent.glob("best*.pt"))
+    return best or [checkpoint_file(run_dir, BEST, "run")]
 
 
 def places(run_dir: Path) -> dict[str, str]:

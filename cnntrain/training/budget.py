@@ -90,8 +90,6 @@ class TimeBudget(Callback):
         if changed and loop.is_main:  # an unfinished epoch is one of the plan's
             self.plan(loop, loop.state.epoch + bool(loop.state.step), "re-planned on resume")
         self.follow(loop)
-        if loop.state.stopped_by == NAME and loop.state.epoch < loop.epochs:
-            loop.state.stopped_by = None  # a finished run given more time trains on
 
     def on_train_epoch_end(self, loop, epoch: int) -> None:
         self.evaluation_began = time.perf_counter()

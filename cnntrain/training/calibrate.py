@@ -33,7 +33,7 @@ def fit_on_validation(loop, net) -> float | None:
     logits, targets = out["logits"], out["targets"]
     temperature = fit_temperature(logits, targets)
     path = loop.checkpoint_path(BEST if loop.keeps_best else LAST)
-    save_temperature(path, temperature, out["count"])
+    save_temperature(path, temperature, out["count"], loop.tested_checkpoint)
     if out["count"] < FEW_IMAGES:
         log.warning("the temperature is fitted on only %d validation images: a rough estimate "
                     "(more with a larger data.val_split)", out["count"])  # fmt: skip
@@ -43,9 +43,11 @@ def fit_on_validation(loop, net) -> float | None:
     return temperature
 
 
-def save_temperature(path: Path, temperature: float, images: int) -> None:
+def save_temperature(path: Path, temperature: float, images: int,
+                     state: dict | None = None) -> None:  # fmt: skip
     """Add `calibration` ({temperature, fitted_on, images}) to the checkpoint at `path`,
-    rewritten atomically (what cnntrain-eval, -predict and -export read back)."""
-    state = load_checkpoint(path)
+    rewritten atomically (what cnntrain-eval, -predict and -export read back). `state`: that
+    checkpoint as already loaded (the final test's), else it is read."""
+    state = load_checkpoint(path) if state is None else state
     state["calibration"] = {"temperature": temperature, "fitted_on": "val", "images": images}
     save_checkpoint(path, state)

@@ -153,8 +153,8 @@ def largest_side(model_cfg, spec: InputSpec, settings: Settings, free: int) -> i
     for side in (s for s in SUGGESTED_SIDES if s < min(spec.height, spec.width)):
         try:
             need = run_estimate(model_cfg, replace(spec, height=side, width=side), settings)
-        except UserError:  # the model refuses images this small (pooled away), and smaller ones
-            return None
+        except (UserError, RuntimeError, NotImplementedError, ValueError):
+            return None  # the model (or its forward on shapes alone) refuses images this small
         if need.total <= free:
             return side
     return None
@@ -226,38 +226,56 @@ def mem_available() -> int | None:
     return None
 
 
-# (controllers field of /proc/self/cgroup, mount point, limit file, usage file): v2, v1
+# (controllers field of /proc/self/cgroup, mount point under the root, limit file, usage file,
+# memory.stat's key for the inactive file pages in the usage, hierarchical): v2, v1
 CGROUP_FILES = (
-    ("", "/sys/fs/cgroup", "memory.max", "memory.current"),
-    ("memory", "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"),
-)
+    ("", "sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+    ("memory", "sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+     "total_inactive_file"),
+)  # fmt: skip
 
 
-def cgroup_room() -> int | None:
+def cgroup_room(root: Path = Path("/")) -> int | None:
     """Bytes left under this process's cgroup memory limits (v2 or v1), the least over its
-    cgroup and those above it; None where no limit is set or none can be read."""
+    cgroup and those above it; None where no limit is set or none can be read. `root`: where
+    proc/ and sys/ are."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
     rooms = []
     for line in lines:  # "0::/a/b" (v2) or "4:memory:/a/b" (v1)
         _, controllers, path = line.split(":", 2)
-        for field, mount, limit, usage in CGROUP_FILES:
+        for field, mount, *files in CGROUP_FILES:
             if controllers.split(",") == [field] or controllers == field:
-                folder = Path(mount, path.lstrip("/"))
-                rooms += [room(d / limit, d / usage) for d in (folder, *folder.parents)
-                          if d.is_relative_to(mount)]  # fmt: skip
+                top = root / mount
+                folder = top / path.lstrip("/")
+                rooms += [room(d, *files) for d in (folder, *folder.parents)
+                          if d.is_relative_to(top)]  # fmt: skip
     rooms = [r for r in rooms if r is not None]
     return min(rooms) if rooms else None
 
 
-def room(limit: Path, usage: Path) -> int | None:
-    """limit − usage in bytes; None without a limit ("max", or v1's huge number) or files."""
+def room(folder: Path, limit: str, usage: str, inactive: str) -> int | None:
+    """The cgroup `folder`'s limit less its working set in bytes: its usage less the inactive
+    file pages (`inactive` of its memory.stat), a cache the kernel reclaims before it kills, as
+    Docker and the kubelet count it. None without a limit ("max", or v1's huge number) or
+    files."""
     try:
-        cap, used = limit.read_text().strip(), int(usage.read_text())
+        cap, used = (folder / limit).read_text().strip(), int((folder / usage).read_text())
     except (OSError, ValueError):
         return None
     if cap == "max" or int(cap) >= 2**62:
         return None
-    return int(cap) - used
+    return int(cap) - max(0, used - stat_value(folder / "memory.stat", inactive))
+
+
+def stat_value(stat: Path, key: str) -> int:
+    """`key`'s value in the memory.stat file `stat` ("inactive_file 4096" lines); 0 where it
+    cannot be read."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return 0
+    values = dict(line.split(" ", 1) for line in lines if " " in line)
+    return int(values.get(key, 0))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cnntrain import distributed
-from cnntrain.core.checkpoint import BEST, LAST, best_weights, checkpoint_path
+from cnntrain.core.checkpoint import BEST, LAST, checkpoint_path, evaluated_weights, load_checkpoint
 from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
 from cnntrain.models.freeze import train_mode
@@ -41,6 +41,10 @@ from cnntrain.training.state import RunState
 from cnntrain.training.step import SYNC_EVERY, Diverged, StepParts, Totals, settle, train_batch
 
 log = logging.getLogger("cnntrain")
+# Stop reasons whose rule decides again at on_fit_start, from the rows and the plan (stopping.py,
+# callbacks.py, budget.py): a resumed run with a longer patience, more time or none trains on.
+# Others ("pruned": its study's word) stand.
+REDECIDED = ("early_stopping", "target_accuracy", "time_budget")
 
 
 class Loop:
@@ -60,6 +64,7 @@ class Loop:
         # epoch's outputs are the final test's: kept, so the test set is not evaluated twice.
         self.shared_eval = data.val is data.test
         self.best_outputs = None
+        self.tested_checkpoint = None  # best.pt as test() loaded it: calibration writes into it
         self.interrupted = False  # set when a signal ends the run (it exits 130/143)
         self.compile_s = 0.0  # torch.compile's warm-up before epoch 1 (compiling.py)
         self.world = distributed.world()
@@ -101,6 +106,8 @@ class Loop:
         self.state.stopped_by = reason
 
     def fit(self) -> None:
+        if self.state.stopped_by in REDECIDED:  # restored from the checkpoint
+            self.state.stopped_by = None
         self.emit("on_fit_start")
         with StopSignal(self.world.size) as stop:
             while self.state.epoch < self.epochs and self.state.stopped_by is None:
@@ -214,7 +221,8 @@ class Loop:
             log.info("trainer.save_top_k=0 keeps no best checkpoint: the final test uses the last "
                      "epoch's weights (epoch %d)", self.state.epoch)  # fmt: skip
         elif self.is_main:  # it wrote best.pt; the other ranks may not see its disk
-            net.load_state_dict(best_weights(self.checkpoint_path(BEST)))
+            self.tested_checkpoint = load_checkpoint(self.checkpoint_path(BEST))
+            net.load_state_dict(evaluated_weights(self.tested_checkpoint))
         distributed.share_from_main(net.state_dict().values())
         out = self.best_outputs or evaluate(
             net, self.data.test, self.parts.arithmetic, self.show_bars, "test", keep_outputs=True
