@@ -19,12 +19,12 @@ from cnntrain.data.augment.draws import Draws
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.augment.resized_crop import draw_boxes, fallback_box, resized_crop
 from cnntrain.data.decode import decode_file, upright_size
-from cnntrain.data.geometry import Fit, photo_fit
+from cnntrain.data.geometry import Fit, photo_fit, spec_fit
 from cnntrain.data.limits import default_limits
 from cnntrain.data.loaders import SampleDataset
 from cnntrain.data.sources import folder_source
 from cnntrain.models.torchvision import data_defaults
-from cnntrain.trained.load import image_pixels
+from cnntrain.trained.load import image_pixels, load_trained
 from cnntrain.trained.predict import ImageRef, read_pixels
 from tests.conftest import CIFAR_ARCHIVE, compose_config, load_run_data, needs_cifar
 from tests.test_augment import KS, OFF, Z
@@ -69,6 +69,53 @@ def test_an_exif_rotated_photo_is_upright_on_both_paths_and_in_predict(tmp_path,
     for decoded in (tensor_path, loader_path, predicted[0].numpy()):
         assert decoded.shape == UPRIGHT
         assert np.abs(decoded.astype(int) - expected).mean() < 3  # JPEG's error only
+
+
+def photo_folder_spec(root) -> InputSpec:
+    """The input spec data=imagefolder chooses for `root` (train/ and test/), image size unset."""
+    from cnntrain.data import input_spec
+
+    cfg = compose_config("data=imagefolder", f"data.root={root}", "data.num_workers=0",
+                         "data.val_split=0", output_dir="unused")  # fmt: skip
+    return input_spec(cfg, {})[0]
+
+
+def test_the_image_size_is_counted_upright(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "phone").mkdir(parents=True)
+        for i in range(3):  # stored 40 px high, 24 wide: shown 24 high, 40 wide
+            sideways_jpeg(tmp_path / split / "phone" / f"{i}.jpg", 6)
+    spec = photo_folder_spec(tmp_path)
+    assert (spec.height, spec.width) == UPRIGHT  # what decoding gives: nothing cropped away
+
+
+@pytest.mark.parametrize(("stored", "chosen"), [((64, 200), (64, 200)), ((480, 640), (96, 128)),
+                                                ((700, 500), (134, 96))])  # fmt: skip
+def test_images_of_one_size_keep_their_aspect_ratio(tmp_path, stored, chosen):
+    """(H, W) sizes; a long side over 96 px is no reason to crop them square."""
+    for split in ("train", "test"):
+        (tmp_path / split / "strip").mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", stored[::-1], 60 * i).save(tmp_path / split / "strip" / f"{i}.png")
+    spec = photo_folder_spec(tmp_path)
+    assert (spec.height, spec.width) == chosen
+
+
+def test_a_checkpoint_saved_before_resize_squashes_as_it_was_trained(copied_run, tmp_path):
+    """Such a model learned from images stretched to H × W and never turned (EXIF): it is given
+    the same, not a centre crop of the upright image."""
+    best = copied_run / "checkpoints" / "best.pt"
+    saved = torch.load(best, weights_only=True)
+    assert not load_trained(copied_run).spec.squash
+    saved["spec"] = {k: saved["spec"][k] for k in ("channels", "height", "width", "num_classes")}
+    torch.save(saved, best)
+    spec = load_trained(copied_run).spec
+    assert spec.squash and spec_fit(spec).key() == [[32, 32], None, "bilinear", "squash"]
+    sideways_jpeg(tmp_path / "phone.jpg", 6)  # stored 24 px wide, 40 high
+    with Image.open(tmp_path / "phone.jpg") as img:
+        pixels = image_pixels(img, spec).numpy()
+        squashed = img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)  # as before
+    assert np.array_equal(pixels, np.array(squashed).transpose(2, 0, 1))
 
 
 def cifar_photo() -> Image.Image:

@@ -16,8 +16,9 @@ from cnntrain.config.resumed import resumed_config
 from cnntrain.config.rules import validate
 from cnntrain.core.errors import UserError
 from cnntrain.core.safe_text import csv_cell, csv_value
-from cnntrain.data.hf import is_hub_id
+from cnntrain.data.hf import is_hub_id, load
 from cnntrain.data.known import open_evaluation_data, open_splits
+from cnntrain.data.listing import class_order
 from cnntrain.data.split_table import write_records
 from cnntrain.data.splits import carved_counts, three_way_split
 from cnntrain.trained.eval import use_run_split
@@ -143,11 +144,28 @@ def test_label_files_csv_sniffed_text_and_parquet(tmp_path, caplog):
     assert sizes(found) == {"train": 8, "val": 2, "test": 2} and len(found.records.table) == 12
 
 
-def test_written_cells_read_back_as_they_were():
+def test_class_names_sort_by_value_only_when_all_are_integers():
+    assert class_order(["10", "-3", "2", "007", "7"]) == ["-3", "2", "007", "7", "10"]
+    assert class_order(["10", "--5", "2"]) == ["--5", "10", "2"]  # not an integer: as text
+    assert class_order(["²", "1"]) == ["1", "²"]  # a digit to isdigit(), not to int()
+
+
+def test_written_cells_read_back_as_they_were(monkeypatch):
     for text in ("=1+2", "@cmd", "-x", "plain", "-0.5", "'", "'quoted"):
         assert csv_value(csv_cell(text)) == text
     assert is_hub_id("owner/name") and not is_hub_id("owner/name/more")
+    monkeypatch.chdir(Path(__file__).parents[1])  # `tests/test_sources.py` names this file
     assert not is_hub_id(str(Path(__file__).parent.name + "/" + Path(__file__).name))
+
+
+def test_no_datasets_loading_script_is_run(monkeypatch, tmp_path):
+    """datasets 2.16-2.19 ran a dataset's own loading script (its code) unless told not to."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: calls.append(kw) or {})
+    for root in ("owner/name", str(tmp_path)):  # the Hub, and a folder load_dataset reads
+        load(root, tmp_path / "cache")
+    assert [kw["trust_remote_code"] for kw in calls] == [False, False]
 
 
 def test_data_hf_without_datasets_names_the_extra(monkeypatch, tmp_path):

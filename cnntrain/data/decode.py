@@ -55,19 +55,20 @@ def upright(img: Image.Image) -> Image.Image:
 def conform(img: Image.Image, channels: int, fit: Fit | tuple[int, int]) -> Image.Image:
     """PIL image of any mode, size and orientation → upright, the configured channels (L or
     RGB), and `fit`'s size: resized keeping its aspect ratio, then centre-cropped (an (H, W)
-    size: the crop just covered; geometry.py).
+    size: the crop just covered; geometry.py); a squashing `fit` neither turns nor crops it.
 
     16- and 32-bit values are scaled to 8 bits by the image's own range, not clipped;
     transparent pixels (RGBA, LA, a palette's transparency) are composited onto BACKGROUND,
     not left as whatever colour they hold underneath; palette and CMYK convert as usual."""
-    img = upright(img)
+    fit = as_fit(fit)
+    img = img if fit.squash else upright(img)
     if img.mode in WIDE_MODES:
         img = eight_bits(img)
     elif img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         img.alpha_composite(rgba)
-    return fit_image(img.convert(MODES[channels]), as_fit(fit))
+    return fit_image(img.convert(MODES[channels]), fit)
 
 
 def eight_bits(img: Image.Image) -> Image.Image:

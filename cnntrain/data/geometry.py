@@ -35,6 +35,7 @@ class Fit:
     crop: tuple[int, int]  # (H, W) px of every stored image
     resize: int | None = None  # px of the short side before the crop; None: just covering it
     interpolation: str = "bilinear"  # a name of INTERPOLATIONS
+    squash: bool = False  # stretched to `crop`, aspect not kept, EXIF not applied (InputSpec's)
 
     def __post_init__(self):
         """Refuse what a received checkpoint's spec could hold that no run writes."""
@@ -50,8 +51,10 @@ class Fit:
         """(H, W) an image of height × width px is resized to before the crop: its short side to
         `resize` px and the long side in proportion, truncated (torchvision's Resize); with resize
         None, or where that would not cover the crop, just large enough to cover it (the crop is
-        never zero-padded). For a square crop, None is Resize(crop side)."""
+        never zero-padded). For a square crop, None is Resize(crop side). Squashed: the crop."""
         ch, cw = self.crop
+        if self.squash:
+            return self.crop
         if self.resize is not None:
             long = int(self.resize * max(height, width) / min(height, width))
             size = (self.resize, long) if height <= width else (long, self.resize)
@@ -63,7 +66,8 @@ class Fit:
 
     def key(self) -> list:
         """What a cache key must hold of this Fit."""
-        return [list(self.crop), self.resize, self.interpolation]
+        key = [list(self.crop), self.resize, self.interpolation]
+        return [*key, "squash"] if self.squash else key  # the keys of caches made before stand
 
 
 def as_fit(size) -> Fit:
@@ -74,7 +78,7 @@ def as_fit(size) -> Fit:
 def spec_fit(spec: InputSpec) -> Fit:
     """How a trained model's input is made: its size, and the resize and interpolation it was
     evaluated with (what evaluation, predict and export use)."""
-    return Fit((spec.height, spec.width), spec.resize, spec.interpolation)
+    return Fit((spec.height, spec.width), spec.resize, spec.interpolation, spec.squash)
 
 
 def centre_offsets(height: int, width: int, crop: tuple[int, int]) -> tuple[int, int]:

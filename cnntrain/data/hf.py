@@ -64,14 +64,16 @@ def load(root: str, cache_dir: Path):
     the cache folder, never the user's own Hugging Face cache."""
     import datasets
 
-    hf_cache = str(cache_dir / "hf" / "datasets")
+    # a received dataset's loading script is code: never run it (said outright, whatever the
+    # installed version's default; datasets 4 runs none and accepts False silently)
+    options = {"cache_dir": str(cache_dir / "hf" / "datasets"), "trust_remote_code": False}
     path = Path(root).expanduser()
     try:
         if is_hub_id(root):
-            return datasets.load_dataset(root, cache_dir=hf_cache)
+            return datasets.load_dataset(root, **options)
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return datasets.load_from_disk(str(path))
-        return datasets.load_dataset(str(path), cache_dir=hf_cache)
+        return datasets.load_dataset(str(path), **options)
     except (OSError, ValueError) as e:  # no network (ConnectionError), no such dataset, bad files
         reason = " ".join(str(e).split())[:300] or type(e).__name__
         if is_hub_id(root):

@@ -8,6 +8,7 @@ the assignment, for the run folder's splits.csv.
 """
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cnntrain.data.splits import three_way_split
 
 log = logging.getLogger(__name__)
 SHOWN = 3  # bad rows, left-out files or small classes a warning names before `…`
+INTEGER = re.compile(r"-?[0-9]+")  # a class name sorted by value (not `--5`, `²`: int() refuses)
 
 
 @dataclass
@@ -65,7 +67,8 @@ def listing_splits(listing: Listing, origin: str, options: SplitOptions, limits:
     keys = [table_key(f, listing.root) for f in listing.files]
     bad = list(listing.bad_rows)
     if options.table:
-        assigned, decided = follow_table(Path(options.table).expanduser(), keys, listing, bad), True
+        table = Path(options.table).expanduser()
+        assigned, decided = follow_table(table, keys, listing, bad, limits), True
     else:
         assigned, decided = assign(listing, classes, options)
     report_bad_rows(bad)
@@ -108,7 +111,7 @@ def refuse_table(options: SplitOptions, data: str) -> None:
 def class_order(labels: list[str]) -> list[str]:
     """The sorted class names: by value when all are integers (`2` before `10`), else as text."""
     names = set(labels)
-    if all(name.lstrip("-").isdigit() for name in names):
+    if all(INTEGER.fullmatch(name) for name in names):
         return sorted(names, key=lambda name: (int(name), name))  # `7` before `007`: one order
     return sorted(names)
 
@@ -171,11 +174,12 @@ def check_carved(made: dict, targets: np.ndarray, classes: list[str], fractions:
         )  # fmt: skip
 
 
-def follow_table(table: Path, keys: list[str], listing: Listing, bad: list) -> list[str | None]:
+def follow_table(table: Path, keys: list[str], listing: Listing, bad: list,
+                 limits: Limits) -> list[str | None]:  # fmt: skip
     """Each file's split as the split table `table` (data.splits) says; a listed file that the
     data lacks is a bad row, a file it does not list is left out (None, one warning), a class
     that disagrees is refused."""
-    rows, unreadable = read_split_table(table)
+    rows, unreadable = read_split_table(table, limits)
     bad += unreadable
     index = {key: i for i, key in enumerate(keys)}
     assigned: list[str | None] = [None] * len(keys)

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 # Training files whose headers decide a folder's image size and channels: a few hundred header
 # reads take well under a second, and their most common size is not one outlier's.
 SIZE_SAMPLE = 256
-# Square side (px) photos are brought to when data.image_size is unset: their median short side,
-# at most this. The README's own-data line (cifar10cnn, batch 128) on 5,200 photos (evaluation
+# The longest short side (px) data.image_size unset gives: images of one size keep their aspect
+# ratio, scaled down to it; photos of mixed sizes get a square of their median short side, at
+# most this. The README's own-data line (cifar10cnn, batch 128) on 5,200 photos (evaluation
 # batches of 512) peaks at 3.7 GB resident in float32 on a CPU at 96 px, 2.6 GB in bf16; at
 # 128 px float32 takes 5.9 GB even on 600 photos (bench/own_photos.py). training/fits.py refuses
 # a size that would not fit.
@@ -66,13 +67,21 @@ def data_shape(train: ImageSource, seed: int, say_size: bool) -> tuple[int, tupl
 
 def chosen_size(sizes: Counter) -> tuple[tuple[int, int], str]:
     """(H, W) for images of `sizes` ((H, W) → count of a sample), and why. Their most common
-    size when it is at least half of them and no more pixels than PHOTO_SIDE² (CIFAR-10's
-    32×32, a folder of 64×64 tiles, a few odd files among them); else, for photos (mixed sizes,
-    or large), a square of their median short side, at most PHOTO_SIDE."""
+    size when it is at least half of them (CIFAR-10's 32×32, 64×200 strips, a few odd files
+    among them), scaled down in its aspect ratio to a short side of PHOTO_SIDE when longer (one
+    camera's 480×640 → 96×128); else, for photos of mixed sizes, a square of their median short
+    side, at most PHOTO_SIDE."""
     (height, width), count = sizes.most_common(1)[0]
-    n = sizes.total()
-    if 2 * count >= n and height * width <= PHOTO_SIDE**2:
-        return (height, width), f"the most common of {n} training image(s) sampled"
+    n, short = sizes.total(), min(height, width)
+    if 2 * count >= n:
+        why = f"the most common of {n} training image(s) sampled"
+        if short <= PHOTO_SIDE:
+            return (height, width), why
+        # the long side truncated, as Fit's resize truncates it: the crop stays covered
+        return (height * PHOTO_SIDE // short, width * PHOTO_SIDE // short), (
+            f"{why}, {height}×{width}, scaled to a short side of {PHOTO_SIDE} px "
+            "(data.image_size=N sets another)"
+        )
     shorts = sorted(min(size) for size, k in sizes.items() for _ in range(k))
     median = shorts[n // 2]
     side = min(median, PHOTO_SIDE)
@@ -92,7 +101,7 @@ def sniff_files(files: list[str], max_pixels=None) -> tuple[int, Counter]:
         try:
             with open_image(path, max_pixels) as img:
                 modes.add(img.mode)
-                sizes[img.size[::-1]] += 1
+                sizes[decode.upright_size(img)] += 1  # as decoding turns it (EXIF orientation)
         except decode.DECODE_ERRORS:
             continue
     if not sizes:

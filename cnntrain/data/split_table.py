@@ -7,7 +7,7 @@ from pathlib import Path
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write
 from cnntrain.core.safe_text import csv_row, csv_value, printable
-from cnntrain.data.limits import MIB, default_limits
+from cnntrain.data.limits import MIB, Limits, default_limits
 from cnntrain.data.sources import Records
 
 SPLITS_FILE, BAD_ROWS_FILE = "splits.csv", "bad_rows.csv"  # in a run folder
@@ -47,18 +47,20 @@ def run_split_table(run_dir: Path) -> str | None:
     return str(table) if table.is_file() else None
 
 
-def read_split_table(path: Path) -> tuple[list[TableRow], list[tuple[str, int, str, str]]]:
+def read_split_table(
+    path: Path, limits: Limits | None = None
+) -> tuple[list[TableRow], list[tuple[str, int, str, str]]]:
     """(rows, bad rows) of the splits.csv at `path` (data.splits): a row whose split cell names no
-    split is a bad row; a missing column or a file that is not UTF-8 CSV is a UserError."""
+    split is a bad row; a missing column or a file that is not UTF-8 CSV is a UserError. A file
+    over data.max_file_mb (`limits`; None: conf/config.yaml's) is refused unread."""
     rows, bad = [], []
+    limits = limits or default_limits()
     try:
-        size, limits = Path(path).stat().st_size, default_limits()
-        if (
-            size > limits.max_file_bytes
-        ):  # a received run's table is read whole: as large as an archive member
+        size = Path(path).stat().st_size
+        if size > limits.max_file_bytes:  # a received run's table is read whole
             raise UserError(
-                f"data.splits={str(path)!r} is {size / MIB:,.0f} MiB, over data.max_file_mb="
-                f"{limits.max_file_mb}; give a splits.csv a run wrote"
+                f"data.splits={str(path)!r} is {size / MIB:,.1f} MiB, over data.max_file_mb="
+                f"{limits.max_file_mb}; give a splits.csv a run wrote, or raise data.max_file_mb"
             )
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)

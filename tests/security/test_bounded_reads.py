@@ -216,10 +216,11 @@ def test_a_size_sample_is_capped_and_seeded(tmp_path):
 
 
 def test_a_received_runs_split_table_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
-    """resume= and cnntrain-eval read a received run's splits.csv whole: one over
+    """resume= and cnntrain-eval read a received run's splits.csv whole: one over the run's
     data.max_file_mb is refused in one line before a byte is read."""
     from cnntrain.core.errors import UserError
     from cnntrain.data import split_table
+    from cnntrain.data.known import open_splits
     from cnntrain.data.limits import Limits
 
     run = tmp_path / "received run"
@@ -228,10 +229,14 @@ def test_a_received_runs_split_table_over_the_cap_is_refused_unread(tmp_path, mo
     table = split_table.run_split_table(run)
     assert table == str(run / "splits.csv")
     assert len(split_table.read_split_table(Path(table))[0]) == 20000  # within the cap: read
-    monkeypatch.setattr(split_table, "default_limits", lambda: Limits(0.1, 10**6))  # 0.1 MiB
+    photos = make_image_folder(tmp_path / "photos", splits=("",), per_class=2)
+    cfg = folder_config(photos, f"data.splits={table}", "data.max_file_mb=0.1",
+                        f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    with pytest.raises(UserError, match=r"is 0.3 MiB, over data.max_file_mb=0.1;"):
+        open_splits(cfg.data, cfg.paths.data_dir, cfg.paths.cache_dir)  # the run's cap, obeyed
     monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("the table was opened"))
     with pytest.raises(UserError, match=r"over data.max_file_mb=0.1;"):
-        split_table.read_split_table(Path(table))
+        split_table.read_split_table(Path(table), Limits(0.1, 10**6))
     (run / "splits.csv").unlink()
     (run / "splits.csv").mkdir()  # not a regular file: no table
     assert split_table.run_split_table(run) is None
