@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnntrain.audit import run as audit_run
+from cnntrain.audit import scan
 from cnntrain.cli import audit as audit_cli
 from tests.conftest import make_image_folder, train_here
 
@@ -128,11 +130,24 @@ def test_audit_of_a_run_uses_its_split_and_a_rerun_replaces_the_files(
     assert summary["images_by_split"] == {
         s: n for s in ("train", "val", "test") if (n := sum(r["split"] == s for r in table))
     }
+    monkeypatch.setattr(scan, "read_file", unexpected)  # every image's scan kept from the first
     status, _, stderr = audit_here(monkeypatch, capsys, str(run), "--near-bits", "0")
     assert status == 0, stderr
     assert json.loads((run / "audit" / "summary.json").read_bytes())["near_bits"] == 0
-    assert "reading" not in stderr  # every image's scan kept from the first audit
     assert not [p for p in (run / "audit").iterdir() if p.name.endswith(".tmp")]
+
+
+def unexpected(*args, **kwargs):
+    raise AssertionError(f"unexpected call with {args}")
+
+
+def test_too_many_folds_are_refused_before_any_image_is_read(tmp_path, monkeypatch, capsys):
+    data = make_image_folder(tmp_path / "data", per_class=2)  # 4 images per class
+    monkeypatch.setattr(audit_run, "scan_pool", unexpected)
+    status, _, stderr = audit_here(monkeypatch, capsys, "data=imagefolder", f"data.root={data}",
+                                   "--out", str(tmp_path / "out"), "--folds", "5")  # fmt: skip
+    assert status == 2 and "--folds=5: " in stderr and "use --folds between 2 and 4" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ temperature in an ONNX export."""
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +22,10 @@ from cnntrain.metrics import (
     fit_temperature,
     negative_log_likelihood,
 )
-from cnntrain.metrics.calibration import binned
+from cnntrain.metrics.calibration import TEMPERATURE_RANGE, binned
 from cnntrain.models import build_model
 from cnntrain.trained.export import export_run, run_onnx
-from cnntrain.trained.load import image_pixels, load_trained, unit_range
+from cnntrain.trained.load import image_pixels, load_trained, saved_temperature, unit_range
 from cnntrain.training.calibrate import NO_VALIDATION, save_temperature
 from cnntrain.training.evaluate import evaluate
 from cnntrain.training.precision import Arithmetic
@@ -141,7 +142,7 @@ def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, caplog):
     assert results["temperature"] is None and results["temperature_fitted_on"] is None
     assert results["test/ece_calibrated"] == results["test/ece"]
     assert "calibration" not in load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    assert load_trained(tmp_path / "run").temperature == 1.0
+    assert load_trained(tmp_path / "run").temperature is None  # its probabilities: softmax(logits)
 
 
 def test_a_finished_run_reports_calibration(finished_run):
@@ -198,11 +199,24 @@ def test_predict_gives_calibrated_probabilities_and_abstains(copied_run, tmp_pat
 def test_a_received_checkpoints_temperature_is_checked(copied_run):
     path = copied_run / "checkpoints" / "best.pt"
     state = load_checkpoint(path)
-    for bad in (float("nan"), "2"):
+    for bad in (float("nan"), "2", 1e-300):
         state["calibration"] = {"temperature": bad}
         save_checkpoint(path, state)
-        with pytest.raises(UserError, match=r"best\.pt: calibration\.temperature .* not a finite"):
+        with pytest.raises(UserError, match=r"calibration\.temperature .* from 0.05 to 20"):
             load_trained(copied_run)
+
+
+def test_a_saved_temperature_is_one_fitting_can_give():
+    separable = 100 * torch.eye(3).repeat(5, 1)  # all right, ever surer: the range's low end
+    wrong = torch.arange(1, 4).remainder(3).repeat(5)  # all wrong, ever surer: its high end
+    ends = [fit_temperature(separable, targets) for targets in (torch.arange(3).repeat(5), wrong)]
+    assert ends == pytest.approx(list(TEMPERATURE_RANGE))
+    for t in (*ends, *TEMPERATURE_RANGE, 1, 2.5):
+        assert saved_temperature({"calibration": {"temperature": t}}, Path("best.pt")) == t
+    assert saved_temperature({}, Path("best.pt")) is None
+    for bad in (1e-300, 0.0499, 20.01, 1e300, float("inf"), -1.0, 0, True, None):
+        with pytest.raises(UserError, match=r"^checkpoint best\.pt: calibration\.temperature"):
+            saved_temperature({"calibration": {"temperature": bad}}, Path("best.pt"))
 
 
 def test_onnx_export_carries_and_can_apply_the_temperature(copied_run, tmp_path):

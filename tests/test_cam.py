@@ -141,6 +141,21 @@ def test_layer_choice_and_refusals():
     assert target_layer(convnet, (3, 64, 64), "layer3") == "layer3"
 
 
+def test_a_named_layer_must_give_a_map():
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))  # fmt: skip
+    for fits in ("0", "0.0", "0.1"):  # a container's map is that of the last module it runs
+        assert target_layer(model, (3, 16, 16), fits) == fits
+    for name, shape in (("1", "4×1×1"), ("2", "4"), ("3", "2")):  # pooled, flat, logits
+        refused = rf"^layer '{name}' gives an output of {shape} on the 3×16×16 input, not a map"
+        with pytest.raises(UserError, match=refused + r" of 2×2 px or more; .* e\.g\. 0\.0$"):
+            target_layer(model, (3, 16, 16), name)
+    unused = nn.ModuleDict({"run": model, "spare": nn.Conv2d(4, 4, 1)})
+    unused.forward = model.forward  # `spare` holds weights but never runs
+    with pytest.raises(UserError, match=r"^layer 'spare' gives no output"):
+        target_layer(unused, (3, 16, 16), "spare")
+
+
 def test_overlay_shows_gray_images_in_colour():
     image = torch.full((1, 6, 5), 100, dtype=torch.uint8)
     cam = np.zeros((3, 3), np.float32)

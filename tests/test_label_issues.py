@@ -2,26 +2,33 @@
 sweep (finished ones reused), and cleanlab's label issues finding planted label flips."""
 
 import csv
+import logging
 import random
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from bench.photo_folder import read_sources
+from cnntrain.audit import folds
 from cnntrain.audit.folds import (
     QUIET,
     check_fold_count,
     check_trained,
     fold_of_each,
     fold_rows,
+    job_probabilities,
     out_of_fold_probabilities,
+    pool_as_label_file,
     sweep_overrides,
-    tree_as_label_file,
 )
+from cnntrain.audit.gather import OVERRIDES_FILE, run_overrides
 from cnntrain.audit.label_issues import LABEL_ISSUE_COLUMNS, rank_label_issues, write_label_issues
 from cnntrain.audit.pool import Pool
+from cnntrain.config.compose import compose_config
 from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import quoted
 from cnntrain.data.split_table import TABLE_COLUMNS, read_split_table, write_csv
@@ -56,7 +63,7 @@ def test_planted_flips_rank_first_with_their_true_class_suggested(tmp_path):
     given = truth.copy()
     given[flips] = (truth[flips] + 1) % 3
     pool = pool_of(given.tolist(), classes=("cat", "dog", "owl"))
-    rows = rank_label_issues(pool, probabilities)
+    rows = rank_label_issues(pool, probabilities, np.ones(120, dtype=bool))
     assert {r["path"] for r in rows[: len(flips)]} == {pool.names[i] for i in flips}
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     first = rows[0]
@@ -69,7 +76,11 @@ def test_planted_flips_rank_first_with_their_true_class_suggested(tmp_path):
     assert written.name == "label_issues.csv" and tuple(read[0]) == LABEL_ISSUE_COLUMNS
     assert [r["path"] for r in read] == [r["path"] for r in rows]
     with pytest.raises(UserError, match="one probability per image and class"):
-        rank_label_issues(pool, probabilities[:, :2])
+        rank_label_issues(pool, probabilities[:, :2], np.ones(120, dtype=bool))
+    unread = np.ones(120, dtype=bool)
+    unread[flips[:2]] = False  # what the fold models could not read is no evidence either way
+    rows = rank_label_issues(pool, probabilities, unread)
+    assert rows and {r["path"] for r in rows} <= {pool.names[i] for i in flips[2:]}
 
 
 def test_folds_are_seeded_disjoint_stratified_splits_csv_files(tmp_path):
@@ -104,11 +115,10 @@ def test_fold_count_and_overrides_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"--folds=5: .*class 'dog' has 4 image"):
         check_fold_count(np.array([0] * 9 + [1] * 4), ["cat", "dog"], 5)
     base = ["data=imagefolder", "data.root=/d", "data.splits=/old.csv", "resume=/r",
-            "hydra.run.dir=/x", "model=resnet", "logger=mlflow"]  # fmt: skip
+            "hydra.run.dir=/x", "model=resnet", "logger=mlflow", "trainer.epochs=3"]  # fmt: skip
     merged = sweep_overrides(base, ["model=simplecnn", "hydra/launcher=joblib", "data.splits=/s"])
-    assert merged == ["data=imagefolder", "data.root=/d", "model=simplecnn",
-                      "hydra/launcher=joblib", "trainer.plots=false", "logger=none",
-                      "trainer.progress=false"]  # fmt: skip
+    assert merged == ["trainer.epochs=3", "model=simplecnn", "hydra/launcher=joblib",
+                      "trainer.plots=false", "logger=none", "trainer.progress=false"]  # fmt: skip
     with pytest.raises(UserError, match=r"runs its fold jobs as a sweep of its own"):
         sweep_overrides(base, ["hydra.sweep.dir=/mine"])
     attempt = tmp_path / "runs" / "1"
@@ -125,12 +135,87 @@ def test_fold_count_and_overrides_are_checked(tmp_path):
     pool = replace(pool, names=["train/=a.png", "val/b c.png"])
     # a tree is split by its folders: the fold jobs get its files as a label file instead
     given = sweep_overrides(pool.overrides, [f"data.root={tree}", "data.image_size=16"])
-    assert tree_as_label_file(pool, tmp_path / "w", given) == [
+    assert pool_as_label_file(pool, tmp_path / "w", given) == [
         "data=csv", f"data.labels={quoted(str(tmp_path / 'w' / 'labels.csv'))}",
         f"data.root={quoted(str(tree))}", "data.image_size=16", *QUIET]  # fmt: skip
     written = (tmp_path / "w" / "labels.csv").read_text().splitlines()
     assert written == ["path,label", "train/=a.png,cat", "val/b c.png,dog"]  # read verbatim
-    assert tree_as_label_file(pool_of([0, 1]), tmp_path / "v", given) == given  # not a tree
+
+
+# What a received run folder's .hydra/overrides.yaml may hold to steer the fold jobs: none of it
+# reaches them (code to run, files elsewhere, more jobs, this machine's settings, other data).
+CRAFTED = ["+callbacks.x._target_=cnntrain.core.files.write_text", "+logger.x._target_=a.B",
+           "paths.output_dir=/x", "optimizer._target_=os.system", "trainer.epochs=1,2",
+           "data.root=/elsewhere", "model=${oc.env:HOME}", "data=imagefolder",
+           "data.labels=/other.csv", "data.hf_splits.val=train", "hydra.run.dir=/y",
+           "hydra/launcher=joblib", "resume=/r", "hparams_search=x", "~trainer.ema",
+           "++trainer.seed=1", "trainer.seed=range(1,9)", "optimizer.lr=${oc.env:LR}",
+           "model.head._partial_=true", "trainer.seed='1',2",
+           r"trainer.seed=1,'a\',b'"]  # fmt: skip
+ALLOWED = ["model=simplecnn", "experiment=smoke", "trainer.epochs=2", "optimizer.lr=0.05",
+           "loss.label_smoothing=0.1", "data.image_size=16", "trainer.early_stopping.patience=3",
+           "model.freeze=[conv1,bn1]", r"trainer.device='cpu,\',{'"]  # fmt: skip
+
+
+def test_a_received_runs_overrides_cannot_steer_the_fold_jobs(tmp_path, caplog):
+    run = tmp_path / "run"
+    (run / OVERRIDES_FILE).parent.mkdir(parents=True)
+    (run / OVERRIDES_FILE).write_text(yaml.safe_dump([*CRAFTED, *ALLOWED]))
+    with caplog.at_level(logging.INFO, logger="cnntrain"):
+        kept = run_overrides(run)
+    assert kept == ALLOWED
+    [line] = [r.getMessage() for r in caplog.records if "ignored from" in r.getMessage()]
+    assert line.startswith(f"ignored from {run / OVERRIDES_FILE}: ")
+    assert all(o in line for o in CRAFTED), line
+    tree = make_image_folder(tmp_path / "tree", per_class=2)
+    pool = replace(pool_of([0, 1], root=tree), overrides=[*CRAFTED, *ALLOWED])
+    jobs = pool_as_label_file(pool, tmp_path / "w", sweep_overrides(pool.overrides, []))
+    assert jobs == ["data=csv", f"data.labels={quoted(str(tmp_path / 'w' / 'labels.csv'))}",
+                    f"data.root={quoted(str(tree))}", *ALLOWED, *QUIET]  # fmt: skip
+    cfg = compose_config([*jobs, "data.splits=/fold0.csv"])  # one job's config
+    assert (cfg.data.name, cfg.data.root, cfg.model.name) == ("csv", str(tree), "simplecnn")
+    assert not cfg.callbacks and cfg.data.augment.hflip and cfg.trainer.epochs == 2
+
+
+def test_a_run_without_overrides_trains_its_folds_on_the_pools_files(tmp_path):
+    assert run_overrides(tmp_path) == []  # no .hydra/overrides.yaml
+    pool = replace(pool_of([0, 1, 1]), overrides=[])  # a flat folder, no tree
+    extra = ["data=imagefolder", "data.root=/data", "data.val_split=0.2", "hydra/launcher=joblib"]
+    jobs = pool_as_label_file(pool, tmp_path / "w", sweep_overrides(pool.overrides, extra))
+    assert jobs == ["data=csv", f"data.labels={quoted(str(tmp_path / 'w' / 'labels.csv'))}",
+                    "data.root='/data'", "data.val_split=0.2", "hydra/launcher=joblib",
+                    *QUIET]  # fmt: skip
+    written = (tmp_path / "w" / "labels.csv").read_text().splitlines()
+    assert written == ["path,label", "cat/000.png,cat", "dog/001.png,dog", "dog/002.png,dog"]
+
+
+class FoldModel:
+    """What job_probabilities reads of a trained fold job: its classes and config."""
+
+    def __init__(self, classes: list[str]):
+        self.classes, self.config = classes, {}
+
+
+def test_fold_probabilities_follow_the_pools_class_names_and_mark_unread_images(
+    tmp_path, monkeypatch
+):
+    # data=csv sorts integer labels numerically: the fold model's columns are "9", "10", the
+    # folder's classes "10", "9"; the second image cannot be read.
+    pool = pool_of([0, 1, 1], classes=("10", "9"))
+    scored = torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.float64)  # columns 9, 10
+
+    def batches(trained, refs, *, skipped, **_):
+        skipped.append(refs[1].name)
+        yield [0, 2], None, scored
+
+    monkeypatch.setattr(folds, "batch_probabilities", batches)
+    monkeypatch.setattr(folds, "load_trained", lambda job: FoldModel(["9", "10"]))
+    probabilities, readable = job_probabilities(tmp_path, pool, np.arange(3))
+    assert readable.tolist() == [True, False, True]
+    assert probabilities.tolist() == [[0.2, 0.8], [0.0, 0.0], [0.7, 0.3]]  # columns 10, 9
+    monkeypatch.setattr(folds, "load_trained", lambda job: FoldModel(["9", "11"]))
+    with pytest.raises(UserError, match=r"has the classes 9, 11, not the audited data's 10, 9"):
+        job_probabilities(tmp_path, pool, np.arange(3))
 
 
 # ---- end to end: the done-when ----
@@ -174,21 +259,21 @@ def test_out_of_fold_label_issues_find_planted_flips_and_reuse_finished_folds(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pool, flipped = flipped_photos(tmp_path / "photos")
     work = tmp_path / "audit" / "folds"
-    probabilities = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)
-    assert probabilities.shape == (2 * PER_CLASS, 2)
+    probabilities, readable = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)
+    assert probabilities.shape == (2 * PER_CLASS, 2) and readable.all()
     assert np.allclose(probabilities.sum(1), 1)
-    rows = rank_label_issues(pool, probabilities)
+    rows = rank_label_issues(pool, probabilities, readable)
     top = {r["path"] for r in rows[: 2 * len(flipped)]}
     assert len(top & flipped) >= 0.7 * len(flipped), (len(top & flipped), len(flipped))
 
     trained = job_results(work)
     assert len(trained) == 3 and sorted((work / "runs").iterdir()) == [work / "runs" / "1"]
-    again = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)  # nothing retrains
+    again, _ = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)  # nothing retrains
     assert job_results(work) == trained and np.array_equal(again, probabilities)
 
     lost = next(iter(trained))  # a fold whose job did not finish: only it is trained again
     lost.unlink()
-    resumed = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)
+    resumed, _ = out_of_fold_probabilities(pool, 3, work, RECIPE, seed=0)
     assert [p.name for p in (work / "runs" / "2").iterdir() if p.name.isdigit()] == ["0"]
     kept = {p: t for p, t in trained.items() if p != lost}
     assert {p: t for p, t in job_results(work).items() if p.parts[-3] == "1"} == kept

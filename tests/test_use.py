@@ -23,6 +23,7 @@ from cnntrain.cli import predict as predict_cli
 from cnntrain.core.checkpoint import load_checkpoint
 from cnntrain.core.files import write_json
 from cnntrain.data import load_evaluation_split
+from cnntrain.trained import predict as predicting
 from cnntrain.trained.eval import eval_config
 from cnntrain.trained.export import WRITERS, export_run, run_torchscript
 from cnntrain.trained.load import load_trained, unit_range
@@ -137,6 +138,47 @@ def test_predict_skips_unreadable_files_with_one_warning(trained, tmp_path, monk
     assert stdout.splitlines()[-1] == f"predictions: {out}" and "4 images" in stdout
 
 
+def test_predict_explain_reads_each_image_once_and_maps_the_csvs_classes(
+    trained, tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("pytorch_grad_cam")
+    from cnntrain.trained import explain
+
+    run, root, _ = trained
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in sorted((root / "test" / "dog").iterdir())[:3]:
+            z.write(file, f"dog/{file.name}")
+    decoded, drawn = [], []
+    decode = predicting.opened
+    monkeypatch.setattr(
+        predicting, "opened", lambda file, cap: decoded.append(file) or decode(file, cap)
+    )
+    draw = explain.plot_cams
+    monkeypatch.setattr(explain, "plot_cams", lambda *a: drawn.append(a) or draw(*a))
+    label = predict_cli.predict  # 3 batches of 5, 5 and 3 images: PNG numbers run on
+    monkeypatch.setattr(
+        predict_cli, "predict", lambda *a, **kw: label(*a, **{**kw, "batch_size": 5})
+    )
+    out = tmp_path / "p.csv"
+    status, stdout, stderr = run_main(predict_cli.main, monkeypatch, capsys, run,
+                                      root / "test" / "cat", archive, "--out", out, "--explain",
+                                      tmp_path / "maps")  # fmt: skip
+    assert status == 0, stderr
+    _, rows = read_csv(out)
+    assert len(rows) == len(decoded) == 13  # each image decoded once, the archive's too
+    for i, (row, (_, _, titles, names, _, png)) in enumerate(zip(rows, drawn, strict=True)):
+        assert titles == [f"{row['prediction']} (p={float(row['probability']):.2f})"]
+        assert names == [row["path"]] and png.name.startswith(f"{i:04d}_") and png.is_file()
+    assert "class-activation maps: 13 PNGs" in stdout
+    decoded.clear()
+    status, _, stderr = run_main(predict_cli.main, monkeypatch, capsys, run, archive, "--out",
+                                 tmp_path / "q.csv", "--explain", tmp_path / "maps", "--layer",
+                                 "fc2")  # fmt: skip
+    assert status == 2 and stderr.count("\n") == 1 and "'fc2' gives an output of 3 " in stderr
+    assert not decoded and not (tmp_path / "q.csv").exists()  # refused before an image is read
+
+
 def test_predict_without_readable_images_or_checkpoint_is_one_line(
     trained, tmp_path, monkeypatch, capsys
 ):
@@ -233,7 +275,7 @@ import json, sys
 import numpy as np, onnxruntime, torch
 pixels = torch.from_numpy(np.load(sys.argv[1]))
 extra = dict.fromkeys(["classes", "mean", "std", "input_size", "resize", "interpolation",
-                      "temperature", "calibrated"], "")
+                      "squash", "temperature", "calibrated"], "")
 scripted = torch.jit.load(sys.argv[2], _extra_files=extra)
 session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
 onnx = lambda x: session.run(["logits"], {"pixels": x.numpy()})[0].tolist()
@@ -282,7 +324,7 @@ def test_export_to_both_formats_matches_pytorch_in_a_fresh_process(
         assert loaded[f"{fmt}_meta"] == {"classes": list(CLASSES), "mean": model.mean,
                                          "std": model.std, "input_size": [3, 20, 24],
                                          "resize": None, "interpolation": "bilinear",
-                                         "temperature": model.temperature,
+                                         "squash": False, "temperature": model.temperature,
                                          "calibrated": False}  # fmt: skip
     assert loaded["cnntrain_imported"] == []
 

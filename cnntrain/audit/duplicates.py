@@ -61,13 +61,16 @@ class Duplicates:
     test_with_train_or_val: int  # … with an exact or near one in train or val (all training reads)
 
 
+# Set bits of each byte value: popcount's lookup table where numpy (< 2) has no bitwise_count.
+BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
 def popcount(words: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Set bits of each uint64 into `out` (uint8; numpy ≥ 2: one instruction, before: a byte
     lookup table)."""
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(words, out=out)
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-    out[...] = table[words.view(np.uint8)].reshape(*words.shape, 8).sum(-1, dtype=np.uint8)
+    out[...] = BYTE_BITS[words.view(np.uint8)].reshape(*words.shape, 8).sum(-1, dtype=np.uint8)
     return out
 
 

@@ -23,11 +23,11 @@ MAD_LIMIT = 3
 MAD_TO_SIGMA = 1.4826  # the MAD of normal data times this is its standard deviation
 
 
-def file_problems(pool: Pool, scan: Scan, folds: int | None) -> list[tuple]:
+def file_problems(pool: Pool, scan: Scan) -> list[tuple]:
     """files.csv's rows (FILE_COLUMNS): unreadable files, small classes, odd sizes, odd modes."""
     return [
         *unreadable_rows(pool, scan),
-        *small_class_rows(pool, folds),
+        *small_class_rows(pool),
         *size_rows(pool, scan),
         *mode_rows(pool, scan),
     ]
@@ -38,22 +38,19 @@ def unreadable_rows(pool: Pool, scan: Scan) -> list[tuple]:
             for i in np.flatnonzero(~scan.readable)]  # fmt: skip
 
 
-def small_class_rows(pool: Pool, folds: int | None) -> list[tuple]:
+def small_class_rows(pool: Pool) -> list[tuple]:
     """A class without an image in one of the splits the data has (the tool keeps a class's
-    first image for train, then gives val one before test: data/splits.carved_counts), or, with
-    --folds K, of fewer than K images (each fold holds one out)."""
+    first image for train, then gives val one before test: data/splits.carved_counts); one of
+    fewer than --folds K images is refused before the scan (folds.check_fold_count)."""
     present = [s for s in SPLIT_NAMES if s in set(pool.splits)]
     counts = Counter(zip(pool.labels, pool.splits, strict=True))
     rows = []
     for c, name in enumerate(pool.classes):
         total = sum(counts[c, s] for s in present)
         lacking = [s for s in present if counts[c, s] == 0]
-        reasons = [f"none in {' or '.join(lacking)}"] if lacking else []
-        if folds and total < folds:
-            reasons.append(f"fewer than --folds {folds} needs (one per fold)")
-        if reasons:
-            rows.append(("", "", "small class",
-                         f"class {name!r}: {total} image(s), {'; '.join(reasons)}"))  # fmt: skip
+        if lacking:
+            detail = f"class {name!r}: {total} image(s), none in {' or '.join(lacking)}"
+            rows.append(("", "", "small class", detail))
     return rows
 
 

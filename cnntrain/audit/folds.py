@@ -10,12 +10,12 @@ attempt launches only the folds no earlier attempt finished.
 
 import csv
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cnntrain.audit.pool import Pool
 from cnntrain.core.device import select_device
@@ -23,15 +23,13 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.files import atomic_write, write_json
 from cnntrain.core.overrides import override_key, quoted
 from cnntrain.core.safe_text import printable
+from cnntrain.core.schema import data_defaults
 from cnntrain.core.seeds import derived_seed
-from cnntrain.data.limits import limits_of
-from cnntrain.data.sources import split_root
 from cnntrain.data.split_table import TABLE_COLUMNS, read_split_table, run_split_table, write_csv
 from cnntrain.data.splits import stratified_split
 from cnntrain.reporting.report import read_json
-from cnntrain.trained.load import load_trained, unit_range
-from cnntrain.trained.predict import ImageRef, read_pixels
-from cnntrain.training.evaluate import model_logits
+from cnntrain.trained.load import load_trained
+from cnntrain.trained.predict import ImageRef, batch_probabilities
 
 log = logging.getLogger(__name__)
 RUNS, RECIPE, LABELS = "runs", "recipe.json", "labels.csv"
@@ -39,18 +37,31 @@ VAL_FRACTION = 0.1  # of each class's images outside the fold: picks the best ep
 BATCH = 256  # images scored at once
 # What every fold job is told: no plots, trackers or bars (K jobs, maybe side by side).
 QUIET = ("trainer.plots=false", "logger=none", "trainer.progress=false")
-# Keys the pool's data took and the folds set anew: dropped from every override list.
+# Keys the pool's data took and the folds set anew: dropped from the command's overrides.
 DATA_KEYS = ("data.splits", "resume")
 # Keys that would change what the fold sweep is (its folders, its sweeper): the audit's command
-# line may not set them; the data's own overrides (its run's) drop them with all Hydra settings.
+# line may not set them; a run's own overrides pass only the allow-list below (for_folds).
 SWEEP_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra/sweeper", "hparams_search")
+# What a received run's overrides (RUN/.hydra/overrides.yaml: anyone could have written it) may
+# tell the fold jobs: a group option by its plain name, or a value under one of KEY_ROOTS.
+GROUPS = ("model", "optimizer", "scheduler", "experiment")
+KEY_ROOTS = ("model", "optimizer", "scheduler", "loss", "trainer", "data")
+NAME = re.compile(r"[\w.-]+")
+KEY = re.compile(r"\w+(\.\w+)+")
+# Keys Hydra's instantiate reads: they name code to run, and how to call it.
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_args_")
+SWEEP_FUNCTION = re.compile(r"\b(range|choice|interval|glob|sort|shuffle|tag)\s*\(")
+# `data` keys that name the data source or its split: the fold jobs take the pool's (a label
+# file) and each fold's; so do any `data.*` key outside conf/config.yaml's shared block.
+SOURCE_KEYS = ("name", "root", "splits")
 
 
 def out_of_fold_probabilities(
     pool: Pool, folds: int, work: Path, extra: list[str], seed: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, len(pool.classes)) float64: image i's softmax probabilities from the fold model that did
-    not train on it, in pool order; the K models are trained in `work` as one cnntrain sweep
+    not train on it, in pool order; (N,) bool: whether that model could read image i (an
+    unreadable one's row is zeros). The K models are trained in `work` as one cnntrain sweep
     (`extra`: the audit command's overrides, a launcher among them), finished ones reused."""
     labels = np.asarray(pool.labels, dtype=np.int64)
     check_fold_count(labels, pool.classes, folds)
@@ -59,7 +70,7 @@ def out_of_fold_probabilities(
     files = [Path(work) / f"fold{k}.csv" for k in range(folds)]
     for file, rows in zip(files, tables, strict=True):
         write_csv(file, TABLE_COLUMNS, rows)
-    overrides = tree_as_label_file(pool, Path(work), sweep_overrides(pool.overrides, extra))
+    overrides = pool_as_label_file(pool, Path(work), sweep_overrides(pool.overrides, extra))
     runs = Path(work) / RUNS
     jobs = finished_jobs(runs, tables, overrides)
     missing = [k for k, job in enumerate(jobs) if job is None]
@@ -71,27 +82,33 @@ def out_of_fold_probabilities(
         check_trained(jobs, attempt, status)
     else:
         log.info("all %d fold models finished before in %s: none retrained", folds, runs)
-    return fold_probabilities(pool, labels, assigned, jobs)
+    return fold_probabilities(pool, assigned, jobs)
 
 
 # ---- the folds ----
 
 
-def tree_as_label_file(pool: Pool, work: Path, overrides: list[str]) -> list[str]:
-    """The fold jobs' `overrides`, for an ImageFolder tree (train/, test/…) given as a label
-    file: training splits a tree by its folders alone (it refuses data.splits for one), so the
-    jobs get work/labels.csv (path, label; paths relative to the tree) with `data=csv` instead of
-    the overrides naming the tree; their other keys stay. Other data: `overrides` as they are."""
+def pool_as_label_file(pool: Pool, work: Path, overrides: list[str]) -> list[str]:
+    """The fold jobs' `overrides`, with the pool's files as their data whatever source it came
+    from: work/labels.csv (path, label; paths relative to the pool's root) with `data=csv`,
+    instead of every override naming a data source (a tree is split by its folders alone, and
+    a run's own overrides must not pick the files); their other keys stay."""
     root = Path(pool.root)
-    if not (root.is_dir() and split_root(root) is not None):
-        return overrides
     labels = Path(work) / LABELS
     write_label_file(labels, [(name, pool.classes[c]) for name, c in zip(pool.names, pool.labels,
                                                                         strict=True)])  # fmt: skip
-    source = ("data", "data.root", "data.labels", "data.name")
-    kept = [o for o in overrides if override_key(o) not in source]
+    kept = [o for o in overrides if not names_data_source(override_key(o))]
     return ["data=csv", f"data.labels={quoted(str(labels))}", f"data.root={quoted(str(root))}",
             *kept]  # fmt: skip
+
+
+def names_data_source(key: str) -> bool:
+    """`data`, `data.root`, `data.labels`, `data.hf_splits.val`…: a key that says where the
+    data is or how its files are listed and split (SOURCE_KEYS, or not a shared `data` key)."""
+    parts = key.split(".")
+    if parts[0] != "data":
+        return False
+    return len(parts) == 1 or parts[1] in SOURCE_KEYS or parts[1] not in data_defaults()
 
 
 def write_label_file(path: Path, rows: list[tuple[str, str]]) -> None:
@@ -150,9 +167,8 @@ def fold_rows(pool: Pool, assigned: np.ndarray, k: int, seed: int) -> list[tuple
 
 
 def sweep_overrides(base: list[str], extra: list[str]) -> list[str]:
-    """Every fold job's overrides but data.splits: the data's own (`base`, less DATA_KEYS, Hydra's
-    settings and flags), the command's (`extra` less DATA_KEYS, winning on a key both set), then
-    QUIET."""
+    """Every fold job's overrides but its data: a run's own (`base`, those for_folds lets pass),
+    the command's (`extra` less DATA_KEYS, winning on a key both set), then QUIET."""
     for override in extra:
         if override_key(override) in SWEEP_KEYS:
             raise UserError(
@@ -168,11 +184,41 @@ def sweep_overrides(base: list[str], extra: list[str]) -> list[str]:
 
 
 def for_folds(override: str) -> bool:
-    """Do the fold jobs take this override of the data's own command? Not DATA_KEYS, a search,
-    Hydra's settings (the audit's command line picks the launcher) or a flag."""
-    key = override_key(override)
-    owned = key in (*DATA_KEYS, *SWEEP_KEYS) or key.startswith("hydra")
-    return not (owned or override.startswith("-"))
+    """May a received run's override go to the fold jobs? Only a group option by its plain name
+    (`model=resnet`: GROUPS) or a plain value under KEY_ROOTS (`trainer.epochs=5`): no `+`, `++`
+    or `~`, no key Hydra instantiates code from, no data source, no interpolation or sweep."""
+    key, equals, value = override.partition("=")
+    if not equals:
+        return False
+    if key in GROUPS:
+        return NAME.fullmatch(value) is not None
+    if not KEY.fullmatch(key) or key.split(".")[0] not in KEY_ROOTS or names_data_source(key):
+        return False
+    return not any(word in key for word in INSTANTIATE_KEYS) and single_value(value)
+
+
+def single_value(value: str) -> bool:
+    """One plain value: no `${…}` (an interpolation, a resolver), no sweep function and no comma
+    outside brackets and quotes (each would make more jobs or read this machine's settings)."""
+    if "${" in value or SWEEP_FUNCTION.search(value):
+        return False
+    depth, quote, escaped = 0, "", False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quote and char == "\\":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return False
+    return True
 
 
 def train_folds(files: list[Path], runs: Path, overrides: list[str]) -> tuple[Path, int]:
@@ -246,54 +292,48 @@ def check_trained(jobs: list[Path | None], attempt: Path, status: int) -> None:
 
 
 def fold_probabilities(
-    pool: Pool, labels: np.ndarray, assigned: np.ndarray, jobs: list[Path]
-) -> np.ndarray:
-    """(N, classes) float64: each fold's images scored by that fold's model."""
-    probabilities = np.zeros((len(labels), len(pool.classes)), dtype=np.float64)
+    pool: Pool, assigned: np.ndarray, jobs: list[Path]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, classes) float64 and (N,) readable: each fold's images scored by that fold's model."""
+    probabilities = np.zeros((len(assigned), len(pool.classes)), dtype=np.float64)
+    readable = np.zeros(len(assigned), dtype=bool)
     for k, job in enumerate(jobs):
         rows = np.flatnonzero(assigned == k)
-        probabilities[rows] = job_probabilities(job, pool, labels, rows)
-    return probabilities
+        probabilities[rows], readable[rows] = job_probabilities(job, pool, rows)
+    return probabilities, readable
 
 
-@torch.no_grad()
-def job_probabilities(job: Path, pool: Pool, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def job_probabilities(job: Path, pool: Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(len(rows), classes) softmax probabilities of the images `rows` by the job's best network,
-    read as its evaluation read them (its caps, its test-time flips, its temperature when it has
-    one); an image it cannot read keeps its given label's one-hot row (no evidence against it;
-    files.csv lists it)."""
+    in pool.classes' order, read as its evaluation read them (its caps, its test-time flips, its
+    temperature when it has one); (len(rows),) bool: which it could read (an unreadable one's
+    row is zeros; files.csv lists it)."""
     trained = load_trained(job)
-    if trained.classes != list(pool.classes):
+    columns = class_columns(job, trained.classes, pool.classes)
+    tta = trained.config.get("trainer", {}).get("tta", False)
+    scored = np.zeros((len(rows), len(pool.classes)))
+    readable = np.zeros(len(rows), dtype=bool)
+    refs = [ImageRef(pool.names[i], Path(pool.files[i])) for i in rows]
+    unread = []
+    batches = batch_probabilities(trained, refs, batch_size=BATCH, tta=tta,
+                                  device=select_device("auto"), show_bars=False,
+                                  skipped=unread)  # fmt: skip
+    for places, _, probabilities in batches:
+        scored[places] = probabilities.numpy()[:, columns]  # softmax(logits ÷ its temperature)
+        readable[places] = True
+    if unread:
+        log.warning("%s: %d image(s) could not be read (first: %s); they are left out of the "
+                    "ranking", job, len(unread), unread[0])  # fmt: skip
+    return scored, readable
+
+
+def class_columns(job: Path, trained: list[str], audited: list[str]) -> list[int]:
+    """The fold model's column of each audited class, matched by name: data=csv orders classes
+    by their sorted labels (numerically when all are integers), the audited source maybe not."""
+    if sorted(trained) != sorted(audited):
         raise UserError(
-            f"fold job {job} has the classes {', '.join(map(printable, trained.classes))}, not the "
-            f"audited data's {', '.join(map(printable, pool.classes))}; remove {job.parent} and "
+            f"fold job {job} has the classes {', '.join(map(printable, trained))}, not the "
+            f"audited data's {', '.join(map(printable, audited))}; remove {job.parent} and "
             "run the audit again"
         )
-    device = select_device("auto")
-    model = trained.normalized(calibrated=True).to(device)  # logits ÷ the run's temperature
-    tta = trained.config.get("trainer", {}).get("tta", False)
-    scored = np.eye(len(pool.classes))[labels[rows]]  # (len(rows), classes)
-    refs = [ImageRef(pool.names[i], Path(pool.files[i])) for i in rows]
-    batch, places, unread = [], [], []
-
-    def score() -> None:
-        pixels = unit_range(torch.stack(batch)).to(device)  # (B, C, H, W) in [0, 1]
-        scored[places] = model_logits(model, pixels, tta).double().softmax(1).cpu().numpy()
-        batch.clear()
-        places.clear()
-
-    pixels_of = read_pixels(refs, trained.spec, limits_of(trained.config.get("data", {})))
-    for place, (ref, pixels) in enumerate(pixels_of):
-        if isinstance(pixels, str):
-            unread.append(printable(ref.name))
-            continue
-        batch.append(pixels)
-        places.append(place)
-        if len(batch) == BATCH:
-            score()
-    if batch:
-        score()
-    if unread:
-        log.warning("%s: %d image(s) could not be read (first: %s); they keep their given label",
-                    job, len(unread), unread[0])  # fmt: skip
-    return scored
+    return [trained.index(name) for name in audited]

@@ -1,15 +1,18 @@
 """The audit's Pool: every labelled file of a config's data, split as training splits it."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import yaml
 from omegaconf import DictConfig
 
+from cnntrain.audit.folds import for_folds
 from cnntrain.audit.pool import Pool
 from cnntrain.core.checkpoint import BEST, checkpoint_file, load_checkpoint, saved_config
 from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import override_key
+from cnntrain.core.safe_text import printable
 from cnntrain.data.known import open_listing, open_splits
 from cnntrain.data.limits import limits_of
 from cnntrain.data.listing import SplitOptions, listing_splits, table_key
@@ -17,6 +20,7 @@ from cnntrain.data.sources import Splits
 from cnntrain.data.splits import stratified_split
 from cnntrain.trained.eval import eval_config, use_run_split
 
+log = logging.getLogger(__name__)
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # in a run folder: the command's overrides
 
 
@@ -36,8 +40,9 @@ def run_audit_config(run_dir: Path, fresh: DictConfig, overrides: list[str]) -> 
 
 
 def run_overrides(run_dir: Path) -> list[str]:
-    """The overrides the run was started with (RUN/.hydra/overrides.yaml, read as plain data);
-    none when the file is missing."""
+    """The overrides the run was started with (RUN/.hydra/overrides.yaml, read as plain data)
+    that its fold jobs may take (folds.for_folds: the file is what anyone could have written),
+    the others named in one line; none when the file is missing."""
     path = Path(run_dir) / OVERRIDES_FILE
     if not path.is_file():
         return []
@@ -47,13 +52,18 @@ def run_overrides(run_dir: Path) -> list[str]:
         raise UserError(f"{path} is not a YAML list of overrides ({e}); fix or remove it") from e
     if not isinstance(found, list) or not all(isinstance(o, str) for o in found or []):
         raise UserError(f"{path} is not a YAML list of overrides; fix or remove it")
-    return list(found)
+    ignored = [o for o in found if not for_folds(o)]
+    if ignored:
+        log.info("ignored from %s: %s (the fold jobs train on the audited files, and take only "
+                 "model, optimizer, scheduler, loss, trainer and shared data settings)", path,
+                 " ".join(printable(o) for o in ignored))  # fmt: skip
+    return [o for o in found if for_folds(o)]
 
 
 def data_pool(cfg: DictConfig, overrides: list[str]) -> Pool:
     """Every labelled image file of `cfg.data` with the split training gives it (the data's own,
     the tool's, or data.splits'; val carved from train as data.val_split says), listed without
-    decoding any; `overrides`: what the data came from, kept in the Pool for the fold jobs."""
+    decoding any; `overrides`: a run's own for its fold jobs, kept in the Pool."""
     d = cfg.data
     listed = open_listing(d, Path(cfg.paths.cache_dir).expanduser())
     if listed is not None:

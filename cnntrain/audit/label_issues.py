@@ -23,10 +23,11 @@ LABEL_ISSUE_COLUMNS = (
 DIGITS = 6  # probabilities in the CSV
 
 
-def rank_label_issues(pool: Pool, probabilities) -> list[dict]:
+def rank_label_issues(pool: Pool, probabilities, readable) -> list[dict]:
     """The images cleanlab's find_label_issues flags, most likely error first (lowest
     probability of the given label: "self_confidence"), each a row of LABEL_ISSUE_COLUMNS; the
-    suggested class is the most probable one. `probabilities`: (N, classes) out-of-sample."""
+    suggested class is the most probable one. `probabilities`: (N, classes) out-of-sample;
+    `readable`: (N,) bool, the images they hold evidence on (the others are left out)."""
     require("cleanlab", "audit", "cnntrain-audit --folds")
     from cleanlab.filter import find_label_issues  # a heavy import: only when asked for
 
@@ -37,10 +38,11 @@ def rank_label_issues(pool: Pool, probabilities) -> list[dict]:
             f"label issues need one probability per image and class, "
             f"{(len(labels), len(pool.classes))}; got {probs.shape}"
         )
+    kept = np.flatnonzero(readable)
     ranked = find_label_issues(
-        labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
+        labels[kept], probs[kept], return_indices_ranked_by="self_confidence", n_jobs=1
     )  # n_jobs=1: no process pool (cleanlab's tip; fast enough for 10⁵ images)
-    return [issue_row(pool, probs, labels, int(i), rank) for rank, i in enumerate(ranked, 1)]
+    return [issue_row(pool, probs, labels, int(kept[i]), rank) for rank, i in enumerate(ranked, 1)]
 
 
 def issue_row(pool: Pool, probs: np.ndarray, labels: np.ndarray, i: int, rank: int) -> dict:

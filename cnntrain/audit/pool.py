@@ -14,4 +14,4 @@ class Pool:
     labels: list[int]  # each image's class index into `classes`
     splits: list[str]  # each image's split: "train" | "val" | "test"
     classes: list[str]  # class names, in the data's (and a trained model's logit) order
-    overrides: list[str]  # the training overrides the data came from (a run's, or the command's)
+    overrides: list[str]  # a run's own overrides its fold jobs may take (gather.run_overrides)

@@ -10,7 +10,8 @@ import numpy as np
 
 from cnntrain.audit.duplicates import Duplicates, find_duplicates, write_duplicates
 from cnntrain.audit.files import file_problems, write_file_problems
-from cnntrain.audit.label_issues import LABEL_ISSUES_FILE
+from cnntrain.audit.folds import check_fold_count, out_of_fold_probabilities
+from cnntrain.audit.label_issues import LABEL_ISSUES_FILE, rank_label_issues, write_label_issues
 from cnntrain.audit.page import write_audit_page
 from cnntrain.audit.pool import Pool
 from cnntrain.audit.scan import scan_pool
@@ -37,18 +38,19 @@ class AuditOptions:
 def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
     """Audit `pool` into `folder` (made if needed; each file replaced atomically); the summary."""
     require("imagehash", "audit", "cnntrain-audit")
+    if options.folds:  # before the scan: a count the pool alone tells
+        check_fold_count(np.asarray(pool.labels), pool.classes, options.folds)
     started = time.perf_counter()
     scan = scan_pool(pool, folder, options.workers, options.max_pixels)
     duplicates = find_duplicates(pool, scan, options.near_bits)
     write_duplicates(pool, duplicates, folder)
-    problems = file_problems(pool, scan, options.folds)
+    problems = file_problems(pool, scan)
     write_file_problems(problems, folder)
     issues, fold_accuracy = label_issues(pool, folder, options) if options.folds else (None, None)
     if not options.folds and (folder / LABEL_ISSUES_FILE).is_file():
         log.info("%s of an earlier --folds audit is kept as it was (not in this report); "
                  "give --folds K to rank again", folder / LABEL_ISSUES_FILE)  # fmt: skip
-    summary = audit_summary(pool, duplicates, problems, issues, options)
-    summary["fold_accuracy"] = fold_accuracy
+    summary = audit_summary(pool, duplicates, problems, issues, fold_accuracy, options)
     summary["time_s"] = round(time.perf_counter() - started, 1)
     write_json(folder / SUMMARY_FILE, summary)
     write_audit_page(folder, pool, summary, duplicates, problems, issues, options.max_pixels)
@@ -58,17 +60,16 @@ def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
 def label_issues(pool: Pool, folder: Path, options: AuditOptions) -> tuple[list[dict], float]:
     """Out-of-fold probabilities from --folds models (folder/folds/), ranked by cleanlab, kept
     in folder/label_issues.csv; also the fold models' accuracy on the images they did not see
-    (the ranking is only as good as they are: near chance, it flags noise)."""
-    from cnntrain.audit.folds import out_of_fold_probabilities
-    from cnntrain.audit.label_issues import rank_label_issues, write_label_issues
-
+    (the ranking is only as good as they are: near chance, it flags noise). Both leave out the
+    images the fold models could not read (files.csv lists them)."""
     require("cleanlab", "audit", "cnntrain-audit --folds")
     work = folder / "folds"
-    probabilities = out_of_fold_probabilities(pool, options.folds, work, options.extra,
-                                              options.seed)  # fmt: skip
-    rows = rank_label_issues(pool, probabilities)
+    probabilities, readable = out_of_fold_probabilities(pool, options.folds, work, options.extra,
+                                                        options.seed)  # fmt: skip
+    rows = rank_label_issues(pool, probabilities, readable)
     write_label_issues(rows, folder)
-    accuracy = float((probabilities.argmax(1) == np.asarray(pool.labels)).mean())
+    right = probabilities.argmax(1) == np.asarray(pool.labels)
+    accuracy = float(right[readable].mean())
     return rows, round(accuracy, 4)
 
 
@@ -77,7 +78,8 @@ def percent(part: int, whole: int) -> float | None:
 
 
 def audit_summary(pool: Pool, duplicates: Duplicates, problems: list[tuple],
-                  issues: list[dict] | None, options: AuditOptions) -> dict:  # fmt: skip
+                  issues: list[dict] | None, fold_accuracy: float | None,
+                  options: AuditOptions) -> dict:  # fmt: skip
     """summary.json's counts (all, not only the pairs listed)."""
     by_split = {s: pool.splits.count(s) for s in ("train", "val", "test") if s in pool.splits}
     tests = by_split.get("test", 0)
@@ -108,5 +110,6 @@ def audit_summary(pool: Pool, duplicates: Duplicates, problems: list[tuple],
         "odd_channels": kinds.count("odd channels"),
         "folds": options.folds,
         "label_issues": None if issues is None else len(issues),
+        "fold_accuracy": fold_accuracy,
         "workers": options.workers,
     }

@@ -17,7 +17,8 @@ DESCRIPTION = f"""Audit a dataset: exact duplicates (equal decoded pixels) and n
 and test, with the test images that have one in train (a leak); unreadable files, classes too
 small for every split, images far from the others in size or mode; with --folds K, likely label
 errors (K models trained as one sweep, each scoring the images it did not train on; cleanlab
-ranks them). Give a run folder (its data, its split, its overrides for the fold jobs; writes
+ranks them; the fold jobs train on the audited files). Give a run folder (its data, its split,
+its model, optimizer, scheduler, loss and trainer overrides for the fold jobs; writes
 RUN_DIR/audit/) or the data as for training, e.g. `data=imagefolder data.root=PATH --out DIR`.
 Other overrides (trainer.epochs=5, hydra/launcher=joblib…) go to the fold jobs. Writes
 report.html, summary.json, duplicates.csv, files.csv (and label_issues.csv, folds/) and prints
@@ -67,9 +68,8 @@ def audit_command(run_dir: Path | None, overrides: list[str], out: Path | None,
         if not run_dir.is_dir():
             raise UserError(f"RUN_DIR={str(run_dir)!r} is not a folder; give a cnntrain run folder")
         cfg = run_audit_config(run_dir, cfg, data_overrides)
-        base = run_overrides(run_dir)
-    else:
-        base = data_overrides
+    # Only fold jobs take a run's own overrides (this command's go to them as `extra`).
+    base = run_overrides(run_dir) if run_dir is not None and folds else []
     folder = out if out is not None else run_dir / "audit"
     prepare_folder(folder)
     pool = data_pool(cfg, base)

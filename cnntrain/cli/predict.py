@@ -66,27 +66,26 @@ def main() -> None:
                             "to replace it")  # fmt: skip
         trained = load_trained(args.run)
         refs = find_images(args.paths)
+        device = select_device("auto")
+        explainer = None
         if args.explain:  # imported only then: the maps' figures need matplotlib and grad-cam
-            from cnntrain.trained.explain import explained_layer, write_explanations
+            from cnntrain.trained.explain import Explainer, explained_layer
 
             layer = explained_layer(trained, args.explain, args.layer)
-        else:
-            layer = None
+            if layer is not None:
+                explainer = Explainer(trained, args.explain, layer, args.method, device)
         predictions = predict(
             trained,
             refs,
             batch_size=trained.config["data"]["eval_batch_size"],
             top_k=args.top_k,
             tta=args.tta,
-            device=select_device("auto"),
+            device=device,
             show_bars=sys.stderr.isatty(),
             abstain=args.abstain,
+            each_batch=explainer,  # the maps of the very images and classes of the CSV's rows
         )
         write_csv(predictions, args.out)
-        if layer is not None:
-            explained = write_explanations(trained, refs, args.explain, layer, args.method,
-                                           tta=args.tta, device=select_device("auto"),
-                                           show_bars=sys.stderr.isatty())  # fmt: skip
     except UserError as e:
         fail(str(e))
     if predictions.skipped:
@@ -98,8 +97,8 @@ def main() -> None:
         print(f"answered {predictions.answered:,} of {total:,} images "
               f"({predictions.answered / total:.1%}); the rest are {UNKNOWN} below "
               f"{args.abstain:g}", flush=True)  # fmt: skip
-    if layer is not None:
-        print(f"class-activation maps: {explained:,} PNGs in {args.explain}", flush=True)
+    if explainer is not None:
+        print(f"class-activation maps: {explainer.written:,} PNGs in {args.explain}", flush=True)
     print(f"predictions: {args.out}", flush=True)
 
 

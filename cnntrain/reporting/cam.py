@@ -20,6 +20,7 @@ from cnntrain.reporting.layer_table import placement, summarize_layers
 from cnntrain.reporting.plots import (
     draw_picture,
     evaluating,
+    most_confident,
     most_confident_mistakes,
     new_figure,
     plain,
@@ -64,32 +65,48 @@ def unexplainable(model: nn.Module) -> str | None:
 def target_layer(
     model: nn.Module, input_shape: tuple[int, int, int], name: str | None = None
 ) -> str:
-    """The module whose maps are explained: `name` when given (a module of `model`), else the
-    last Conv2d the forward pass runs whose output is at least MIN_MAP_SIDE px a side."""
+    """The module whose maps are explained: `name` when given (a module of `model` whose output,
+    a container's that of the last module it runs, is a map of MIN_MAP_SIDE px a side or more),
+    else the last Conv2d the forward pass runs whose output is such a map."""
     modules = dict(model.named_modules())
-    if name is not None:
-        if not name or name not in modules:
-            convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-4:]
-            raise UserError(
-                f"layer {name!r} is not a module of the model; name one from the "
-                f"run's summary.txt, e.g. {', '.join(convs) or 'a convolution'}"
-            )
-        return name
+    if name is not None and (not name or name not in modules):
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-4:]
+        raise UserError(
+            f"layer {name!r} is not a module of the model; name one from the "
+            f"run's summary.txt, e.g. {', '.join(convs) or 'a convolution'}"
+        )
     rows = summarize_layers(model, input_shape)["layers"]
-    fit = [
-        row["name"]
-        for row in rows
-        if isinstance(modules.get(row["name"]), nn.Conv2d)
-        and len(row["output_shape"] or ()) == 3
-        and min(row["output_shape"][1:]) >= MIN_MAP_SIDE
-    ]
+    fit = [r["name"] for r in rows if isinstance(modules.get(r["name"]), nn.Conv2d) and is_map(r)]
+    side = "×".join(map(str, input_shape))
+    if name is not None:
+        check_map(name, rows, fit, side)
+        return name
     if not fit:
-        side = "×".join(map(str, input_shape))
         raise UserError(
             f"no convolution of the model gives a map of {MIN_MAP_SIDE}×{MIN_MAP_SIDE} "
             f"px or more on its {side} input"
         )
     return fit[-1]
+
+
+def check_map(name: str, rows: list[dict], fit: list[str], side: str) -> None:
+    """Refuse the module `name` unless its output (summarize_layers' `rows`; a container's, that
+    of the last module it runs) is a map (is_map); `fit`: the convolutions to suggest."""
+    inside = [r for r in rows if r["name"] == name or r["name"].startswith(f"{name}.")]
+    if inside and is_map(inside[-1]):
+        return
+    shape = "×".join(map(str, inside[-1]["output_shape"] or ())) if inside else ""
+    raise UserError(
+        f"layer {name!r} gives {f'an output of {shape}' if shape else 'no output'} on the "
+        f"{side} input, not a map of {MIN_MAP_SIDE}×{MIN_MAP_SIDE} px or more; name a "
+        f"convolution from the run's summary.txt, e.g. {', '.join(fit[-4:]) or 'none fits'}"
+    )
+
+
+def is_map(row: dict) -> bool:
+    """Is a summarize_layers row's output a (C, H, W) map of MIN_MAP_SIDE px a side or more?"""
+    shape = row["output_shape"] or ()
+    return len(shape) == 3 and min(shape[1:]) >= MIN_MAP_SIDE
 
 
 def class_activation_maps(
@@ -177,8 +194,7 @@ def most_confident_correct(
     confidence, predicted = F.softmax(logits.float(), dim=1).max(1)
     picks = []
     for k in range(min(max_classes, logits.shape[1])):
-        right = ((predicted == k) & (targets == k)).nonzero().flatten()
-        picks += right[confidence[right].argsort(descending=True, stable=True)[:per_class]].tolist()
+        picks += most_confident(confidence, (predicted == k) & (targets == k), per_class)
     return picks
 
 

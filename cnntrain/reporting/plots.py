@@ -309,9 +309,14 @@ def most_confident_mistakes(logits: torch.Tensor, targets: torch.Tensor, k: int)
     """Indices of the (at most) k wrong predictions with the highest softmax probability,
     most confident first; ties keep evaluation order."""
     confidence, predicted = F.softmax(logits.float(), dim=1).max(1)
-    wrong = (predicted != targets).nonzero().flatten()
-    order = confidence[wrong].argsort(descending=True, stable=True)[:k]
-    return wrong[order].tolist()
+    return most_confident(confidence, predicted != targets, k)
+
+
+def most_confident(confidence: torch.Tensor, chosen: torch.Tensor, k: int) -> list[int]:
+    """Indices of the (at most) k images `chosen` ((N,) bool) of highest `confidence` (N,),
+    most confident first; ties keep evaluation order."""
+    indices = chosen.nonzero().flatten()
+    return indices[confidence[indices].argsort(descending=True, stable=True)[:k]].tolist()
 
 
 def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str],

@@ -88,10 +88,9 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     network = trained.network.to(device, memory_format=layout)
     bars = progress_bars_enabled(cfg)
     out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
-    temperature = trained.temperature if trained.temperature_fitted else None  # the run's
     results = {
         **split_metrics(out, trained.classes, "test"),
-        **calibration_metrics(out["logits"], out["targets"], temperature, "test"),
+        **calibration_metrics(out["logits"], out["targets"], trained.temperature, "test"),
         "test/split": split.name,
         "test/class_counts": split.counts,
         "dataset": cfg.data.name,
@@ -110,7 +109,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     write_predictions(folder, prediction_rows(out["logits"], out["targets"], trained.classes,
                                               names))  # fmt: skip
     write_test_plots(folder / "plots", out["logits"], out["targets"], trained.classes)
-    write_calibration_plots(folder / "plots", out["logits"], out["targets"], temperature)
+    write_calibration_plots(folder / "plots", out["logits"], out["targets"], trained.temperature)
     write_eval_report(folder)
     return folder
 

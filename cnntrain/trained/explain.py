@@ -11,18 +11,8 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
 from cnntrain.core.files import refuse_link
 from cnntrain.core.safe_text import printable
-from cnntrain.data.limits import limits_of
-from cnntrain.reporting.cam import (
-    CAM_BATCH,
-    class_activation_maps,
-    plot_cams,
-    target_layer,
-    unexplainable,
-)
-from cnntrain.reporting.progress import progress_bar
+from cnntrain.reporting.cam import class_activation_maps, plot_cams, target_layer, unexplainable
 from cnntrain.trained.load import TrainedModel, unit_range
-from cnntrain.trained.predict import ImageRef, read_pixels
-from cnntrain.training.evaluate import model_logits
 
 log = logging.getLogger(__name__)
 STEM_CHARS = 60  # of the image's name kept in its PNG's name, after `<index>_`
@@ -58,48 +48,32 @@ def png_name(index: int, name: str) -> str:
     return f"{index:04d}_{UNSAFE.sub('_', stem)[:STEM_CHARS].lstrip('.') or 'image'}.png"
 
 
-def write_explanations(trained: TrainedModel, refs: list[ImageRef], folder: Path, layer: str,
-                       method: str, *, tta: bool, device: torch.device,
-                       show_bars: bool) -> int:  # fmt: skip
-    """One PNG per readable image of `refs` into `folder` (created), named png_name(its index
-    among the readable images, as in the CSV, from 0), titled with the predicted class and its
-    calibrated probability (as the CSV's, with `tta` too), the map of that class at the
-    network's `layer` by `method`; the number written. CAM_BATCH images per pass."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--explain {folder}: cannot create it ({e.strerror or e})") from e
-    model = trained.normalized(calibrated=True).to(device)
-    heading = f"{method} map of the predicted class, layer {layer}"
-    names, pixels, written = [], [], 0
+class Explainer:
+    """--explain's PNGs, written batch by batch as cnntrain-predict labels the images (predict's
+    `each_batch`: each image is read once): one per readable image into `folder` (created), named
+    png_name(its CSV row's index, from 0), titled with the CSV's class and probability, the map
+    of that class at the network's `layer` by `method`. `written`: how many so far."""
 
-    def explain_batch() -> int:
-        batch = unit_range(torch.stack(pixels)).to(device)  # (B, C, H, W) in [0, 1]
-        with torch.no_grad():
-            confidence, predicted = model_logits(model, batch, tta).softmax(1).max(1)
-        maps = class_activation_maps(model, batch, predicted, f"network.{layer}", method)
-        shown = zip(names, pixels, maps, predicted.tolist(), confidence.tolist(), strict=True)
-        for i, (name, image, cam, k, p) in enumerate(shown, start=written):
-            title = f"{trained.classes[k]} (p={p:.2f})"
-            plot_cams(
-                image[None],
-                cam[None],
-                [title],
-                [printable(name)],
-                heading,
-                folder / png_name(i, name),
-            )
-        names.clear()
-        pixels.clear()
-        return written + len(maps)
+    def __init__(self, trained: TrainedModel, folder: Path, layer: str, method: str,
+                 device: torch.device):  # fmt: skip
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--explain {folder}: cannot create it ({e.strerror or e})") from e
+        self.model = trained.normalized(calibrated=True).to(device)
+        self.classes, self.folder, self.layer, self.method = trained.classes, folder, layer, method
+        self.written = 0
 
-    with progress_bar(len(refs), "explain", show_bars) as bar:
-        for ref, image in read_pixels(refs, trained.spec, limits_of(trained.config["data"])):
-            bar.update()
-            if isinstance(image, str):  # unreadable: cnntrain-predict counts it already
-                continue
-            names.append(ref.name)
-            pixels.append(image)
-            if len(pixels) == CAM_BATCH:
-                written = explain_batch()
-    return explain_batch() if pixels else written
+    def __call__(self, names: list[str], pixels: torch.Tensor, predicted: list[int],
+                 confidence: list[float]) -> None:  # fmt: skip
+        """The maps of a batch: its names, uint8 pixels (B, C, H, W), predicted classes and
+        their probabilities."""
+        maps = class_activation_maps(self.model, unit_range(pixels), predicted,
+                                     f"network.{self.layer}", self.method)  # fmt: skip
+        heading = f"{self.method} map of the predicted class, layer {self.layer}"
+        shown = zip(names, pixels, maps, predicted, confidence, strict=True)
+        for i, (name, image, cam, k, p) in enumerate(shown, start=self.written):
+            title = f"{self.classes[k]} (p={p:.2f})"
+            plot_cams(image[None], cam[None], [title], [printable(name)], heading,
+                      self.folder / png_name(i, name))  # fmt: skip
+        self.written += len(names)

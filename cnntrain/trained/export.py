@@ -8,7 +8,8 @@ logit order), `mean` and `std` (per channel, applied inside), `input_size` ([C, 
 `metadata_props`, TorchScript extra files of those names (`torch.jit.load(path,
 _extra_files=...)`). How an image of any size becomes that input, as training's evaluation made
 it: `resize` (px its short side is resized to; null: just covering the input size) with
-`interpolation` (bilinear, bicubic or nearest), then a centre crop to `input_size`. Loading the
+`interpolation` (bilinear, bicubic or nearest), then a centre crop to `input_size` (`squash`
+true: a run saved before `resize` existed, whose images were stretched to `input_size` instead). Loading the
 TorchScript file needs torch only, the ONNX file any ONNX runtime. Calibration: `temperature`
 (T fitted on the validation split, 1 when none) and `calibrated` (true when the graph already
 divides its logits by T: --calibrated); softmax(logits / T) of a raw file, softmax(logits) of a
@@ -60,7 +61,9 @@ def metadata(trained: TrainedModel, calibrated: bool) -> dict[str, str]:
         "input_size": json.dumps([spec.channels, spec.height, spec.width]),
         "resize": json.dumps(spec.resize),
         "interpolation": json.dumps(spec.interpolation),
-        "temperature": json.dumps(trained.temperature),
+        # true only for a run saved before data.resize: stretched to input_size, no crop, no EXIF turn
+        "squash": json.dumps(spec.squash),
+        "temperature": json.dumps(trained.temperature or 1.0),  # the documented 1 when none
         "calibrated": json.dumps(calibrated),
     }
 
@@ -100,7 +103,7 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig,
     out = Path(out)
     refuse_link(out)  # now, not after the work (atomic_write refuses it too)
     trained = load_trained(source)
-    if calibrated and not trained.temperature_fitted:
+    if calibrated and trained.temperature is None:
         log.warning("%s has no fitted temperature (trained with data.val_split=0?): --calibrated "
                     "divides by 1", trained.checkpoint)  # fmt: skip
     model = trained.normalized(calibrated)

@@ -21,7 +21,10 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
 from cnntrain.data.geometry import spec_fit
+from cnntrain.metrics.calibration import TEMPERATURE_RANGE
 from cnntrain.models.registry import build_architecture
+
+RANGE_SLACK = 1e-9  # relative: a fitted end of the range, exp(log(end)), may round just past it
 
 
 class Normalized(nn.Module):
@@ -54,12 +57,11 @@ class TrainedModel:
     std: list[float]
     config: dict  # the run's resolved config, as saved (trackers and callbacks dropped)
     checkpoint: Path
-    temperature: float = 1.0  # the logits' divisor fitted on the validation split (1: none)
-    temperature_fitted: bool = False  # whether the run fitted one (data.val_split=0: not)
+    temperature: float | None = None  # the logits' divisor fitted on the validation split
 
     def normalized(self, calibrated: bool = False) -> Normalized:
         """The network taking [0, 1] pixels (normalization inside), in eval mode; `calibrated`:
-        its logits divided by the temperature."""
+        its logits divided by the temperature (when the run fitted one)."""
         temperature = self.temperature if calibrated else None
         return Normalized(self.network, self.mean, self.std, temperature).eval()
 
@@ -71,11 +73,10 @@ def load_trained(source) -> TrainedModel:
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
     check_usable(saved, path)
     config = saved_config(saved, path)  # checked as data: see core/schema.py
-    spec = InputSpec(**saved["spec"])
+    spec = InputSpec.from_dict(saved["spec"])  # an older one squashes, as it was trained
     network = build_architecture(config["model"], spec)
     check_compatible(saved, network, path)
     network.load_state_dict(evaluated_weights(saved))
-    temperature = saved_temperature(saved, path)
     return TrainedModel(
         network=network.eval(),
         spec=spec,
@@ -84,22 +85,24 @@ def load_trained(source) -> TrainedModel:
         std=list(saved["normalization"]["std"]),
         config=config,
         checkpoint=path,
-        temperature=1.0 if temperature is None else temperature,
-        temperature_fitted=temperature is not None,
+        temperature=saved_temperature(saved, path),
     )
 
 
 def saved_temperature(saved: dict, path: Path) -> float | None:
     """The temperature of the checkpoint's `calibration` entry (training/calibrate.py), checked
-    as received data: a finite positive number; None when the run fitted none."""
+    as received data: a number in TEMPERATURE_RANGE, the only values fitting gives (a tiny one
+    would make every probability inf or NaN); None when the run fitted none."""
     calibration = saved.get("calibration")
     if calibration is None:
         return None
     t = calibration.get("temperature") if isinstance(calibration, dict) else None
-    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf"):
+    low, high = TEMPERATURE_RANGE
+    number = not isinstance(t, bool) and isinstance(t, int | float)
+    if not (number and low * (1 - RANGE_SLACK) <= t <= high * (1 + RANGE_SLACK)):
         raise UserError(
-            f"checkpoint {path}: calibration.temperature {t!r} is not a finite positive number; "
-            "use the run's own checkpoint, or train it again"
+            f"checkpoint {path}: calibration.temperature {t!r} is not a number from {low:g} to "
+            f"{high:g} (what fitting gives); use the run's own checkpoint, or train it again"
         )
     return float(t)
 

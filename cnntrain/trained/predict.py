@@ -13,7 +13,7 @@ import logging
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 TOP_K = 5  # default --top-k: the prediction and 4 runners-up (fewer when the model has fewer)
 UNKNOWN = "unknown"  # --abstain's prediction for an image below the confidence asked for
 ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error)
+# A batch of batch_probabilities: indices in the refs, uint8 pixels, calibrated probabilities.
+Scored = tuple[list[int], torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -157,41 +159,61 @@ def csv_header(k: int) -> list[str]:
     ]
 
 
-@torch.no_grad()
-def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top_k: int,
-            tta: bool, device: torch.device, show_bars: bool,
-            abstain: float | None = None) -> Predictions:  # fmt: skip
-    """Label `refs` with `trained`, `batch_size` images at a time: the `top_k` classes of each
-    readable image by calibrated softmax probability, softmax(logits / the run's temperature)
-    (flip TTA: of its logits averaged with its mirror's). `abstain`: see `abstained`."""
-    k = min(top_k, len(trained.classes))
+def batch_probabilities(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int,
+                        tta: bool | str, device: torch.device, show_bars: bool,
+                        skipped: list[str]) -> Iterator[Scored]:  # fmt: skip
+    """The readable images of `refs`, each decoded once, `batch_size` at a time: (their indices
+    in `refs`, their uint8 pixels (B, C, H, W), their calibrated probabilities (B, K) float64 on
+    the CPU: softmax(logits / the run's temperature), logits by model_logits with `tta`). Each
+    unreadable image is appended to `skipped` as shown (escaped; with the cap when over one)."""
     model = trained.normalized(calibrated=True).to(device)
-    limits = limits_of(trained.config["data"])
-    rows, skipped, names, pixels, confident = [], [], [], [], []
+    places, pixels = [], []
 
-    def label_batch() -> None:
-        batch = unit_range(torch.stack(pixels)).to(device)  # (B, C, H, W) in [0, 1]
-        probabilities = model_logits(model, batch, tta).softmax(1)
-        top = probabilities.topk(k, dim=1)  # (B, k) each, most probable first
-        for name, p, i in zip(names, top.values.tolist(), top.indices.tolist(), strict=True):
-            row = [name] + [v for j in range(k) for v in (trained.classes[i[j]], f"{p[j]:.6f}")]
-            confident.append(abstain is None or p[0] >= abstain)
-            rows.append(row if abstain is None else abstained(row, confident[-1]))
-        names.clear()
+    def scored() -> Scored:
+        batch = torch.stack(pixels)
+        with torch.no_grad():
+            logits = model_logits(model, unit_range(batch).to(device), tta)
+        done = (places.copy(), batch, logits.double().softmax(1).cpu())
+        places.clear()
         pixels.clear()
+        return done
 
+    images = read_pixels(refs, trained.spec, limits_of(trained.config.get("data", {})))
     with progress_bar(len(refs), "predict", show_bars) as bar:
-        for ref, image in read_pixels(refs, trained.spec, limits):
+        for place, (ref, image) in enumerate(images):
             bar.update()
             if isinstance(image, str):
                 skipped.append(printable(ref.name) + (f" ({image})" if image else ""))
                 continue
-            names.append(ref.name)
+            places.append(place)
             pixels.append(image)
             if len(pixels) == batch_size:
-                label_batch()
+                yield scored()
     if pixels:
-        label_batch()
+        yield scored()
+
+
+def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top_k: int,
+            tta: bool, device: torch.device, show_bars: bool, abstain: float | None = None,
+            each_batch: Callable | None = None) -> Predictions:  # fmt: skip
+    """Label `refs` with `trained` (batch_probabilities): the `top_k` classes of each readable
+    image by calibrated probability. `abstain`: see `abstained`. `each_batch`: called with each
+    batch's names, uint8 pixels, predicted class indices and their probabilities, as in its
+    rows (cnntrain-predict --explain draws its maps from them)."""
+    k = min(top_k, len(trained.classes))
+    rows, skipped, confident = [], [], []
+    scored = batch_probabilities(trained, refs, batch_size=batch_size, tta=tta, device=device,
+                                 show_bars=show_bars, skipped=skipped)  # fmt: skip
+    for places, pixels, probabilities in scored:
+        top = probabilities.topk(k, dim=1)  # (B, k) each, most probable first
+        names = [refs[i].name for i in places]
+        values, indices = top.values.tolist(), top.indices.tolist()
+        for name, p, i in zip(names, values, indices, strict=True):
+            row = [name] + [v for j in range(k) for v in (trained.classes[i[j]], f"{p[j]:.6f}")]
+            confident.append(abstain is None or p[0] >= abstain)
+            rows.append(row if abstain is None else abstained(row, confident[-1]))
+        if each_batch is not None:
+            each_batch(names, pixels, [i[0] for i in indices], [p[0] for p in values])
     if not rows:
         raise UserError(
             f"none of the {len(refs)} image files could be read (first: {skipped[0]}); "
