@@ -9,11 +9,11 @@ logit order), `mean` and `std` (per channel, applied inside), `input_size` ([C, 
 _extra_files=...)`). How an image of any size becomes that input, as training's evaluation made
 it: `resize` (px its short side is resized to; null: just covering the input size) with
 `interpolation` (bilinear, bicubic or nearest), then a centre crop to `input_size` (`squash`
-true: a run saved before `resize` existed, whose images were stretched to `input_size` instead). Loading the
-TorchScript file needs torch only, the ONNX file any ONNX runtime. Calibration: `temperature`
-(T fitted on the validation split, 1 when none) and `calibrated` (true when the graph already
-divides its logits by T: --calibrated); softmax(logits / T) of a raw file, softmax(logits) of a
-calibrated one, gives calibrated probabilities.
+true: a run saved before `resize` existed, whose images were stretched to `input_size` instead).
+Loading the TorchScript file needs torch only, the ONNX file any ONNX runtime. Calibration:
+`temperature` (T fitted on the validation split, 1 when none) and `calibrated` (true when the
+graph already divides its logits by T: --calibrated); softmax(logits / T) of a raw file,
+softmax(logits) of a calibrated one, gives calibrated probabilities.
 """
 
 import json
@@ -61,7 +61,7 @@ def metadata(trained: TrainedModel, calibrated: bool) -> dict[str, str]:
         "input_size": json.dumps([spec.channels, spec.height, spec.width]),
         "resize": json.dumps(spec.resize),
         "interpolation": json.dumps(spec.interpolation),
-        # true only for a run saved before data.resize: stretched to input_size, no crop, no EXIF turn
+        # true only for a run saved before data.resize: stretched, no crop, no EXIF turn
         "squash": json.dumps(spec.squash),
         "temperature": json.dumps(trained.temperature or 1.0),  # the documented 1 when none
         "calibrated": json.dumps(calibrated),
