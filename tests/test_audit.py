@@ -175,3 +175,15 @@ def test_fold_models_near_chance_are_called_too_weak_to_rank_label_errors():
     weak = audit_cli.weak
     assert weak(0.34, 3) and weak(0.15, 10)  # chance: 1/3, 1/10
     assert not weak(0.6, 3) and not weak(0.3, 10) and not weak(0.9, 2)
+
+
+def test_a_missing_extra_is_said_before_the_data_is_looked_for(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # as if not installed
+    root = tmp_path / "no such folder"
+    monkeypatch.setattr(sys, "argv", ["cnntrain-audit", "data=imagefolder", f"data.root={root}",
+                                      "--out", str(tmp_path / "a")])  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        audit_cli.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1
+    assert "needs imagehash" in err and "[audit]" in err and "no such folder" not in err

@@ -35,9 +35,16 @@ class AuditOptions:
     max_pixels: int | None  # data.max_image_pixels
 
 
-def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
-    """Audit `pool` into `folder` (made if needed; each file replaced atomically); the summary."""
+def require_extras(folds: int | None) -> None:
+    """Refuse, before any data is read, an audit whose libraries are missing (extra `audit`)."""
     require("imagehash", "audit", "cnntrain-audit")
+    if folds:
+        require("cleanlab", "audit", "cnntrain-audit --folds")
+
+
+def audit(pool: Pool, folder: Path, options: AuditOptions) -> dict:
+    """Audit `pool` into `folder` (made if needed; each file replaced atomically); the summary.
+    The command has checked the extras (require_extras)."""
     if options.folds:  # before the scan: a count the pool alone tells
         check_fold_count(np.asarray(pool.labels), pool.classes, options.folds)
     started = time.perf_counter()
@@ -62,7 +69,6 @@ def label_issues(pool: Pool, folder: Path, options: AuditOptions) -> tuple[list[
     in folder/label_issues.csv; also the fold models' accuracy on the images they did not see
     (the ranking is only as good as they are: near chance, it flags noise). Both leave out the
     images the fold models could not read (files.csv lists them)."""
-    require("cleanlab", "audit", "cnntrain-audit --folds")
     work = folder / "folds"
     probabilities, readable = out_of_fold_probabilities(pool, options.folds, work, options.extra,
                                                         options.seed)  # fmt: skip

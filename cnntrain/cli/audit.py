@@ -5,7 +5,7 @@ from pathlib import Path
 from cnntrain.audit.duplicates import DEFAULT_NEAR_BITS
 from cnntrain.audit.gather import data_pool, is_data_override, run_audit_config, run_overrides
 from cnntrain.audit.page import REPORT_FILE
-from cnntrain.audit.run import AuditOptions, audit
+from cnntrain.audit.run import AuditOptions, audit, require_extras
 from cnntrain.cli.common import ArgumentParser, fail, log_to_console, preflight
 from cnntrain.config.resolvers import register_resolvers
 from cnntrain.core.errors import UserError
@@ -62,6 +62,7 @@ def split_arguments(arguments: list[str]) -> tuple[Path | None, list[str]]:
 def audit_command(run_dir: Path | None, overrides: list[str], out: Path | None,
                   folds: int | None, near_bits: int) -> tuple[dict, Path]:  # fmt: skip
     """(the summary, the audit folder) of the command's audit."""
+    require_extras(folds)  # seconds before the data is listed, not after
     cfg = preflight([*overrides, "paths.output_dir=unused"])
     data_overrides = [o for o in overrides if is_data_override(o)]
     if run_dir is not None:
