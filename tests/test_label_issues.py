@@ -166,7 +166,11 @@ def test_a_received_runs_overrides_cannot_steer_the_fold_jobs(tmp_path, caplog):
     assert kept == ALLOWED
     [line] = [r.getMessage() for r in caplog.records if "ignored from" in r.getMessage()]
     assert line.startswith(f"ignored from {run / OVERRIDES_FILE}: ")
-    assert all(o in line for o in CRAFTED), line
+    # the data source is replaced by the pool's label file anyway: dropped without a word
+    replaced = ("data.root=/elsewhere", "data=imagefolder", "data.labels=/other.csv",
+                "data.hf_splits.val=train")  # fmt: skip
+    assert all(o in line for o in CRAFTED if o not in replaced), line
+    assert not any(o in line for o in replaced), line
     tree = make_image_folder(tmp_path / "tree", per_class=2)
     pool = replace(pool_of([0, 1], root=tree), overrides=[*CRAFTED, *ALLOWED])
     jobs = pool_as_label_file(pool, tmp_path / "w", sweep_overrides(pool.overrides, []))
@@ -278,3 +282,23 @@ def test_out_of_fold_label_issues_find_planted_flips_and_reuse_finished_folds(
     kept = {p: t for p, t in trained.items() if p != lost}
     assert {p: t for p, t in job_results(work).items() if p.parts[-3] == "1"} == kept
     assert resumed.shape == probabilities.shape
+
+
+def test_the_fold_jobs_get_absolute_paths_from_a_relative_audit_folder(tmp_path, monkeypatch):
+    """A launcher may run the jobs in another folder: the label file, the data's root and each
+    fold's split file reach them as absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    given = {}
+
+    def launched(files, runs, overrides):
+        given.update(files=files, runs=runs, overrides=overrides)
+        raise StopIteration  # the sweep itself is not the point
+
+    monkeypatch.setattr(folds, "train_folds", launched)
+    with pytest.raises(StopIteration):
+        folds.out_of_fold_probabilities(pool_of([0, 1] * 3, root=Path("data")), 2, Path("a/folds"),
+                                        [], 0)  # fmt: skip
+    assert all(f.is_absolute() for f in given["files"]) and given["runs"].is_absolute()
+    labels = tmp_path / "a" / "folds" / "labels.csv"
+    assert f"data.labels={quoted(str(labels))}" in given["overrides"]
+    assert f"data.root={quoted(str(tmp_path / 'data'))}" in given["overrides"]

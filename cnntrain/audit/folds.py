@@ -63,15 +63,16 @@ def out_of_fold_probabilities(
     not train on it, in pool order; (N,) bool: whether that model could read image i (an
     unreadable one's row is zeros). The K models are trained in `work` as one cnntrain sweep
     (`extra`: the audit command's overrides, a launcher among them), finished ones reused."""
+    work = Path(work).resolve()  # the jobs may run elsewhere (a launcher's own folder)
     labels = np.asarray(pool.labels, dtype=np.int64)
     check_fold_count(labels, pool.classes, folds)
     assigned = fold_of_each(labels, folds, seed)
     tables = [fold_rows(pool, assigned, k, seed) for k in range(folds)]
-    files = [Path(work) / f"fold{k}.csv" for k in range(folds)]
+    files = [work / f"fold{k}.csv" for k in range(folds)]
     for file, rows in zip(files, tables, strict=True):
         write_csv(file, TABLE_COLUMNS, rows)
-    overrides = pool_as_label_file(pool, Path(work), sweep_overrides(pool.overrides, extra))
-    runs = Path(work) / RUNS
+    overrides = pool_as_label_file(pool, work, sweep_overrides(pool.overrides, extra))
+    runs = work / RUNS
     jobs = finished_jobs(runs, tables, overrides)
     missing = [k for k, job in enumerate(jobs) if job is None]
     if missing:
@@ -93,7 +94,7 @@ def pool_as_label_file(pool: Pool, work: Path, overrides: list[str]) -> list[str
     from: work/labels.csv (path, label; paths relative to the pool's root) with `data=csv`,
     instead of every override naming a data source (a tree is split by its folders alone, and
     a run's own overrides must not pick the files); their other keys stay."""
-    root = Path(pool.root)
+    root = Path(pool.root).resolve()
     labels = Path(work) / LABELS
     write_label_file(labels, [(name, pool.classes[c]) for name, c in zip(pool.names, pool.labels,
                                                                         strict=True)])  # fmt: skip

@@ -7,7 +7,7 @@ import numpy as np
 import yaml
 from omegaconf import DictConfig
 
-from cnntrain.audit.folds import for_folds
+from cnntrain.audit.folds import QUIET, for_folds, names_data_source
 from cnntrain.audit.pool import Pool
 from cnntrain.core.checkpoint import BEST, checkpoint_file, load_checkpoint, saved_config
 from cnntrain.core.errors import UserError
@@ -52,7 +52,10 @@ def run_overrides(run_dir: Path) -> list[str]:
         raise UserError(f"{path} is not a YAML list of overrides ({e}); fix or remove it") from e
     if not isinstance(found, list) or not all(isinstance(o, str) for o in found or []):
         raise UserError(f"{path} is not a YAML list of overrides; fix or remove it")
-    ignored = [o for o in found if not for_folds(o)]
+    # The data's source and the trackers are set anew for every fold job: dropping them is no news.
+    replaced = {override_key(o) for o in QUIET}
+    ignored = [o for o in found if not for_folds(o) and not names_data_source(override_key(o))
+               and override_key(o) not in replaced]  # fmt: skip
     if ignored:
         log.info("ignored from %s: %s (the fold jobs train on the audited files, and take only "
                  "model, optimizer, scheduler, loss, trainer and shared data settings)", path,
