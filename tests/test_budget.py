@@ -81,7 +81,7 @@ def test_when_one_epoch_does_not_fit_the_run_stops_after_it_with_a_warning(caplo
         budget.judge(loop, 1, epoch_s=40, eval_s=1)
         budget.follow(loop)
     assert (budget.planned, loop.state.stopped_by) == (1, NAME)
-    assert "time budget 30: " in caplog.text and "over the budget" in caplog.text
+    assert "time budget 30, planned: " in caplog.text and "over the budget" in caplog.text
 
 
 def test_a_resumed_run_keeps_its_plan_unless_its_budget_changed():

@@ -135,10 +135,10 @@ class TimeBudget(Callback):
         self.planned_for = [self.budget_s, most]
         if left < 0 and done == self.planned:
             log.warning(
-                "time budget %s: %d epoch(s) and the final test and report (~%s) take %s, over "
-                "the budget: training stops here (give trainer.time_budget more time, or train "
-                "a smaller model or data.max_train_samples)",
-                self.text, done, duration(self.reserve_s), duration(self.used_s() + self.reserve_s),
+                "time budget %s, %s: %d epoch(s) and the final test and report (~%s) take %s, "
+                "over the budget: training stops here (give trainer.time_budget more time, or "
+                "train a smaller model or data.max_train_samples)", self.text, how, done,
+                duration(self.reserve_s), duration(self.used_s() + self.reserve_s),
             )  # fmt: skip
             return
         log.info(
