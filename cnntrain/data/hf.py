@@ -20,7 +20,7 @@ from cnntrain.core.files import write_json
 from cnntrain.core.safe_text import printable
 from cnntrain.data.cache import build_once, load_json, publish_folder, scratch_folder
 from cnntrain.data.limits import MIB, Limits
-from cnntrain.data.listing import Listing
+from cnntrain.data.listing import Listing, class_order
 from cnntrain.data.sources import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
@@ -37,26 +37,32 @@ def is_hub_id(root) -> bool:
 
 
 def hf_listing(d, cache_dir: Path, limits: Limits) -> Listing:
-    """The images of the dataset data.root names (a `data` config of data=hf), exported once."""
+    """The images of the dataset data.root names (a `data` config of data=hf), exported once; a
+    label column of lists (Sequence(ClassLabel), strings) gives each image its labels in
+    `label_sets`, maybe none (an image with no label: all-negative)."""
     require("datasets", "hf", "data=hf")
     import datasets  # slow to import: only here
 
     datasets.disable_progress_bars()  # cnntrain says what it does in its own lines
     chosen = chosen_splits(load(str(d.root), cache_dir), d.hf_splits, d.root)
-    classes = check_columns(chosen, d.image_column, d.label_column, datasets)
+    classes, several = check_columns(chosen, d.image_column, d.label_column, datasets)
     folder, index = exported(chosen, d, cache_dir, limits)
-    listing = Listing(folder, [], [], [], classes, fixed=True)
+    listing = Listing(folder, [], [], [], classes, fixed=True, label_sets=[] if several else None)
+    read = label_sets if several else label_names
     for split, ds in chosen.items():
         names, left_out, name = index[split]["files"], index[split]["left_out"], d.hf_splits[split]
-        for i, label in enumerate(label_names(ds[d.label_column], classes)):
-            reason = left_out.get(str(i)) or ("" if label else "no label")
+        for i, label in enumerate(read(ds[d.label_column], classes)):
+            # an image of a label list may have no label (all-negative); of one label, not
+            reason = left_out.get(str(i)) or ("" if several or label else "no label")
             if reason:  # named as the dataset names its rows: split[row]
                 listing.bad_rows.append((f"{d.root} ({name})", i, f"{name}[{i}]", reason))
                 continue
             listing.files.append(str(folder / names[i]))
-            listing.labels.append(label)
             listing.given.append(split)
-    return listing
+            listing.labels.append("" if several else label)
+            if several:
+                listing.label_sets.append(label)
+    return in_class_order(listing) if several else listing
 
 
 def load(root: str, cache_dir: Path):
@@ -114,9 +120,11 @@ def chosen_splits(dataset, mapping, root) -> dict:
     return chosen
 
 
-def check_columns(chosen: dict, image_column: str, label_column: str, datasets) -> list | None:
-    """Refuse a split without the two columns or whose image column holds no images; the class
-    names of a ClassLabel label column (the same in every split), else None."""
+def check_columns(chosen: dict, image_column: str, label_column: str,
+                  datasets) -> tuple[list | None, bool]:  # fmt: skip
+    """Refuse a split without the two columns or whose image column holds no images; (the class
+    names of a ClassLabel label column or of a list of ClassLabel, else None; whether each row
+    holds a list of labels), the same in every split."""
     for split, ds in chosen.items():
         for key, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in ds.column_names:
@@ -130,10 +138,22 @@ def check_columns(chosen: dict, image_column: str, label_column: str, datasets) 
                 f"data.image_column={image_column!r} holds {type(feature).__name__}, not images "
                 "(a datasets.Image column); name the column holding the images"
             )
-    names = [getattr(ds.features[label_column], "names", None) for ds in chosen.values()]
-    if any(n != names[0] for n in names):
-        raise UserError(f"data.label_column={label_column!r}: the splits disagree on class names")
-    return list(names[0]) if names[0] is not None else None
+    kinds = [label_kind(ds.features[label_column], datasets) for ds in chosen.values()]
+    if any(kind != kinds[0] for kind in kinds):
+        raise UserError(
+            f"data.label_column={label_column!r}: the splits disagree on class names or on one "
+            "label per image against a list of them; give every split the same label feature"
+        )
+    return kinds[0]
+
+
+def label_kind(feature, datasets) -> tuple[list | None, bool]:
+    """(its class names (a ClassLabel's, or a list of ClassLabel's) or None, whether it is a
+    list of labels: Sequence, List or LargeList, as the installed `datasets` names them)."""
+    lists = tuple(getattr(datasets, name, None) for name in ("Sequence", "List", "LargeList"))
+    several = isinstance(feature, tuple(kind for kind in lists if isinstance(kind, type)))
+    names = getattr(feature.feature if several else feature, "names", None)
+    return (list(names) if names is not None else None), several
 
 
 def label_names(column, classes: list | None) -> list[str]:
@@ -141,6 +161,22 @@ def label_names(column, classes: list | None) -> list[str]:
     if classes is not None:
         return [classes[v] if v is not None and 0 <= v < len(classes) else "" for v in column]
     return ["" if v is None else str(v).strip() for v in column]
+
+
+def label_sets(column, classes: list | None) -> list[tuple[str, ...]]:
+    """Each row's labels from a column of label lists, without repeats or unnamed values (a null
+    list: none)."""
+    return [tuple(set(label_names(row or [], classes)) - {""}) for row in column]
+
+
+def in_class_order(listing: Listing) -> Listing:
+    """`listing` with its classes (the sorted labels when the column names none) and each file's
+    labels in their order."""
+    if listing.classes is None:
+        listing.classes = class_order([name for labels in listing.label_sets for name in labels])
+    position = {name: i for i, name in enumerate(listing.classes)}
+    listing.label_sets = [tuple(sorted(s, key=position.__getitem__)) for s in listing.label_sets]
+    return listing
 
 
 def exported(chosen: dict, d, cache_dir: Path, limits: Limits) -> tuple[Path, dict]:

@@ -31,6 +31,7 @@ from cnntrain.data.listing import (
     listing_splits,
     refuse_table,
 )
+from cnntrain.data.mosaic import open_mosaics
 from cnntrain.data.sources import (
     ARCHIVE_SUFFIXES,
     ImageSource,
@@ -67,6 +68,8 @@ IDX_FILES = {
 
 def open_splits(data_cfg, data_dir: str, cache_dir: str) -> Splits:
     """Find the dataset `data_cfg.name` (or the folder `data_cfg.root`) and open its splits."""
+    if data_cfg.name == "mosaic":  # built from another dataset's images, found by this function
+        return open_mosaics(data_cfg, data_dir, cache_dir, open_tiles=open_splits)
     listed = open_listing(data_cfg, Path(cache_dir))
     options, limits = SplitOptions.of(data_cfg), limits_of(data_cfg)
     if listed is not None:

@@ -23,38 +23,73 @@ PARQUET = (".parquet", ".pq")
 SNIFF_BYTES = 64 * 1024  # of a .txt file, enough for csv.Sniffer to see many rows
 
 
+TRUE, FALSE = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no", "")  # a 0/1 cell's text
+
+
 def label_listing(d) -> Listing:
-    """The images the label file `d.labels` lists (a `data` config of data=csv)."""
+    """The images the label file `d.labels` lists (a `data` config of data=csv). With
+    data.label_separator or data.label_columns each row may give several labels, or none."""
     path = Path(d.labels).expanduser()
     root = Path(d.root).expanduser() if d.root else path.parent
-    keys = ("path_column", "label_column", *(("split_column",) if d.split_column else ()))
-    rows, values = read_columns(path, {key: d[key] for key in keys})
+    columns = {"path_column": d.path_column}
+    label_columns = list(d.get("label_columns") or [])
+    for i, column in enumerate(label_columns or [d.label_column]):
+        columns[f"label_columns[{i}]" if label_columns else "label_column"] = column
+    if d.split_column:
+        columns["split_column"] = d.split_column
+    rows, values = read_columns(path, columns)
+    several = bool(label_columns) or d.get("label_separator") is not None
+    label_cells = list(zip(*(values[c] for c in label_columns or [d.label_column]), strict=True))
     splits = values[d.split_column] if d.split_column else [None] * len(rows)
     listing = Listing(root, [], [], [] if d.split_column else None)
+    listing.label_sets = [] if several else None
+    listing.classes = label_columns or None  # 0/1 columns: their order is the labels'
     first: dict[str, int] = {}  # a file's path → its first row
-    for row, path_cell, label_cell, split_cell in zip(
-        rows, values[d.path_column], values[d.label_column], splits, strict=True
+    for row, path_cell, cells, split_cell in zip(
+        rows, values[d.path_column], label_cells, splits, strict=True
     ):
-        named, label = text(path_cell), text(label_cell)
+        named = text(path_cell)
+        labels, reason = row_labels(cells, d, label_columns)
         file = os.path.normpath(root / named) if named else ""
         split = split_name(split_cell) if d.split_column else "train"
-        reason = bad_row_reason(named, label, split, split_cell, first.get(file), file)
+        reason = reason or bad_row_reason(named, labels, several, split, split_cell,
+                                          first.get(file), file)  # fmt: skip
         if reason:
             listing.bad_rows.append((str(path), row, named, reason))
             continue
         first[file] = row
         listing.files.append(file)
-        listing.labels.append(label)
+        listing.labels.append("" if several else labels[0])
+        if several:
+            listing.label_sets.append(labels)
         if d.split_column:
             listing.given.append(split)
     return listing
 
 
-def bad_row_reason(named: str, label: str, split, split_cell, first_row, file: str) -> str:
-    """Why a row is left out, or "" when it is not."""
+def row_labels(cells: tuple, d, label_columns: list[str]) -> tuple[tuple[str, ...], str]:
+    """(a row's labels, why it is a bad row or ""): the label cell as one class, split at
+    data.label_separator (sorted, each once), or the 0/1 columns holding 1."""
+    if label_columns:
+        flags = [text(cell).lower() for cell in cells]
+        wrong = [(c, f) for c, f in zip(label_columns, flags, strict=True) if f not in TRUE + FALSE]
+        if wrong:
+            return (), f"column {printable(wrong[0][0])!r} holds {wrong[0][1]!r}, not 0 or 1"
+        return tuple(c for c, f in zip(label_columns, flags, strict=True) if f in TRUE), ""
+    label = text(cells[0])
+    separator = d.get("label_separator")
+    if separator is None:
+        return (label,), ""
+    return tuple(sorted({part.strip() for part in label.split(separator)} - {""})), ""
+
+
+def bad_row_reason(named: str, labels: tuple, several: bool, split, split_cell, first_row,
+                   file: str) -> str:  # fmt: skip
+    """Why a row is left out, or "" when it is not (an image may have no label only where a row
+    may give several)."""
     if not named:
         return "empty path"
-    if not label:
+    if not several and not labels[0]:
         return "empty label"
     if split is None:
         return unknown_split_reason(split_cell)

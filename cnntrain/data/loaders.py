@@ -56,7 +56,7 @@ class TensorLoader:
     def __init__(self, images, targets, batch_size, train, seed, prep: BatchPrep, weights=None,
                  flip=None, world: World = SINGLE):  # fmt: skip
         self.images = images.to(prep.device)  # (N, C, H, W) uint8
-        self.targets = targets.to(prep.device)  # (N,) int64
+        self.targets = targets.to(prep.device)  # (N,) int64, or (N, L) float32 0/1 labels
         self.train, self.seed, self.prep, self.weights = train, seed, prep, weights
         self.flip = flip  # an AlternatingFlip (training), or None
         self.bounds = batch_bounds(len(targets), batch_size, drop_last=train)
@@ -110,13 +110,18 @@ class SampleDataset(Dataset):
         if self.flip is not None and self.flip.mirrored(i, epoch):
             img = v2.functional.horizontal_flip(img)
         if not self.random:
-            return self.transform(img), int(self.source.targets[i])
+            return self.transform(img), self.target(i)
         # The CPU generator only, saved and restored around the transform: torch.manual_seed
         # would also reseed every GPU's, which fork_rng(devices=[]) leaves unrestored (with
         # data.num_workers=0 the training process's dropout would then follow the batch).
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(derived_seed(self.seed, epoch, i))
-            return self.transform(img), int(self.source.targets[i])
+            return self.transform(img), self.target(i)
+
+    def target(self, i: int):
+        """Image i's class index, or its (L,) float32 0/1 labels with several per image."""
+        target = self.source.targets[i]
+        return torch.from_numpy(target) if target.ndim else int(target)
 
 
 class EpochBatchSampler(Sampler):

@@ -25,7 +25,7 @@ from cnntrain.data.geometry import Fit, photo_fit, spec_fit, storage_fit
 from cnntrain.data.known import open_evaluation_data, open_splits
 from cnntrain.data.loaders import BatchPrep, FileLoader, SampleDataset, TensorLoader
 from cnntrain.data.normalization import normalization
-from cnntrain.data.selection import Choice, Part, cap, partition, readable_parts
+from cnntrain.data.selection import Choice, Part, cap, image_counts, partition, readable_parts
 from cnntrain.data.shape import choose_loader, input_shape
 from cnntrain.data.sources import Records
 from cnntrain.data.splits import balanced_weights
@@ -49,6 +49,7 @@ class DataBundle:
     origin: str
     records: Records = field(default_factory=Records)  # for the run folder: splits.csv…
     test_files: list[str] | None = None  # the test loader's image files in evaluation order
+    multi_label: bool = False  # several labels per image: targets (N, L) 0/1, `classes` the labels
 
 
 def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
@@ -72,9 +73,7 @@ def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
     spec = InputSpec(channels, *size, len(found.classes), view.resize, view.interpolation)
     seed = cfg.trainer.seed
     prep = BatchPrep(mean, std, device, channels_last, size=size)
-    weights = (
-        balanced_weights(torch.as_tensor(train.source.targets)) if d.sampler == "balanced" else None
-    )
+    weights = sampling_weights(d.sampler, train.source.targets)
     flip = alternating_flip(augment, seed, len(train.source))
     if kind == "tensor":  # augmentation on whole batches, on the device
         train_prep = BatchPrep(mean, std, device, channels_last, batch_augment(augment, size), size)
@@ -101,7 +100,20 @@ def load_data(cfg, device: torch.device, augment: Options, wanted: dict, *,
         origin=found.origin,
         records=found.records,
         test_files=test.source.files,
+        multi_label=found.multi_label,
     )
+
+
+def sampling_weights(sampler: str, targets: np.ndarray) -> torch.Tensor | None:
+    """data.sampler's per-image draw weights (None: a permutation per epoch)."""
+    if sampler != "balanced":
+        return None
+    if targets.ndim == 2:
+        raise UserError(
+            "data.sampler=balanced draws every class equally often, which several labels per "
+            "image do not allow; use data.sampler=random with loss.class_weights=auto"
+        )
+    return balanced_weights(torch.as_tensor(targets))
 
 
 @dataclass
@@ -116,16 +128,23 @@ class EvaluationSplit:
 
 
 def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
-                          classes: list[str]) -> EvaluationSplit:  # fmt: skip
+                          classes: list[str],
+                          multi_label: bool = False) -> EvaluationSplit:  # fmt: skip
     """The split a run of `cfg.data` is finally tested on (load_data's `test`), alone: the
     training split is not decoded. Its images are made into a trained model's input (`spec`'s
     channels and size, its `mean`/`std`), never the data's own statistics, and labelled with
     the model's class indices, matched by name to `classes` (a subset of them is fine, a class
-    the model does not know is a UserError). Data without a train/ split
+    the model does not know is a UserError); for a model with several labels per image
+    (`multi_label`) as (N, L) 0/1 rows over `classes`. Data without a train/ split
     (known.open_evaluation_data) is tested on whole."""
     d = cfg.data
     found = open_evaluation_data(d, cfg.paths.data_dir, cfg.paths.cache_dir)
     to_model = model_class_indices(found.classes, classes)
+    if found.multi_label and not multi_label:
+        raise UserError(
+            f"{found.origin} gives images several labels, but the model predicts one class per "
+            "image; evaluate a model trained with several labels, or data.task=single data"
+        )
     fit = spec_fit(spec)  # as the model was evaluated in training
     kind = choose_loader(d, found, spec.channels, fit.crop)
     if "train" in found.splits:
@@ -134,16 +153,30 @@ def load_evaluation_split(cfg, device: torch.device, spec: InputSpec, mean, std,
         whole = Choice("test", np.arange(len(found.splits["test"])))
         choice, name = cap(whole, d.max_eval_samples, d.split_seed + 2), "test"
     [part] = readable_parts(found, [choice], d, cfg.paths, spec.channels, [fit], kind)
-    part = Part(replace(part.source, targets=to_model[part.source.targets]), part.images)
+    targets = model_targets(part.source.targets, to_model, len(classes), multi_label)
+    part = Part(replace(part.source, targets=targets), part.images)
     prep = BatchPrep(mean, std, device, cfg.trainer.channels_last, size=fit.crop)
     seed = cfg.trainer.seed
     if kind == "tensor":
         loader = tensor_loader(part, d, train=False, seed=seed, prep=prep)
     else:
         loader = file_loader(part, d, train=False, seed=seed, prep=prep, spec=spec, fit=fit)
-    counts = np.bincount(part.source.targets, minlength=len(classes)).tolist()
-    counts = dict(zip(classes, counts, strict=True))
+    counts = dict(zip(classes, image_counts(targets, len(classes)).tolist(), strict=True))
     return EvaluationSplit(loader, name, found.origin, counts, part.source.files)
+
+
+def model_targets(targets: np.ndarray, to_model: np.ndarray, count: int,
+                  multi_label: bool) -> np.ndarray:  # fmt: skip
+    """The data's targets ((N,) class indices, or (N, L_data) 0/1) in the model's terms: its
+    class indices, or for a model with several labels (N, `count`) float32 0/1 rows."""
+    if not multi_label:
+        return to_model[targets]
+    rows = np.zeros((len(targets), count), dtype=np.float32)
+    if targets.ndim == 2:
+        rows[:, to_model] = targets
+    else:
+        rows[np.arange(len(targets)), to_model[targets]] = 1
+    return rows
 
 
 def model_class_indices(data_classes: list[str], classes: list[str]) -> np.ndarray:

@@ -15,6 +15,7 @@ from cnntrain.data.geometry import Fit
 from cnntrain.data.limits import oversize_reason
 from cnntrain.data.sources import ImageSource, Splits
 from cnntrain.data.splits import seeded_subset, stratified_split
+from cnntrain.data.stratify import multilabel_split
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,21 @@ def readable_part(found: Splits, split, indices, d, paths, channels, fit: Fit, k
 
 def check_no_class_lost(source: ImageSource, keep: np.ndarray, found: Splits, split: str) -> None:
     """Refuse, as an empty class folder is, a class whose every chosen file is unreadable."""
-    before = np.bincount(source.targets, minlength=len(found.classes))
-    after = np.bincount(source.targets[keep], minlength=len(found.classes))
+    before = image_counts(source.targets, len(found.classes))
+    after = image_counts(source.targets[keep], len(found.classes))
     lost = [printable(found.classes[c]) for c in np.flatnonzero((before > 0) & (after == 0))]
     if lost:
         raise UserError(
             f"{Path(found.origin) / split}: class folder(s) with no readable images: "
             f"{', '.join(lost)}; add readable images or remove the folder"
         )
+
+
+def image_counts(targets: np.ndarray, classes: int) -> np.ndarray:
+    """(classes,) images of each class, or of each label with several per image ((N, L) 0/1)."""
+    if targets.ndim == 2:
+        return targets.sum(0).astype(np.int64)
+    return np.bincount(targets, minlength=classes)
 
 
 def narrow(part: Part, kept: np.ndarray, indices: np.ndarray) -> Part:
@@ -126,7 +134,9 @@ def partition(found: Splits, d) -> tuple[tuple[Choice, Choice, Choice], str, str
     if "val" in found.splits:
         val = Choice("val", np.arange(len(found.splits["val"])))
     elif d.val_split > 0:
-        train_idx, val_idx = stratified_split(found.splits["train"].targets, d.val_split, seed)
+        targets = found.splits["train"].targets
+        carve = multilabel_split if found.multi_label else stratified_split
+        train_idx, val_idx = carve(targets, d.val_split, seed)
         train, val = Choice("train", train_idx), Choice("train", val_idx)
     else:
         val = None

@@ -42,7 +42,7 @@ class ImageSource:
     """One split's images: `arrays` (N, H, W[, C]) uint8 pixels, or `files` paths to decode
     (an image over `max_pixels`, H × W, is refused as unreadable)."""
 
-    targets: np.ndarray  # (N,) int64 class indices
+    targets: np.ndarray  # (N,) int64 class indices; several labels per image: (N, L) float32 0/1
     arrays: np.ndarray | None = None
     files: list[str] | None = None
     max_pixels: int | None = None
@@ -84,6 +84,7 @@ class Splits:
     origin: str  # where it was found, for the log and for cache keys
     fingerprint: str = field(default="")  # changes when the files change
     records: Records = field(default_factory=Records)
+    multi_label: bool = False  # several labels per image: targets (N, L) 0/1, `classes` the labels
 
 
 def check_root(root: str) -> None:

@@ -32,11 +32,7 @@ def three_way_split(
     (N,) class indices). Each class's images are permuted with `seed`; test takes the first
     carved_counts(n)["test"], val the next ones, train the rest: the test images depend on `seed`
     and data.test_split alone, not on data.val_split."""
-    if val + test >= 1:
-        raise UserError(
-            f"data.val_split={val} + data.test_split={test} leave no image to train on; "
-            "make their sum < 1"
-        )
+    check_fractions(val, test)
     rng = np.random.default_rng(seed)
     parts = {"train": [], "val": [], "test": []}
     order = np.argsort(targets, kind="stable")  # each class's indices, ascending, class by class
@@ -47,6 +43,15 @@ def three_way_split(
         parts["val"].append(members[counts["test"] : counts["test"] + counts["val"]])
         parts["train"].append(members[counts["test"] + counts["val"] :])
     return {name: np.sort(np.concatenate(p)).astype(np.int64) for name, p in parts.items()}
+
+
+def check_fractions(val: float, test: float) -> None:
+    """Refuse val and test fractions that leave train nothing."""
+    if val + test >= 1:
+        raise UserError(
+            f"data.val_split={val} + data.test_split={test} leave no image to train on; "
+            "make their sum < 1"
+        )
 
 
 def carved_counts(n: int, val: float, test: float) -> dict[str, int]:
