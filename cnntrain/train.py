@@ -26,14 +26,22 @@ from cnntrain.data import DataBundle, load_data
 from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.split_table import write_records
 from cnntrain.data.splits import seeded_subset
-from cnntrain.metrics import calibration_metrics, class_counts, class_weights, split_metrics
+from cnntrain.metrics import class_counts
+from cnntrain.metrics.results import test_results
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.models.transfer import architecture
 from cnntrain.reporting.calibration_plots import write_calibration_plots
 from cnntrain.reporting.cam import SplitImages, write_cam_plots
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
-from cnntrain.reporting.plots import write_run_plots
-from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
+from cnntrain.reporting.multilabel_plots import write_multilabel_plots
+from cnntrain.reporting.plots import write_model_plots, write_run_plots
+from cnntrain.reporting.predictions import (
+    image_names,
+    multilabel_columns,
+    multilabel_prediction_rows,
+    prediction_rows,
+    write_predictions,
+)
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
 from cnntrain.training.budget import budget_results, resumed_epochs
@@ -43,12 +51,15 @@ from cnntrain.training.compiling import compile_mode, compiled, warm_up
 from cnntrain.training.ema import EMA
 from cnntrain.training.fits import check_fits
 from cnntrain.training.loop import Loop
+from cnntrain.training.losses import build_loss
 from cnntrain.training.memory import peak_memory, reset_peak_memory
 from cnntrain.training.mixing import batch_mix
 from cnntrain.training.optim import build_optimizer, build_scheduler
 from cnntrain.training.precision import Arithmetic, bf16_gradient_hazard
 from cnntrain.training.resume import restore, restore_trainable
+from cnntrain.training.state import chosen_monitor
 from cnntrain.training.step import StepParts, optimizer_steps
+from cnntrain.training.thresholds import Thresholds, fit_thresholds
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -83,6 +94,7 @@ def train(cfg: DictConfig) -> float:
                      world=world)  # fmt: skip
     if world.is_main:  # splits.csv (a split the tool made or reused), bad_rows.csv
         write_records(data.records, run_dir)
+    cfg.trainer.monitor = chosen_monitor(cfg.trainer.monitor, data.multi_label)  # auto: resolved
     check_fits(cfg, data, device, world)  # one line, not the kernel's OOM killer
     model = build_model(cfg.model, data.spec)
     if saved is None:
@@ -112,7 +124,8 @@ def train(cfg: DictConfig) -> float:
     counts = class_counts(data.train.targets, data.classes)
     if world.is_main:  # once, not once per process
         log_start(cfg, data, model, arithmetic, run_dir)
-        log_class_balance(counts)
+        targets = data.train.targets
+        log_class_balance(counts, int((targets.sum(1) == 0).sum()) if data.multi_label else None)
     if world.is_main:
         write_layer_summary(summarize_layers(model, shape), run_dir)
     try:
@@ -124,7 +137,9 @@ def train(cfg: DictConfig) -> float:
     loop.emit("on_close", "finished")
     weights = (f"best epoch {results['best_epoch']}" if cfg.trainer.save_top_k
                else f"epoch {results['epochs']}'s weights: trainer.save_top_k=0")  # fmt: skip
-    log.info("test accuracy %.2f%% (%s split, %s); results in %s", 100 * results["test/acc"],
+    headline = "mAP" if data.multi_label else "acc"
+    log.info("test %s %.2f%% (%s split, %s); results in %s",
+             "mAP" if data.multi_label else "accuracy", 100 * results[f"test/{headline}"],
              data.test_name, weights, run_dir)  # fmt: skip
     return results[cfg.optimized_metric]
 
@@ -136,21 +151,22 @@ def fit_and_test(loop: Loop, counts: dict[str, int], started: float) -> dict:
     `started`: time.perf_counter() at the process's start of this run (for total_time_s)."""
     loop.fit()
     out, net = loop.test()
-    temperature = fit_on_validation(loop, net)  # every rank evaluates; rank 0 fits and saves
-    results = write_results(loop, out, net, counts, started, temperature) if loop.is_main else None
+    # every rank evaluates; rank 0 fits and saves: the labels' thresholds, or a temperature
+    fitted = (fit_thresholds if loop.data.multi_label else fit_on_validation)(loop, net)
+    results = write_results(loop, out, net, counts, started, fitted) if loop.is_main else None
     results = distributed.from_main(results)
     loop.emit("on_fit_end", results)
     return results
 
 
 def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: float,
-                  temperature: float | None) -> dict:  # fmt: skip
+                  fitted: "float | Thresholds | None") -> dict:  # fmt: skip
     """results.json, and the plots and report unless `trainer.plots` is false; the results.
-    `temperature`: fitted on the validation split (None: not fitted)."""
+    `fitted`: the temperature fitted on the validation split (None: not fitted), or with
+    several labels per image the labels' Thresholds."""
     data, p = loop.data, loop.state
     results = {
-        **split_metrics(out, data.classes, "test"),
-        **calibration_metrics(out["logits"], out["targets"], temperature, "test"),
+        **test_metrics(out, data, fitted),
         "test/split": data.test_name,
         "best_epoch": p.best_epoch,  # best.pt's: the best by `monitor`
         "best_val/acc": max(row["val/acc"] for row in p.rows),  # of any epoch, whatever `monitor`
@@ -177,8 +193,12 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
     }
     write_json(loop.run_dir / "results.json", results)
     names = image_names(data.test_files, data.origin, data.test.count)
+    if data.multi_label:
+        write_multilabel_outputs(loop, out, net, counts, names, fitted)
+        return results
     write_predictions(loop.run_dir, prediction_rows(out["logits"], out["targets"], data.classes,
                                                     names))  # fmt: skip
+    temperature = fitted
     if loop.cfg.trainer.plots:
         test = data.test
         write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
@@ -192,6 +212,40 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
     return results
 
 
+def test_metrics(out: dict, data: DataBundle, fitted) -> dict:
+    """results.json's test fields: with `fitted` the temperature (or None), or with several
+    labels per image the labels' Thresholds (and a warning naming labels the test split lacks)."""
+    if not data.multi_label:
+        return test_results(out, data.classes, fitted)
+    absent = [printable(c) for c, n in zip(data.classes, out["targets"].sum(0).tolist(),
+                                             strict=True) if n == 0]  # fmt: skip
+    if absent:
+        log.warning("%d label(s) have no positive image in the %s split: %s; test/mAP is the mean "
+                    "over the others", len(absent), data.test_name, ", ".join(absent[:5]) +
+                    (", …" if len(absent) > 5 else ""))  # fmt: skip
+    return {
+        **test_results(out, data.classes, thresholds=fitted.tensor()),
+        **fitted.results(data.classes),
+    }
+
+
+def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],
+                             names: list[str], thresholds: Thresholds) -> None:  # fmt: skip
+    """A run with several labels per image: test_predictions.csv, and unless `trainer.plots` is
+    false the curves, label counts, feature maps, filters, the multi-label figures and the
+    report."""
+    data, logits, targets = loop.data, out["logits"], out["targets"]
+    rows = multilabel_prediction_rows(logits, targets, data.classes, names, thresholds.tensor())
+    write_predictions(loop.run_dir, rows, multilabel_columns(data.classes))
+    if not loop.cfg.trainer.plots:
+        return
+    plots, test = loop.run_dir / "plots", data.test
+    write_model_plots(plots, loop.state.rows, counts, test.images_at, test.prep, net)
+    write_multilabel_plots(plots, logits, targets, thresholds.tensor(), data.classes,
+                           test.images_at, names)  # fmt: skip
+    write_run_report(loop.run_dir)
+
+
 def init_from_training_images(model, train, seed: int, count: int = 5000) -> None:
     """Data-dependent init (FastNet's whitening stem), for models that have one, from `count`
     unaugmented training images drawn at random: a folder's split is sorted by class."""
@@ -203,13 +257,8 @@ def init_from_training_images(model, train, seed: int, count: int = 5000) -> Non
 def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic,
                      augment: Options) -> StepParts:  # fmt: skip
     trainer = cfg.trainer
-    weights = None
-    if cfg.loss.class_weights == "auto":
-        targets = data.train.targets.cpu()
-        weights = class_weights(targets, data.spec.num_classes).to(arithmetic.device)
-    # Class indices or, with MixUp / CutMix, class probabilities (N, classes); label smoothing
-    # then mixes each target with the uniform distribution, as for indices.
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.loss.label_smoothing)
+    loss_fn = build_loss(cfg.loss, data.multi_label, data.train.targets.cpu(),
+                         data.spec.num_classes).to(arithmetic.device)  # fmt: skip
     optimizer = build_optimizer(cfg.optimizer, model, fused=arithmetic.scaled)
     steps_per_epoch = optimizer_steps(len(data.train), trainer.accumulate)
     scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
@@ -224,7 +273,7 @@ def build_step_parts(cfg, model, data: DataBundle, arithmetic: Arithmetic,
                  trainer.accumulate, cfg.data.batch_size, trainer.accumulate * cfg.data.batch_size,
                  steps_per_epoch)  # fmt: skip
     return StepParts(step_model, optimizer, scheduler, loss_fn, arithmetic, trainer.grad_clip, ema,
-                     trainer.accumulate, mix)  # fmt: skip
+                     trainer.accumulate, mix, data.multi_label)  # fmt: skip
 
 
 def log_start(cfg, data: DataBundle, model, arithmetic: Arithmetic, run_dir: Path) -> None:
@@ -266,9 +315,14 @@ def imbalanced(counts: dict[str, int]) -> bool:
     return largest > IMBALANCE_RATIO * max(1, smallest) and largest - smallest > spread * noise
 
 
-def log_class_balance(counts: dict[str, int]) -> None:
-    """Print the class histogram; warn (naming the remedies) when the data is imbalanced."""
+def log_class_balance(counts: dict[str, int], unlabelled: int | None = None) -> None:
+    """Print the class histogram; warn (naming the remedies) when the data is imbalanced. With
+    several labels per image (`unlabelled`: the images with none) the labels' histogram alone:
+    several labels are imbalanced by nature."""
     shown = ", ".join(f"{printable(c)} {n:,}" for c, n in counts.items())
+    if unlabelled is not None:
+        log.info("training images per label: %s; %d with no label", shown, unlabelled)
+        return
     log.info("training images per class: %s", shown)
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
     if imbalanced(counts):

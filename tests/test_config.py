@@ -16,8 +16,9 @@ def options(group: str) -> list[str]:
 
 def test_groups_have_the_documented_options():
     assert options("data") == [
-        "cifar10", "cifar100", "csv", "fashion_mnist", "hf", "imagefolder", "mnist"
+        "cifar10", "cifar100", "csv", "fashion_mnist", "hf", "imagefolder", "mnist", "mosaic"
     ]  # fmt: skip
+    assert options("loss") == ["asl", "default"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step", "triangle"]
     assert set(options("model")) == set(model_names())  # one YAML per registered model

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnntrain.metrics import hits
 from cnntrain.training import callbacks
 from cnntrain.training.ema import EMA
 from cnntrain.training.evaluate import evaluate
@@ -82,12 +83,12 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
 def test_totals_sum_losses_weighted_by_batch_size_and_find_the_first_bad_step():
     totals = Totals.zeros("cpu")
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    totals.add(torch.tensor(1.0), logits[:2], torch.tensor([0, 0]), step=0)  # 1 of 2 right
-    totals.add(torch.tensor(4.0), logits[2:], torch.tensor([0]), step=1)  # 1 of 1 right
+    totals.add(torch.tensor(1.0), hits(logits[:2], torch.tensor([0, 0])), step=0)  # 1 of 2 right
+    totals.add(torch.tensor(4.0), hits(logits[2:], torch.tensor([0])), step=1)  # 1 of 1 right
     assert totals.read() == pytest.approx(((1.0 * 2 + 4.0 * 1) / 3, 2 / 3))
     assert int(totals.first_bad_step) == -1
-    totals.add(torch.tensor(float("nan")), logits[:1], torch.tensor([0]), step=2)
-    totals.add(torch.tensor(float("inf")), logits[:1], torch.tensor([0]), step=3)
+    totals.add(torch.tensor(float("nan")), hits(logits[:1], torch.tensor([0])), step=2)
+    totals.add(torch.tensor(float("inf")), hits(logits[:1], torch.tensor([0])), step=3)
     assert int(totals.first_bad_step) == 2  # the first, not the latest
     restored = Totals.from_state(totals.state_dict(), "cpu")
     assert restored.count == 5 and torch.equal(restored.correct, totals.correct)

@@ -76,6 +76,11 @@ def data_pool(cfg: DictConfig, overrides: list[str]) -> Pool:
         found = open_splits(d, cfg.paths.data_dir, cfg.paths.cache_dir)
         root = Path(found.origin)
     refuse_arrays(found, d.name)
+    if found.multi_label:
+        raise UserError(
+            f"{found.origin} gives images several labels; cnntrain-audit checks data of one label "
+            "per image (its label issues rank one class per image): audit a single-label copy"
+        )
     roles = split_roles(found, d)
     root = root.absolute()
     files, names, labels, splits = [], [], [], []

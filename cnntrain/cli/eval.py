@@ -36,6 +36,12 @@ def main() -> None:
 
 def accuracy_line(results: dict) -> str:
     """What the evaluation measured, in one line (the folder follows, as the last line)."""
+    if results.get("task") == "multi":
+        line = (
+            f"test mAP {results['test/mAP']:.2%}, F1 micro {results['test/f1_micro']:.2%} macro "
+            f"{results['test/f1_macro']:.2%}, exact match {results['test/acc']:.2%}"
+        )
+        return f"{line}, loss {results['test/loss']:.4f} on {results['test/count']:,} images"
     line = f"test accuracy {results['test/acc']:.2%}, balanced {results['test/balanced_acc']:.2%}"
     if "test/top5_acc" in results:
         line += f", top-5 {results['test/top5_acc']:.2%}"

@@ -12,6 +12,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_link
 from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.reporting.console import console
+from cnntrain.reporting.predictions import LABEL_JOIN
 from cnntrain.trained.load import load_trained
 from cnntrain.trained.predict import TOP_K, UNKNOWN, Predictions, find_images, predict, write_csv
 
@@ -23,7 +24,9 @@ without unpacking). Each image is converted to the run's channels and size as in
 normalized with the run's statistics. Probabilities are calibrated: softmax(logits / T), T the
 temperature the run fitted on its validation split (1 when none). Writes a CSV with columns path,
 prediction, probability, top2, top2_probability, … topK, topK_probability (and best_guess with
---abstain); unreadable files are skipped and counted."""
+--abstain); unreadable files are skipped and counted. A run with several labels per image writes
+path, labels (those at or above their threshold, tuned on the run's validation split, joined by
+|) and p_<label>, each label's sigmoid probability (--top-k and --abstain do not apply)."""
 
 
 def main() -> None:
@@ -65,6 +68,11 @@ def main() -> None:
             raise UserError(f"--out {args.out} exists; give another --out FILE, or --overwrite "
                             "to replace it")  # fmt: skip
         trained = load_trained(args.run)
+        if trained.multi_label and args.abstain is not None:
+            raise UserError(
+                "--abstain answers unknown below a top class's probability; a run with several "
+                "labels per image predicts each label at its threshold: leave --abstain out"
+            )
         refs = find_images(args.paths)
         device = select_device("auto")
         explainer = None
@@ -103,12 +111,19 @@ def main() -> None:
 
 
 def layers_table(predictions: Predictions) -> Table:
-    """The first ROWS_SHOWN predictions, and how many images each class got."""
+    """The first ROWS_SHOWN predictions, and how many images each class (or label) got."""
     rows = predictions.rows
-    counts = Counter(row[1] for row in rows)
+    several = predictions.header[1] == "labels"  # a label set per image, then each label's p
+    counts = Counter(c for row in rows for c in (row[1].split(LABEL_JOIN) if several else [row[1]])
+                     if c)  # fmt: skip
     caption = f"{len(rows):,} images: " + ", ".join(f"{c} {n:,}" for c, n in counts.most_common())
     if len(rows) > ROWS_SHOWN:
         caption = f"first {ROWS_SHOWN} of {caption}"
+    if several:
+        table = Table("path", "labels", caption=caption)
+        for path, labels, *_ in rows[:ROWS_SHOWN]:
+            table.add_row(path, labels or "(none)")
+        return table
     table = Table("path", "prediction", "probability", caption=caption)
     for path, prediction, probability, *_ in rows[:ROWS_SHOWN]:
         table.add_row(path, prediction, f"{float(probability):.1%}")

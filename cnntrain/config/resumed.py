@@ -74,7 +74,8 @@ def trackers(cfg: DictConfig, overrides: list[str], saved_logger):
 
 
 # The groups a saved config names its option of, and the key that names it there.
-NAMING_KEYS = {"data": "name", "model": "name", "optimizer": "_target_", "scheduler": "name"}
+NAMING_KEYS = {"data": "name", "model": "name", "optimizer": "_target_", "scheduler": "name",
+               "loss": "name"}  # fmt: skip
 
 
 def chosen_options(saved: dict) -> list[str]:

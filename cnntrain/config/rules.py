@@ -114,7 +114,27 @@ RULES = [
         optional(number(0, 1, lo_open=True)),
         "null or a fraction in (0, 1]",
     ),
-    ("trainer.monitor", one_of(*MONITORS), "one of " + ", ".join(MONITORS)),
+    ("trainer.monitor", one_of("auto", *MONITORS), "auto or one of " + ", ".join(MONITORS)),
+    (
+        "trainer.thresholds",
+        lambda v: v == "f1" or number(0, 1, lo_open=True, hi_open=True)(v),
+        "f1 (each label's, tuned on the validation split) or a probability in (0, 1)",
+    ),
+    ("data.task", one_of("auto", "single", "multi"), "auto, single or multi"),
+    (
+        "data.label_separator",
+        optional(lambda v: isinstance(v, str) and v != ""),
+        "null or the text between a row's labels, e.g. '|'",
+    ),
+    (
+        "data.label_columns",
+        optional(
+            lambda v: (
+                isinstance(v, ListConfig | list) and bool(v) and all(column_name(c) for c in v)
+            )
+        ),
+        "null or a list of 0/1 columns, one per label: [cat, dog]",
+    ),
     (
         "trainer.early_stopping",
         early_stopping_options,
@@ -210,6 +230,10 @@ RULES = [
     ("scheduler.end_factor", number(0, 1, lo_open=True), "a fraction of the lr in (0, 1]"),
     ("loss.label_smoothing", number(0, 1, hi_open=True), "a fraction in [0, 1)"),
     ("loss.class_weights", optional(one_of("auto")), "null or auto"),
+    ("loss.gamma_neg", number(0), "a number ≥ 0"),
+    ("loss.gamma_pos", number(0), "a number ≥ 0"),
+    ("loss.clip", number(0, 1, hi_open=True), "a probability shift in [0, 1)"),
+    ("loss.eps", number(0, lo_open=True), "a number > 0"),
     (
         "logger.wandb.mode",
         optional(one_of("online", "offline", "disabled")),

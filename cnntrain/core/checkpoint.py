@@ -149,6 +149,15 @@ def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
             )
 
 
+def add_entry(path: Path, key: str, value, state: dict | None = None) -> None:
+    """Add `key: value` to the checkpoint at `path`, rewritten atomically (what training learns
+    after its last epoch: a temperature, the labels' thresholds). `state`: that checkpoint as
+    already loaded, else it is read."""
+    state = load_checkpoint(path) if state is None else state
+    state[key] = value
+    save_checkpoint(path, state)
+
+
 def evaluated_weights(saved: dict) -> dict:
     """The weights a loaded checkpoint evaluates with: its EMA weights when the run had EMA."""
     return saved["ema"]["weights"] if saved.get("ema") else saved["model"]

@@ -23,6 +23,7 @@ from cnntrain.distributed.collectives import (
     gather_in_order,
     mask_padding,
     max_over_ranks,
+    real_rows,
     share_from_main,
     sum_over_ranks,
 )
@@ -47,6 +48,6 @@ __all__ = [
     "IGNORED", "SINGLE", "GlooSyncBatchNorm", "World", "backend", "barrier", "check_batch_size",
     "check_devices", "from_main", "gather_in_order", "is_peer_failure", "launch", "launched",
     "local_device", "mask_padding", "max_over_ranks", "parallel", "peer_failure_line",
-    "rank_prefix", "share_from_main", "start", "stop", "sum_over_ranks", "sync_batchnorm",
-    "unwrap", "use_sync_bn", "world",
+    "rank_prefix", "real_rows", "share_from_main", "start", "stop", "sum_over_ranks",
+    "sync_batchnorm", "unwrap", "use_sync_bn", "world",
 ]  # fmt: skip

@@ -67,4 +67,10 @@ def mask_padding(targets: torch.Tensor, padding: int) -> torch.Tensor:
     """Targets of a shard whose last `padding` images are padding: those become IGNORED."""
     if not padding:
         return targets
-    return torch.cat([targets[:-padding], targets.new_full((padding,), IGNORED)])
+    filler = targets.new_full((padding, *targets.shape[1:]), IGNORED)  # (padding[, L])
+    return torch.cat([targets[:-padding], filler])
+
+
+def real_rows(targets: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows of targets (N,) or (N, L) that are images, not mask_padding's."""
+    return (targets if targets.ndim == 1 else targets[:, 0]) != IGNORED

@@ -6,6 +6,15 @@ import torch
 TOP_K = 5  # test/top5_acc is reported when there are more classes than this
 
 
+def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the images predicted right. Targets (B,) class indices: the top class is the
+    target; (B, L) labels (0/1, or mixed in [0, 1]): every label right at probability 0.5 (logit
+    0) against the target rounded — scikit-learn's accuracy_score on several labels."""
+    if targets.ndim == 1:
+        return logits.argmax(1) == targets
+    return ((logits > 0) == (targets > 0.5)).all(1)
+
+
 def confusion_counts(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """(k, k) int64 counts: row = true class, column = predicted class."""
     predicted = logits.argmax(1).cpu()
@@ -47,8 +56,12 @@ def split_metrics(out: dict, classes: list[str], split: str) -> dict:
 
 
 def class_counts(targets: torch.Tensor, classes: list[str]) -> dict[str, int]:
-    """Images per class name."""
-    counts = torch.bincount(targets.cpu(), minlength=len(classes))
+    """Images per class name (targets (N,) indices), or per label ((N, L) 0/1)."""
+    targets = targets.cpu()
+    if targets.ndim == 2:
+        counts = targets.sum(0).long()
+    else:
+        counts = torch.bincount(targets, minlength=len(classes))
     return dict(zip(classes, counts.tolist(), strict=True))
 
 

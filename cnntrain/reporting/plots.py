@@ -62,7 +62,8 @@ def plot_message(title: str, message: str, path: Path) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Loss, accuracy (%) and learning rate per epoch, one panel each, sharing the epoch axis."""
+    """Loss, accuracy (%) and learning rate per epoch, one panel each, sharing the epoch axis; a
+    multi-label run's accuracy panel (exact match) also holds its validation mAP (%)."""
     if not rows:
         plot_message("training curves", "no completed epochs yet", path)
         return
@@ -75,6 +76,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     draw_series(lr_ax, rows, "lr", "learning rate", color="tab:green")
     loss_ax.set(title="loss", ylabel="cross-entropy loss")
     acc_ax.set(title="accuracy", ylabel="accuracy (%)")
+    if any("val/mAP" in r for r in rows):  # a multi-label run: its monitor beside exact match
+        draw_series(acc_ax, rows, "val/mAP", f"{evaluated} mAP", scale=100)
+        acc_ax.set(title="exact-match accuracy and mAP", ylabel="accuracy, mAP (%)")
     lr_ax.set(title="learning rate", ylabel="learning rate (at epoch end)")
     lrs = [r["lr"] for r in rows if isinstance(r.get("lr"), (int, float))]
     if lrs and min(lrs) > 0 and max(lrs) / min(lrs) >= 100:  # decays over decades: log scale
@@ -416,12 +420,8 @@ def write_run_plots(
     """
     out = Path(run_dir) / "plots"
     paths = {name: out / f"{name}.png" for name in PLOT_NAMES}
-    plot_curves(rows, paths["curves"])
+    write_model_plots(out, rows, class_counts, images_at, prep, model)
     write_test_plots(out, logits, targets, classes)
-    plot_class_distribution(class_counts, paths["class_distribution"])
-    first = images_at([0])  # (1, C, H, W) uint8: test image 0
-    plot_feature_maps(model, prep(first)[0], first[0], paths["feature_maps"])
-    plot_filters(model, paths["filters"])
     wrong = most_confident_mistakes(logits, targets, MISTAKES_SHOWN)
     confidence, predicted = F.softmax(logits[wrong].float(), dim=1).max(1)  # (k,) each
     plot_misclassified(
@@ -433,6 +433,20 @@ def write_run_plots(
         paths["misclassified"],
     )
     return list(paths.values())
+
+
+def write_model_plots(folder: Path, rows: list[dict], class_counts: dict[str, int],
+                      images_at: Callable[[list[int]], torch.Tensor],
+                      prep: Callable[[torch.Tensor], torch.Tensor],
+                      model: nn.Module) -> None:  # fmt: skip
+    """The figures of any run, one label per image or several, into `folder`: the training
+    curves, the training images per class (or label), test image 0's feature maps and the first
+    convolution's filters."""
+    plot_curves(rows, folder / "curves.png")
+    plot_class_distribution(class_counts, folder / "class_distribution.png")
+    first = images_at([0])  # (1, C, H, W) uint8: test image 0
+    plot_feature_maps(model, prep(first)[0], first[0], folder / "feature_maps.png")
+    plot_filters(model, folder / "filters.png")
 
 
 def write_test_plots(

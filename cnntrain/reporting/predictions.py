@@ -1,5 +1,7 @@
 """test_predictions.csv: every test image's file, true and predicted class, confidence and loss,
-worst first, so a mislabelled or confusing image can be found and fixed."""
+worst first, so a mislabelled or confusing image can be found and fixed. With several labels per
+image: its true and predicted label sets (LABEL_JOIN between labels) and each label's
+probability."""
 
 import csv
 import io
@@ -13,6 +15,12 @@ from cnntrain.core.safe_text import csv_row
 
 PREDICTIONS_FILE = "test_predictions.csv"
 COLUMNS = ("index", "path", "true", "predicted", "confidence", "loss")
+LABEL_JOIN = "|"  # between an image's labels (as splits.csv's `class` cell)
+
+
+def multilabel_columns(labels: list[str]) -> tuple[str, ...]:
+    """The columns with several labels per image: a `p_<label>` probability column per label."""
+    return ("index", "path", "true", "predicted", "loss", *(f"p_{label}" for label in labels))
 
 
 def image_names(files: list[str] | None, root: str | None, count: int) -> list[str]:
@@ -48,11 +56,31 @@ def prediction_rows(logits: torch.Tensor, targets: torch.Tensor, classes: list[s
     ]
 
 
-def write_predictions(folder: Path, rows: list[tuple]) -> Path:
+def multilabel_prediction_rows(logits: torch.Tensor, targets: torch.Tensor, labels: list[str],
+                               names: list[str],
+                               thresholds: torch.Tensor) -> list[tuple]:  # fmt: skip
+    """One row per image (multilabel_columns), sorted by loss, largest first (ties: evaluation
+    order): logits (N, L) and targets (N, L) 0/1 on the CPU, `thresholds` (L,) probabilities."""
+    probabilities = logits.float().sigmoid()  # (N, L)
+    losses = F.binary_cross_entropy_with_logits(logits.float(), targets.float(),
+                                                reduction="none").mean(1)  # fmt: skip
+    predicted = probabilities >= thresholds.to(probabilities.dtype)  # (N, L)
+    order = losses.argsort(descending=True, stable=True).tolist()
+    true, guess = (t.bool().tolist() for t in (targets, predicted))
+    p, loss = probabilities.tolist(), losses.tolist()
+
+    def named(flags: list[bool]) -> str:
+        return LABEL_JOIN.join(label for label, on in zip(labels, flags, strict=True) if on)
+
+    return [(i, names[i], named(true[i]), named(guess[i]), round(loss[i], 6),
+             *(round(v, 6) for v in p[i])) for i in order]  # fmt: skip
+
+
+def write_predictions(folder: Path, rows: list[tuple], columns: tuple[str, ...] = COLUMNS) -> Path:
     """`folder`/test_predictions.csv (atomic; cells safe to open in a spreadsheet)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     writer.writerows(csv_row(row) for row in rows)
     path = Path(folder) / PREDICTIONS_FILE
     write_text(path, text.getvalue())

@@ -14,6 +14,7 @@ from cnntrain.core.files import write_text
 from cnntrain.reporting.calibration_plots import CALIBRATION_PLOTS
 from cnntrain.reporting.cam import CAM_PLOTS
 from cnntrain.reporting.metrics_log import read_rows
+from cnntrain.reporting.multilabel_plots import MULTILABEL_PLOTS
 from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
 from cnntrain.reporting.sweep_table import FINISHED, constant_settings, sweep_rows, swept_keys
 
@@ -40,7 +41,23 @@ CAPTIONS = {
     "lies the evidence for the predicted class (red: most), by trainer.cam at trainer.cam_layer.",
     "cam_correct": "Class-activation maps of the most confident right answers, two per class: "
     "where the evidence for the class lies.",
+    "per_label_ap": "Test average precision (AP) of each label, best first, with its positive "
+    "images; the dashed line is their mean (mAP) over the labels with positives.",
+    "pr_curves": "Precision against recall on the test split of the three most frequent labels "
+    "and the three worst by AP; each dot is where the label's threshold puts it.",
+    "label_cooccurrence": "How many test images carry both labels (true labels); the diagonal "
+    "is each label's number of images.",
+    "largest_errors": "The test images with the largest loss (binary cross-entropy over their "
+    "labels): their true labels, the labels predicted at the thresholds, and their file (or "
+    "index in the test split).",
 }
+MULTILABEL_CAPTIONS = {
+    **CAPTIONS,
+    "curves": "Loss, exact-match accuracy, mAP and learning rate per epoch.",
+}
+# curves first, then a multi-label run's own figures, then the rest (none of a run is in both)
+FIGURE_ORDER = (PLOT_NAMES[0], *MULTILABEL_PLOTS, *PLOT_NAMES[1:], *CALIBRATION_PLOTS, *CAM_PLOTS)
+PERCENT_KEYS = ("acc", "mAP", "f1_micro", "f1_macro")  # metrics.jsonl keys shown as percentages
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -139,8 +156,9 @@ def duration(seconds) -> str:
 
 
 def metric(key: str, value) -> str:
-    """One metrics.jsonl value for a table: accuracies as percentages, other numbers compact."""
-    if key.endswith("acc"):
+    """One metrics.jsonl value for a table: accuracies, mAP and F1 as percentages, other numbers
+    compact."""
+    if key.endswith(PERCENT_KEYS):
         return percent(value)
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
@@ -170,7 +188,8 @@ def read_yaml(path: Path):
 
 
 def write_run_report(run_dir: Path) -> Path:
-    """run_dir/report.html: results, curves and plots, per-epoch and per-class tables, config."""
+    """run_dir/report.html: results, curves and plots, per-epoch and per-class (a multi-label
+    run's per-label) tables, config."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.jsonl"
     rows = read_rows(metrics_file) if metrics_file.is_file() else []
@@ -187,9 +206,9 @@ def write_run_report(run_dir: Path) -> Path:
         f'<p class="subtitle">{esc(model)} on {esc(dataset)} — {esc(run_dir)}</p>\n',
         f"<p>overrides: <code>{esc(' '.join(map(str, overrides)) or 'none')}</code></p>\n",
         results_section(results) if results else unfinished_banner(rows),
-        plots_section(run_dir / "plots"),
+        plots_section(run_dir / "plots", is_multilabel(results or {})),
         section("per epoch", epochs_table(rows, (results or {}).get("best_epoch"))) if rows else "",
-        classes_section(results) if results else "",
+        labels_or_classes_section(results) if results else "",
         preformatted("layer summary", run_dir / "summary.txt"),
         preformatted("config", run_dir / ".hydra" / "config.yaml"),
     ]
@@ -207,29 +226,66 @@ def group_name(config, group: str) -> str:
 def unfinished_banner(rows: list[dict]) -> str:
     last = rows[-1].get("epoch", len(rows)) if rows else 0
     banner = f'<p class="banner">this run did not finish (last completed epoch {esc(last)})</p>\n'
-    scored = [r for r in rows if is_number(r.get("val/acc"))]
+    key, name = ("val/mAP", "mAP") if any("val/mAP" in r for r in rows) else ("val/acc", "accuracy")
+    scored = [r for r in rows if is_number(r.get(key))]
     if not scored:
         return banner
-    best = max(scored, key=lambda r: r["val/acc"])
+    best = max(scored, key=lambda r: r[key])
     return banner + (
-        f"<p>best validation accuracy so far: {percent(best['val/acc'])} "
+        f"<p>best validation {name} so far: {percent(best[key])} "
         f"(epoch {esc(best.get('epoch', '?'))})</p>\n"
     )
 
 
-def test_accuracy(r: dict) -> str:
-    """results.json's test accuracy as a big number, with the split and its image count."""
+def is_multilabel(r: dict) -> bool:
+    """Whether results.json is a multi-label run's (or evaluation's): several labels per image."""
+    return r.get("task") == "multi"
+
+
+def test_headline(r: dict) -> str:
+    """results.json's test accuracy (a multi-label run's mAP) as a big number, with the split and
+    its image count."""
     count = r.get("test/count")
     split = f"{r.get('test/split', 'test')} split, {count:,} images" if is_number(count) else "test"
-    return f'<p class="big">{percent(r.get("test/acc"))}</p>\n<p>test accuracy ({esc(split)})</p>\n'
+    if is_multilabel(r):
+        value, name = r.get("test/mAP"), "test mAP, mean average precision over the labels"
+    else:
+        value, name = r.get("test/acc"), "test accuracy"
+    return f'<p class="big">{percent(value)}</p>\n<p>{name} ({esc(split)})</p>\n'
 
 
 def test_pairs(r: dict) -> list[tuple[str, str]]:
-    """The test metrics besides accuracy, as (label, value) rows."""
+    """The test metrics besides the headline one, as (label, value) rows."""
+    if is_multilabel(r):
+        return multilabel_pairs(r)
     pairs = [("balanced accuracy", percent(r.get("test/balanced_acc")))]
     if "test/top5_acc" in r:
         pairs.append(("top-5 accuracy", percent(r["test/top5_acc"])))
     return [*pairs, ("test loss", metric("test/loss", r.get("test/loss"))), *calibration_pairs(r)]
+
+
+def multilabel_pairs(r: dict) -> list[tuple[str, str]]:
+    """A multi-label test's F1, exact-match accuracy, Hamming loss, loss and its thresholds."""
+    return [
+        ("micro F1", percent(r.get("test/f1_micro"))),
+        ("macro F1", percent(r.get("test/f1_macro"))),
+        ("exact-match accuracy", percent(r.get("test/acc"))),
+        ("Hamming loss", metric("test/hamming_loss", r.get("test/hamming_loss"))),
+        ("test loss (binary cross-entropy)", metric("test/loss", r.get("test/loss"))),
+        ("thresholds", thresholds_rule(r)),
+    ]
+
+
+def thresholds_rule(r: dict) -> str:
+    """How the per-label thresholds were chosen (their values: the labels table)."""
+    rule, where = r.get("thresholds_rule"), r.get("thresholds_fitted_on")
+    if is_number(rule):
+        return f"{rule:g} for every label"
+    if rule != "f1":
+        return f"rule {rule}"
+    if where:
+        return f"per label, maximizing F1 on the {where} split"
+    return "not tuned: no validation split to maximize F1 on"
 
 
 def calibration_pairs(r: dict) -> list[tuple[str, str]]:
@@ -255,11 +311,12 @@ def before_after(r: dict, key: str) -> str:
 
 def results_section(r: dict) -> str:
     """The test accuracy as a big number, then every other result worth a glance."""
+    key, name = ("mAP", "mAP") if is_multilabel(r) else ("acc", "accuracy")
     pairs = [
         *test_pairs(r),
         ("best epoch", r.get("best_epoch", "—")),
-        ("best validation accuracy", percent(r.get("best_val/acc"))),
-        ("final validation accuracy", percent(r.get("final_val/acc"))),
+        (f"best validation {name}", percent(r.get(f"best_val/{key}"))),
+        (f"final validation {name}", percent(r.get(f"final_val/{key}"))),
         ("epochs", r.get("epochs", "—")),
         ("stopped by", r.get("stopped_by", "—")),
         ("training time", duration(r.get("train_time_s"))),
@@ -269,16 +326,17 @@ def results_section(r: dict) -> str:
         ("precision", r.get("precision", "—")),
         ("loader", r.get("loader", "—")),
     ]
-    return section("results", test_accuracy(r) + key_value_table(pairs))
+    return section("results", test_headline(r) + key_value_table(pairs))
 
 
-def plots_section(plots_dir: Path) -> str:
-    """Every PNG of the plots folder, the known ones in PLOT_NAMES order, then the rest by name."""
+def plots_section(plots_dir: Path, multilabel: bool = False) -> str:
+    """Every PNG of the plots folder, the known ones in FIGURE_ORDER, then the rest by name."""
     if not plots_dir.is_dir():
         return ""
-    order = {name: i for i, name in enumerate((*PLOT_NAMES, *CALIBRATION_PLOTS, *CAM_PLOTS))}
+    order = {name: i for i, name in enumerate(FIGURE_ORDER)}
+    captions = MULTILABEL_CAPTIONS if multilabel else CAPTIONS
     pngs = sorted(plots_dir.glob("*.png"), key=lambda p: (order.get(p.stem, len(order)), p.name))
-    figures = "".join(figure(p, CAPTIONS.get(p.stem, p.stem.replace("_", " "))) for p in pngs)
+    figures = "".join(figure(p, captions.get(p.stem, p.stem.replace("_", " "))) for p in pngs)
     return section("plots", figures) if pngs else ""
 
 
@@ -288,6 +346,11 @@ def epochs_table(rows: list[dict], best_epoch) -> str:
     cells = [[metric(k, r.get(k)) for k in columns] for r in rows]
     marks = ["best" if r.get("epoch") == best_epoch else "" for r in rows]
     return table(columns, cells, row_classes=marks)
+
+
+def labels_or_classes_section(r: dict) -> str:
+    """The per-label table of a multi-label run, else the per-class one."""
+    return labels_section(r) if is_multilabel(r) else classes_section(r)
 
 
 def classes_section(r: dict) -> str:
@@ -309,12 +372,32 @@ def classes_section(r: dict) -> str:
     return section("classes", table(header, rows, text_columns={0}))
 
 
+def labels_section(r: dict) -> str:
+    """Per label of a multi-label test: AP, F1, positive images and the label's threshold."""
+    ap, f1 = r.get("test/per_label_ap") or {}, r.get("test/per_label_f1") or {}
+    support, thresholds = r.get("test/per_label_support") or {}, r.get("thresholds") or {}
+    labels = r.get("classes") or list(dict.fromkeys([*ap, *support]))
+    rows = [
+        [
+            label,
+            "no positives" if label in ap and ap[label] is None else percent(ap.get(label)),
+            percent(f1.get(label)),
+            f"{support[label]:,}" if is_number(support.get(label)) else "—",
+            f"{thresholds[label]:.3f}" if is_number(thresholds.get(label)) else "—",
+        ]
+        for label in labels
+    ]
+    header = ["label", "test AP", "test F1", "test positives", "threshold"]
+    return section("labels", table(header, rows, text_columns={0}))
+
+
 # ---- evaluation report (cnntrain-eval) ----
 
 
 def write_eval_report(eval_dir: Path) -> Path:
     """eval_dir/report.html of a cnntrain-eval folder (RUN_DIR/eval/<time>/): the results, the
-    confusion matrix and per-class plots, and a per-class table."""
+    confusion matrix and per-class plots (a multi-label one's plots), and a per-class (per-label)
+    table."""
     eval_dir = Path(eval_dir)
     r = read_json(eval_dir / "results.json") or {}
     run = eval_dir.parent.parent.name
@@ -330,19 +413,25 @@ def write_eval_report(eval_dir: Path) -> Path:
         ("precision", r.get("precision", "—")),
         ("evaluation time", duration(r.get("eval_time_s"))),
     ]
-    counts, accuracy = r.get("test/class_counts") or {}, r.get("test/per_class_acc") or {}
-    rows = [[c, f"{counts.get(c, 0):,}", percent(accuracy.get(c))] for c in r.get("classes", [])]
+    multilabel = is_multilabel(r)
     body = [
         f"<h1>evaluation of {esc(run)}</h1>\n",
         f'<p class="subtitle">{esc(r.get("model", "?"))} on {esc(r.get("dataset", "?"))} — '
         f"{esc(eval_dir)}</p>\n",
-        section("results", test_accuracy(r) + key_value_table(pairs)),
-        plots_section(eval_dir / "plots"),
-        section("classes", table(["class", "test images", "test accuracy"], rows, {0})),
+        section("results", test_headline(r) + key_value_table(pairs)),
+        plots_section(eval_dir / "plots", multilabel),
+        labels_section(r) if multilabel else eval_classes_section(r),
     ]
     path = eval_dir / "report.html"
     write_text(path, page(f"evaluation of {run}", "".join(body)))
     return path
+
+
+def eval_classes_section(r: dict) -> str:
+    """Per class of an evaluation: test images and test accuracy."""
+    counts, accuracy = r.get("test/class_counts") or {}, r.get("test/per_class_acc") or {}
+    rows = [[c, f"{counts.get(c, 0):,}", percent(accuracy.get(c))] for c in r.get("classes", [])]
+    return section("classes", table(["class", "test images", "test accuracy"], rows, {0}))
 
 
 # ---- sweep report ----

@@ -15,10 +15,17 @@ from cnntrain.core.files import refuse_links, write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.data.split_table import run_split_table
-from cnntrain.metrics import calibration_metrics, split_metrics
+from cnntrain.metrics.results import test_results
 from cnntrain.reporting.calibration_plots import write_calibration_plots
+from cnntrain.reporting.multilabel_plots import write_multilabel_plots
 from cnntrain.reporting.plots import write_test_plots
-from cnntrain.reporting.predictions import image_names, prediction_rows, write_predictions
+from cnntrain.reporting.predictions import (
+    image_names,
+    multilabel_columns,
+    multilabel_prediction_rows,
+    prediction_rows,
+    write_predictions,
+)
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_eval_report
 from cnntrain.trained.load import TrainedModel, load_trained
@@ -81,7 +88,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     device = select_device(cfg.trainer.device)
     arithmetic = Arithmetic.for_trainer(cfg.trainer, device)
     split = load_evaluation_split(cfg, device, trained.spec, trained.mean, trained.std,
-                                  trained.classes)  # fmt: skip
+                                  trained.classes, trained.multi_label)  # fmt: skip
     if split.loader.count == 0:
         raise UserError(f"no readable image to evaluate on in {split.origin}")
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
@@ -89,8 +96,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     bars = progress_bars_enabled(cfg)
     out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
     results = {
-        **split_metrics(out, trained.classes, "test"),
-        **calibration_metrics(out["logits"], out["targets"], trained.temperature, "test"),
+        **test_metrics(out, trained),
         "test/split": split.name,
         "test/class_counts": split.counts,
         "dataset": cfg.data.name,
@@ -106,12 +112,37 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     folder = new_eval_folder(trained)
     write_json(folder / "results.json", results)
     names = image_names(split.files, split.origin, split.loader.count)
-    write_predictions(folder, prediction_rows(out["logits"], out["targets"], trained.classes,
-                                              names))  # fmt: skip
-    write_test_plots(folder / "plots", out["logits"], out["targets"], trained.classes)
-    write_calibration_plots(folder / "plots", out["logits"], out["targets"], trained.temperature)
+    write_test_outputs(folder, out, trained, names, split.loader.images_at)
     write_eval_report(folder)
     return folder
+
+
+def test_metrics(out: dict, trained: TrainedModel) -> dict:
+    """results.json's test fields, as training's: with the run's temperature, or its labels'
+    thresholds."""
+    if not trained.multi_label:
+        return test_results(out, trained.classes, trained.temperature)
+    thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
+    return {
+        **test_results(out, trained.classes, thresholds=thresholds),
+        "thresholds": dict(zip(trained.classes, trained.thresholds, strict=True)),
+    }
+
+
+def write_test_outputs(folder: Path, out: dict, trained: TrainedModel, names: list[str],
+                       images_at) -> None:  # fmt: skip
+    """test_predictions.csv and the test's figures into `folder` (plots/)."""
+    logits, targets, classes = out["logits"], out["targets"], trained.classes
+    if trained.multi_label:
+        thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
+        rows = multilabel_prediction_rows(logits, targets, classes, names, thresholds)
+        write_predictions(folder, rows, multilabel_columns(classes))
+        write_multilabel_plots(folder / "plots", logits, targets, thresholds, classes, images_at,
+                               names)  # fmt: skip
+        return
+    write_predictions(folder, prediction_rows(logits, targets, classes, names))
+    write_test_plots(folder / "plots", logits, targets, classes)
+    write_calibration_plots(folder / "plots", logits, targets, trained.temperature)
 
 
 def new_eval_folder(trained: TrainedModel) -> Path:

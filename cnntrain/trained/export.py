@@ -13,7 +13,10 @@ true: a run saved before `resize` existed, whose images were stretched to `input
 Loading the TorchScript file needs torch only, the ONNX file any ONNX runtime. Calibration:
 `temperature` (T fitted on the validation split, 1 when none) and `calibrated` (true when the
 graph already divides its logits by T: --calibrated); softmax(logits / T) of a raw file,
-softmax(logits) of a calibrated one, gives calibrated probabilities.
+softmax(logits) of a calibrated one, gives calibrated probabilities. A run with several labels
+per image exports each label's sigmoid probability (output `probabilities`, (N, labels)) with
+`multi_label` true and `thresholds` (each label's, in `classes` order: a label is predicted when
+its probability is at least its threshold).
 """
 
 import json
@@ -65,7 +68,14 @@ def metadata(trained: TrainedModel, calibrated: bool) -> dict[str, str]:
         "squash": json.dumps(spec.squash),
         "temperature": json.dumps(trained.temperature or 1.0),  # the documented 1 when none
         "calibrated": json.dumps(calibrated),
+        **(multi_label_metadata(trained) if trained.multi_label else {}),
     }
+
+
+def multi_label_metadata(trained: TrainedModel) -> dict[str, str]:
+    """Several labels per image: the outputs are each label's probability, predicted at or
+    above its threshold."""
+    return {"multi_label": json.dumps(True), "thresholds": json.dumps(trained.thresholds)}
 
 
 def check_images(trained: TrainedModel, fresh: DictConfig) -> tuple[torch.Tensor, str]:
@@ -75,7 +85,8 @@ def check_images(trained: TrainedModel, fresh: DictConfig) -> tuple[torch.Tensor
     cfg.data.max_eval_samples = CHECK_IMAGES  # a seeded draw: only these are decoded
     try:
         split = load_evaluation_split(cfg, torch.device("cpu"), trained.spec, trained.mean,
-                                      trained.std, trained.classes)  # fmt: skip
+                                      trained.std, trained.classes,
+                                      trained.multi_label)  # fmt: skip
         images = split.loader.images_at(range(min(CHECK_IMAGES, split.loader.count)))
     except UserError as e:
         why = str(e)
@@ -106,7 +117,7 @@ def export_run(source, fmt: str, out: Path | None, fresh: DictConfig,
     if calibrated and trained.temperature is None:
         log.warning("%s has no fitted temperature (trained with data.val_split=0?): --calibrated "
                     "divides by 1", trained.checkpoint)  # fmt: skip
-    model = trained.normalized(calibrated)
+    model = trained.normalized(calibrated, sigmoid=trained.multi_label)
     images, checked_on = check_images(trained, fresh)
     pixels = unit_range(images)  # (n, C, H, W) in [0, 1]
     with torch.no_grad():
@@ -139,12 +150,13 @@ def require_onnx() -> None:
 
 
 def write_onnx(model: Normalized, example: torch.Tensor, path: Path, meta: dict) -> None:
-    """torch.onnx's exporter (torch.export-based), the batch axis named `batch` and free."""
+    """torch.onnx's exporter (torch.export-based), the batch axis named `batch` and free, the
+    output named `logits`, or `probabilities` when the model ends in a sigmoid."""
     program = torch.onnx.export(
         model,
         (example,),
         input_names=["pixels"],
-        output_names=["logits"],
+        output_names=["probabilities" if model.sigmoid else "logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
         dynamo=True,
         verbose=False,
@@ -154,12 +166,12 @@ def write_onnx(model: Normalized, example: torch.Tensor, path: Path, meta: dict)
 
 
 def run_onnx(path: Path, pixels: torch.Tensor) -> torch.Tensor:
-    """The logits ONNX Runtime computes with the file at `path`."""
+    """The outputs ONNX Runtime computes with the file at `path`."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"pixels": pixels.numpy()})
-    return torch.from_numpy(np.asarray(logits))
+    (outputs,) = session.run(None, {"pixels": pixels.numpy()})  # its one output
+    return torch.from_numpy(np.asarray(outputs))
 
 
 def write_torchscript(model: Normalized, example: torch.Tensor, path: Path, meta: dict) -> None:
@@ -175,7 +187,7 @@ def write_torchscript(model: Normalized, example: torch.Tensor, path: Path, meta
 
 
 def run_torchscript(path: Path, pixels: torch.Tensor) -> torch.Tensor:
-    """The logits of the TorchScript file at `path`, loaded as a program without cnntrain
+    """The outputs of the TorchScript file at `path`, loaded as a program without cnntrain
     would (torch.jit.load)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")

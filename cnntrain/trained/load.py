@@ -22,6 +22,7 @@ from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
 from cnntrain.data.geometry import spec_fit
 from cnntrain.metrics.calibration import TEMPERATURE_RANGE
+from cnntrain.metrics.multilabel import DEFAULT_THRESHOLD
 from cnntrain.models.registry import build_architecture
 
 RANGE_SLACK = 1e-9  # relative: a fitted end of the range, exp(log(end)), may round just past it
@@ -31,19 +32,23 @@ class Normalized(nn.Module):
     """A network with its input normalization inside: float32 pixels in [0, 1] (N, C, H, W), as
     ToTensor gives them, → logits (N, classes). The arithmetic is the data pipeline's BatchPrep:
     (x - mean) / std per channel. With a `temperature`, the logits come out divided by it
-    (temperature-scaled: their softmax gives calibrated probabilities)."""
+    (temperature-scaled: their softmax gives calibrated probabilities); with `sigmoid`, each
+    label's probability comes out instead (several labels per image)."""
 
     def __init__(self, network: nn.Module, mean: list[float], std: list[float],
-                 temperature: float | None = None):  # fmt: skip
+                 temperature: float | None = None, sigmoid: bool = False):  # fmt: skip
         super().__init__()
         self.network = network
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.temperature = temperature  # a constant of an exported graph
+        self.sigmoid = sigmoid
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.network((pixels - self.mean) / self.std)
-        return logits if self.temperature is None else logits / self.temperature
+        if self.temperature is not None:
+            logits = logits / self.temperature
+        return logits.sigmoid() if self.sigmoid else logits
 
 
 @dataclass
@@ -58,12 +63,17 @@ class TrainedModel:
     config: dict  # the run's resolved config, as saved (trackers and callbacks dropped)
     checkpoint: Path
     temperature: float | None = None  # the logits' divisor fitted on the validation split
+    # Several labels per image: one sigmoid per class (`classes` the labels), and each label's
+    # probability threshold (L,) saved after training (0.5 each when the run saved none)
+    multi_label: bool = False
+    thresholds: list[float] | None = None
 
-    def normalized(self, calibrated: bool = False) -> Normalized:
+    def normalized(self, calibrated: bool = False, sigmoid: bool = False) -> Normalized:
         """The network taking [0, 1] pixels (normalization inside), in eval mode; `calibrated`:
-        its logits divided by the temperature (when the run fitted one)."""
+        its logits divided by the temperature (when the run fitted one); `sigmoid`: each
+        label's probability out instead of the logits."""
         temperature = self.temperature if calibrated else None
-        return Normalized(self.network, self.mean, self.std, temperature).eval()
+        return Normalized(self.network, self.mean, self.std, temperature, sigmoid).eval()
 
 
 def load_trained(source) -> TrainedModel:
@@ -86,7 +96,34 @@ def load_trained(source) -> TrainedModel:
         config=config,
         checkpoint=path,
         temperature=saved_temperature(saved, path),
+        multi_label=saved.get("multi_label") is True,
+        thresholds=saved_thresholds(saved, path, len(saved["classes"])),
     )
+
+
+def saved_thresholds(saved: dict, path: Path, count: int) -> list[float] | None:
+    """The labels' thresholds of a checkpoint with several labels per image (training/
+    thresholds.py's entry), checked as received data: `count` probabilities in [0, 1]; 0.5 each
+    when the run saved none (stopped before its final test); None for one label per image."""
+    if saved.get("multi_label") is not True:
+        return None
+    entry = saved.get("thresholds")
+    if entry is None:
+        return [DEFAULT_THRESHOLD] * count
+    values = entry.get("values") if isinstance(entry, dict) else None
+    fine = (
+        isinstance(values, list)
+        and len(values) == count
+        and all(
+            not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v <= 1 for v in values
+        )
+    )
+    if not fine:
+        raise UserError(
+            f"checkpoint {path}: thresholds.values is not {count} probabilities from 0 to 1 (what "
+            "tuning gives); use the run's own checkpoint, or train it again"
+        )
+    return [float(v) for v in values]
 
 
 def saved_temperature(saved: dict, path: Path) -> float | None:

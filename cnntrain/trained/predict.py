@@ -28,6 +28,7 @@ from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import DECODE_ERRORS
 from cnntrain.data.limits import Limits, TooLarge, check_member_size, limits_of, open_image
 from cnntrain.data.sources import ARCHIVE_SUFFIXES
+from cnntrain.reporting.predictions import LABEL_JOIN
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.trained.load import TrainedModel, image_pixels, unit_range
 from cnntrain.training.evaluate import model_logits
@@ -164,16 +165,18 @@ def batch_probabilities(trained: TrainedModel, refs: list[ImageRef], *, batch_si
                         skipped: list[str]) -> Iterator[Scored]:  # fmt: skip
     """The readable images of `refs`, each decoded once, `batch_size` at a time: (their indices
     in `refs`, their uint8 pixels (B, C, H, W), their calibrated probabilities (B, K) float64 on
-    the CPU: softmax(logits / the run's temperature), logits by model_logits with `tta`). Each
-    unreadable image is appended to `skipped` as shown (escaped; with the cap when over one)."""
+    the CPU: softmax(logits / the run's temperature), or with several labels per image each
+    label's sigmoid(logit); logits by model_logits with `tta`). Each unreadable image is
+    appended to `skipped` as shown (escaped; with the cap when over one)."""
     model = trained.normalized(calibrated=True).to(device)
     places, pixels = [], []
 
     def scored() -> Scored:
         batch = torch.stack(pixels)
         with torch.no_grad():
-            logits = model_logits(model, unit_range(batch).to(device), tta)
-        done = (places.copy(), batch, logits.double().softmax(1).cpu())
+            logits = model_logits(model, unit_range(batch).to(device), tta).double()
+        probabilities = logits.sigmoid() if trained.multi_label else logits.softmax(1)
+        done = (places.copy(), batch, probabilities.cpu())
         places.clear()
         pixels.clear()
         return done
@@ -197,13 +200,17 @@ def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top
             tta: bool, device: torch.device, show_bars: bool, abstain: float | None = None,
             each_batch: Callable | None = None) -> Predictions:  # fmt: skip
     """Label `refs` with `trained` (batch_probabilities): the `top_k` classes of each readable
-    image by calibrated probability. `abstain`: see `abstained`. `each_batch`: called with each
-    batch's names, uint8 pixels, predicted class indices and their probabilities, as in its
-    rows (cnntrain-predict --explain draws its maps from them)."""
+    image by calibrated probability; with several labels per image its label set and every
+    label's probability (multilabel_rows). `abstain`: see `abstained`. `each_batch`: called
+    with each batch's names, uint8 pixels, predicted class indices and their probabilities, as
+    in its rows (cnntrain-predict --explain draws its maps from them; with several labels, of
+    each image's most probable label)."""
     k = min(top_k, len(trained.classes))
     rows, skipped, confident = [], [], []
     scored = batch_probabilities(trained, refs, batch_size=batch_size, tta=tta, device=device,
                                  show_bars=show_bars, skipped=skipped)  # fmt: skip
+    if trained.multi_label:
+        return multilabel_predictions(trained, refs, scored, skipped, each_batch)
     for places, pixels, probabilities in scored:
         top = probabilities.topk(k, dim=1)  # (B, k) each, most probable first
         names = [refs[i].name for i in places]
@@ -215,13 +222,37 @@ def predict(trained: TrainedModel, refs: list[ImageRef], *, batch_size: int, top
         if each_batch is not None:
             each_batch(names, pixels, [i[0] for i in indices], [p[0] for p in values])
     if not rows:
-        raise UserError(
-            f"none of the {len(refs)} image files could be read (first: {skipped[0]}); "
-            "are they images?"
-        )
+        raise nothing_read(refs, skipped)
     if abstain is None:
         return Predictions(csv_header(k), rows, skipped)
     return Predictions([*csv_header(k), "best_guess"], rows, skipped, sum(confident))
+
+
+def multilabel_predictions(trained: TrainedModel, refs: list[ImageRef], scored, skipped: list,
+                           each_batch: Callable | None) -> Predictions:  # fmt: skip
+    """Predictions with several labels per image: `labels`, those whose probability is at least
+    their threshold (the run's, tuned on its validation split), joined by LABEL_JOIN ("" for
+    none), and a `p_<label>` column per label."""
+    thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
+    rows = []
+    for places, pixels, probabilities in scored:
+        names = [refs[i].name for i in places]
+        chosen = (probabilities >= thresholds).tolist()  # (B, L) bool
+        for name, flags, p in zip(names, chosen, probabilities.tolist(), strict=True):
+            labels = LABEL_JOIN.join(c for c, on in zip(trained.classes, flags, strict=True) if on)
+            rows.append([name, labels, *(f"{v:.6f}" for v in p)])
+        if each_batch is not None:
+            top = probabilities.max(1)
+            each_batch(names, pixels, top.indices.tolist(), top.values.tolist())
+    if not rows:
+        raise nothing_read(refs, skipped)
+    return Predictions(["path", "labels", *(f"p_{c}" for c in trained.classes)], rows, skipped)
+
+
+def nothing_read(refs: list[ImageRef], skipped: list[str]) -> UserError:
+    return UserError(
+        f"none of the {len(refs)} image files could be read (first: {skipped[0]}); are they images?"
+    )
 
 
 def abstained(row: list[str], confident: bool) -> list[str]:

@@ -4,7 +4,7 @@ the test split) with the tested weights, saved in the checkpoint the test used."
 import logging
 from pathlib import Path
 
-from cnntrain.core.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from cnntrain.core.checkpoint import BEST, LAST, add_entry
 from cnntrain.metrics import fit_temperature, negative_log_likelihood
 from cnntrain.training.evaluate import evaluate
 
@@ -45,9 +45,8 @@ def fit_on_validation(loop, net) -> float | None:
 
 def save_temperature(path: Path, temperature: float, images: int,
                      state: dict | None = None) -> None:  # fmt: skip
-    """Add `calibration` ({temperature, fitted_on, images}) to the checkpoint at `path`,
-    rewritten atomically (what cnntrain-eval, -predict and -export read back). `state`: that
-    checkpoint as already loaded (the final test's), else it is read."""
-    state = load_checkpoint(path) if state is None else state
-    state["calibration"] = {"temperature": temperature, "fitted_on": "val", "images": images}
-    save_checkpoint(path, state)
+    """Add `calibration` ({temperature, fitted_on, images}) to the checkpoint at `path`
+    (what cnntrain-eval, -predict and -export read back). `state`: that checkpoint as already
+    loaded (the final test's), else it is read."""
+    calibration = {"temperature": temperature, "fitted_on": "val", "images": images}
+    add_entry(path, "calibration", calibration, state)

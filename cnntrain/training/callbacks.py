@@ -46,11 +46,13 @@ class EpochLine(Callback):
         per_epoch = (time.monotonic() - self.started) / max(1, row["epoch"] - self.first_epoch)
         left = loop.epochs - row["epoch"]
         eta = f"  run ETA {duration(left * per_epoch)}" if left else ""
+        # several labels per image: the mean AP besides the exact-match accuracy
+        ap = f" mAP {100 * row['val/mAP']:5.2f}%" if "val/mAP" in row else ""
         log.info(
-            "epoch %d/%d  train loss %.4f acc %5.2f%%  %s loss %.4f acc %5.2f%%  lr %.2e  %.1fs  "
-            "%s img/s%s",
+            "epoch %d/%d  train loss %.4f acc %5.2f%%  %s loss %.4f acc %5.2f%%%s  lr %.2e  "
+            "%.1fs  %s img/s%s",
             row["epoch"], loop.epochs, row["train/loss"], 100 * row["train/acc"], row["val/split"],
-            row["val/loss"], 100 * row["val/acc"], row["lr"], row["epoch_time_s"],
+            row["val/loss"], 100 * row["val/acc"], ap, row["lr"], row["epoch_time_s"],
             f"{row['train/images_per_s']:,.0f}", eta,
         )  # fmt: skip
 

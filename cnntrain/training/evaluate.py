@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnntrain import distributed
-from cnntrain.metrics import balanced_accuracy
+from cnntrain.metrics import balanced_accuracy, hits
 from cnntrain.models.fold import folded
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.training.precision import Arithmetic
@@ -39,12 +39,16 @@ def evaluate(
     keep_outputs=False,
 ) -> dict:
     """Mean cross-entropy, accuracy and balanced accuracy (the mean of the per-class recalls) of
-    `model` on `loader`, in eval mode, without gradients.
+    `model` on `loader`, in eval mode, without gradients. With several labels per image (targets
+    (N, L) 0/1): the mean binary cross-entropy over labels, accuracy counting an image right when
+    every label is (at probability 0.5), no balanced accuracy, and the outputs always kept (the
+    epoch's mAP and F1 need them).
 
     With several processes each evaluates its shard and the sums are added over ranks: every
-    image counts once (a shard's padding has target distributed.IGNORED, which cross_entropy
-    ignores and no prediction matches). With keep_outputs, also returns `logits` (N, classes)
-    and `targets` (N,) on the CPU, in the split's order: on rank 0 only (None on the others).
+    image counts once (a shard's padding has target distributed.IGNORED, which the losses leave
+    out and no prediction matches). With keep_outputs, also returns `logits` (N, classes)
+    and `targets` (N,) or (N, L) on the CPU, in the split's order: on rank 0 only (None on the
+    others).
     """
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics, Dropout is off
@@ -52,17 +56,21 @@ def evaluate(
     sums = torch.zeros(3, dtype=torch.float64, device=arithmetic.device)  # loss, correct, images
     per_class = None  # (2, classes): each class's images predicted right, and its images
     outputs, targets = [], []
+    multi_label = False
     with progress_bar(len(loader), desc, show_bars) as bar:
         for x, y in loader.batches():
             with arithmetic.autocast():
                 logits = model_logits(net, x, arithmetic.tta)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum")  # padding ignored
-            right, real = logits.argmax(1) == y, y != distributed.IGNORED
-            sums += torch.stack([loss.double(), right.sum().double(), real.sum().double()])
+            real = distributed.real_rows(y)
+            right = hits(logits, y) & real
+            sums += torch.stack([summed_loss(logits, y, real), right.sum().double(),
+                                 real.sum().double()])  # fmt: skip
+            multi_label = y.ndim == 2
             if per_class is None:
                 per_class = sums.new_zeros(2, logits.shape[1])
-            count_by_class(per_class, y, right, real)
-            if keep_outputs:
+            if not multi_label:
+                count_by_class(per_class, y, right, real)
+            if keep_outputs or multi_label:
                 outputs.append(logits)
                 targets.append(y)
             bar.update()
@@ -70,17 +78,23 @@ def evaluate(
     per_class = sums.new_zeros(2, 0) if per_class is None else per_class
     summed = distributed.sum_over_ranks(torch.cat([sums, per_class.flatten()]))  # one host sync
     loss, correct, count = summed[:3].tolist()
-    hits, images = summed[3:].view(2, -1).tolist()
-    recalls = [h / n if n else None for h, n in zip(hits, images, strict=True)]
-    result = {
-        "loss": loss / max(1, count),
-        "acc": correct / max(1, count),
-        "balanced_acc": balanced_accuracy(recalls),
-        "count": int(count),
-    }
-    if keep_outputs:
+    right_by_class, images = summed[3:].view(2, -1).tolist()
+    recalls = [h / n if n else None for h, n in zip(right_by_class, images, strict=True)]
+    result = {"loss": loss / max(1, count), "acc": correct / max(1, count), "count": int(count)}
+    if not multi_label:
+        result["balanced_acc"] = balanced_accuracy(recalls)
+    if keep_outputs or multi_label:
         result["logits"], result["targets"] = gathered_outputs(outputs, targets)
     return result
+
+
+def summed_loss(logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """A batch's summed loss, float64, padding (not `real`) left out: cross-entropy, or with
+    several labels per image ((B, L) 0/1) each image's binary cross-entropy, mean over labels."""
+    if y.ndim == 1:
+        return nn.functional.cross_entropy(logits, y, reduction="sum").double()  # ignores padding
+    each = nn.functional.binary_cross_entropy_with_logits(logits, y.clamp_min(0), reduction="none")
+    return (each.mean(1) * real).sum().double()
 
 
 def count_by_class(per_class: torch.Tensor, y: torch.Tensor, right: torch.Tensor,
@@ -98,5 +112,5 @@ def gathered_outputs(outputs: list, targets: list) -> tuple:
     logits, targets = distributed.gather_in_order(outputs), distributed.gather_in_order(targets)
     if logits is None:
         return None, None
-    real = targets != distributed.IGNORED
+    real = distributed.real_rows(targets)
     return logits[real].cpu(), targets[real].cpu()

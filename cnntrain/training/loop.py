@@ -32,6 +32,7 @@ from cnntrain import distributed
 from cnntrain.core.checkpoint import BEST, LAST, checkpoint_path, evaluated_weights, load_checkpoint
 from cnntrain.core.errors import UserError
 from cnntrain.data import DataBundle
+from cnntrain.metrics import epoch_metrics
 from cnntrain.models.freeze import train_mode
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.training.evaluate import evaluate
@@ -177,7 +178,7 @@ class Loop:
             "train/acc": train_acc,
             "val/loss": val["loss"],
             "val/acc": val["acc"],
-            "val/balanced_acc": val["balanced_acc"],  # the mean of the per-class recalls
+            **self.epoch_metrics(val),
             "val/split": self.data.val_name,  # what val/* measured: "test" when val_split=0
             "lr": totals.lr,  # of the epoch's last step
             "epoch_time_s": round(p.epoch_time_s, 3),
@@ -189,6 +190,15 @@ class Loop:
             self.best_outputs = val
         self.emit("on_epoch_end", row)
         p.stopped_by = distributed.from_main(p.stopped_by)  # rank 0's callbacks may end the run
+
+    def epoch_metrics(self, val: dict) -> dict:
+        """The row's metrics besides loss and accuracy: val/balanced_acc (the mean of the
+        per-class recalls), or with several labels per image val/mAP, the F1s and the Hamming
+        loss at probability 0.5 (from rank 0's gathered outputs, the same on every rank)."""
+        if not self.data.multi_label:
+            return {"val/balanced_acc": val["balanced_acc"]}
+        metrics = epoch_metrics(val["logits"], val["targets"], "val") if self.is_main else None
+        return distributed.from_main(metrics)
 
     def divergence(self, what: str) -> UserError:
         last = self.checkpoint_path(LAST)

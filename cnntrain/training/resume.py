@@ -36,6 +36,7 @@ def checkpoint_state(loop) -> dict:
         "classes": data.classes,
         "normalization": {"mean": data.mean, "std": data.std},
         "callbacks": {name: state for name, state in states.items() if state is not None},
+        **({"multi_label": True} if data.multi_label else {}),  # sigmoid outputs, one per label
     }
 
 

@@ -3,8 +3,29 @@ and the metrics a run may monitor (`trainer.monitor`), each with the way it impr
 
 from dataclasses import dataclass, field
 
-# What `trainer.monitor` may name (a key of each epoch's row): is a larger value better?
-MONITORS = {"val/acc": True, "val/loss": False, "val/balanced_acc": True}
+from cnntrain.core.errors import UserError
+
+# What `trainer.monitor` may name (a key of each epoch's row): is a larger value better? One label
+# per image, and several (val/acc: every label right at p 0.5; no per-class recalls to balance).
+SINGLE_LABEL_MONITORS = {"val/acc": True, "val/loss": False, "val/balanced_acc": True}
+MULTI_LABEL_MONITORS = {"val/acc": True, "val/loss": False, "val/mAP": True, "val/f1_micro": True,
+                        "val/f1_macro": True, "val/hamming_loss": False}  # fmt: skip
+MONITORS = SINGLE_LABEL_MONITORS | MULTI_LABEL_MONITORS
+
+
+def chosen_monitor(monitor: str, multi_label: bool) -> str:
+    """`trainer.monitor` for this run's data: auto is val/acc, or val/mAP with several labels per
+    image; a metric the run's epochs do not report is refused."""
+    if monitor == "auto":
+        return "val/mAP" if multi_label else "val/acc"
+    allowed = MULTI_LABEL_MONITORS if multi_label else SINGLE_LABEL_MONITORS
+    if monitor not in allowed:
+        kind = "several labels per image" if multi_label else "one label per image"
+        raise UserError(
+            f"trainer.monitor={monitor} is not reported by a run with {kind}; use auto or one of "
+            f"{', '.join(allowed)}"
+        )
+    return monitor
 
 
 def improves(value: float, best: float | None, monitor: str, margin: float = 0.0) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnntrain.metrics import hits
 from cnntrain.training.ema import EMA
 from cnntrain.training.mixing import BatchMix
 from cnntrain.training.precision import Arithmetic
@@ -51,10 +52,11 @@ class Totals:
             skipped=torch.zeros((), device=device),
         )
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
-        n = len(y)
+    def add(self, loss: torch.Tensor, right: torch.Tensor, step: int) -> None:
+        """Add a batch's mean `loss` and `right` (B,) bool: its images predicted right."""
+        n = len(right)
         self.loss += loss.detach().double() * n
-        self.correct += (logits.argmax(1) == y).sum()
+        self.correct += right.sum()
         self.count += n
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, step, self.first_bad_step)
@@ -88,6 +90,7 @@ class StepParts:
     ema: EMA | None = None
     accumulate: int = 1  # batches per optimizer step (`trainer.accumulate`)
     mix: BatchMix | None = None  # MixUp / CutMix of each training batch
+    multi_label: bool = False  # several labels per image: targets (B, L), one sigmoid per label
 
 
 def optimizer_steps(batches: int, accumulate: int) -> int:
@@ -113,7 +116,8 @@ def micro_step_context(model: nn.Module, last: bool):
 
 def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int,
                 batches: int, totals: Totals) -> bool:  # fmt: skip
-    """Train on batch `step` (x (B, C, H, W), y (B,)) of an epoch of `batches`; add into `totals`;
+    """Train on batch `step` (x (B, C, H, W), y (B,) or (B, L)) of an epoch of `batches`; add into
+    `totals`;
     return whether it ended an optimizer step (so the loop may stop after it).
 
     Every `parts.accumulate` batches make one optimizer step: each batch's loss is scaled by
@@ -124,9 +128,9 @@ def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, epoch: int, 
     model, a = parts.model, parts.arithmetic
     size, last = group_of(step, batches, parts.accumulate)
     target, counted = y, y
-    if parts.mix is not None:  # class probabilities; accuracy against the larger share
+    if parts.mix is not None:  # class probabilities (or label vectors) mixed
         x, target = parts.mix(x, y, epoch, step)
-        counted = target.argmax(1)
+        counted = target if parts.multi_label else target.argmax(1)  # the larger share's class
     if step % parts.accumulate == 0:
         parts.optimizer.zero_grad(set_to_none=True)
     with micro_step_context(model, last):
@@ -136,7 +140,7 @@ def train_batch(parts: StepParts, x: torch.Tensor, y: torch.Tensor, epoch: int, 
         a.scaler.scale(loss / size).backward()  # / 1 is exact: no accumulation, no change
     if last:
         optimizer_step(parts, totals)
-    totals.add(loss, logits, counted, step)
+    totals.add(loss, hits(logits, counted), step)
     return last
 
 

@@ -149,7 +149,7 @@ def test_a_resumed_run_takes_its_groups_defaults_from_its_saved_config_alone(fin
     path = checkpoint_path(finished_run, LAST)
     saved = saved_config(load_checkpoint(path), path)
     assert chosen_options(saved) == ["data=cifar10", "model=cifar10cnn", "optimizer=sgd",
-                                     "scheduler=cosine"]  # fmt: skip
+                                     "scheduler=cosine", "loss=default"]  # fmt: skip
     saved["model"], saved["optimizer"]["_target_"] = {"name": "resnet"}, "torch.optim.AdamW"
     assert chosen_options(saved)[1:3] == ["model=resnet", "optimizer=adamw"]
 

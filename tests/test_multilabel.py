@@ -1,0 +1,209 @@
+"""Several labels per image, end to end: a label file of coloured squares (each colour present is a
+label; some images have none) trains, resumes bitwise, tunes each label's threshold on the
+validation split only, and predict and the ONNX export use those thresholds; a single-label run
+keeps its fields."""
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnntrain.core.errors import UserError
+from cnntrain.data.labels import label_listing
+from cnntrain.data.limits import default_limits
+from cnntrain.data.listing import SplitOptions, listing_splits
+from cnntrain.metrics import tune_thresholds
+from cnntrain.trained.load import load_trained, unit_range
+from cnntrain.trained.predict import find_images, predict
+from tests.conftest import compose_config, train_here
+
+COLOURS = ("red", "green", "blue")  # channel c bright in a square: label COLOURS[c]
+RARE = "violet"  # a label of two images only: the split cannot give it to val and test
+FAULT = ("+callbacks.fault._target_=tests.faults.Fault", "+callbacks.fault.at=sigint-step:2:1")
+
+
+def square_image(rng, labels: list[str]) -> Image.Image:
+    pixels = np.full((24, 24, 3), 20, dtype=np.uint8)
+    for c, colour in enumerate(COLOURS):
+        if colour in labels:
+            y, x = rng.integers(0, 16, 2)
+            pixels[y : y + 8, x : x + 8, c] = 230
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def label_file(tmp_path_factory):
+    """labels.csv (path,labels with `|` between labels) over 200 images of 24×24 px."""
+    root = tmp_path_factory.mktemp("squares")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(200):
+        labels = [c for c in COLOURS if rng.random() < 0.4] + ([RARE] if i in (3, 4) else [])
+        square_image(rng, labels).save(root / f"{i:03d}.png")
+        rows.append((f"{i:03d}.png", "|".join(labels)))
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "labels"), *rows])
+    return root / "labels.csv"
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def overrides(label_file, *extra: str) -> tuple[str, ...]:
+    return ("data=csv", f"data.labels={label_file}", "data.label_column=labels",
+            "data.label_separator=|", "model=simplecnn", "trainer.epochs=3", "data.batch_size=32",
+            "logger=none", "trainer.device=cpu", "trainer.precision=32", "trainer.cam=none",
+            *extra)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(label_file, tmp_path_factory):
+    """A finished multi-label run (3 epochs), with its log."""
+    folder = tmp_path_factory.mktemp("run") / "run"
+    results = train_here(*overrides(label_file), output_dir=folder)
+    return folder, results
+
+
+def test_a_label_file_with_several_labels_per_row_trains_with_multilabel_fields(run):
+    folder, results = run
+    assert results["task"] == "multi" and results["monitor"] == "val/mAP"
+    assert results["classes"] == sorted([*COLOURS, RARE])
+    for key in ("test/mAP", "test/f1_micro", "test/f1_macro", "test/acc", "test/hamming_loss"):
+        assert 0 <= results[key] <= 1, key
+    assert results["test/mAP"] > 0.8  # a colour square is easy to see
+    assert results["test/per_label_ap"][RARE] is None  # no positive test image: left out of mAP
+    assert "test/ece" not in results and "temperature" not in results
+    rows = read_csv(folder / "metrics.csv")
+    assert {"val/mAP", "val/f1_micro", "val/f1_macro", "val/hamming_loss"} <= rows[0].keys()
+    assert "val/balanced_acc" not in rows[0]
+    table = read_csv(folder / "splits.csv")
+    assert any(r["class"] == "" for r in table)  # images with no label are kept, all-negative
+    assert {r["split"] for r in table if RARE in r["class"].split("|")} == {"train", "val"}
+    predictions = read_csv(folder / "test_predictions.csv")
+    assert set(predictions[0]) >= {"true", "predicted", *(f"p_{c}" for c in COLOURS)}
+    for name in ("per_label_ap", "pr_curves", "label_cooccurrence", "largest_errors"):
+        assert (folder / "plots" / f"{name}.png").is_file()
+    assert "mAP" in (folder / "report.html").read_text()
+
+
+def test_the_thresholds_are_tuned_on_the_validation_split_alone(run, label_file):
+    folder, results = run
+    trained = load_trained(folder)
+    assert trained.multi_label and trained.thresholds == list(results["thresholds"].values())
+    table = read_csv(folder / "splits.csv")
+    root = label_file.parent
+    probabilities, targets = {}, {}
+    for split in ("val", "test"):
+        rows = [r for r in table if r["split"] == split]
+        pixels = torch.stack([image_tensor(root / r["path"]) for r in rows])
+        with torch.no_grad():
+            probabilities[split] = trained.normalized(sigmoid=True)(unit_range(pixels))
+        targets[split] = torch.tensor([[float(c in r["class"].split("|")) for c in trained.classes]
+                                       for r in rows])  # fmt: skip
+    on_val = tune_thresholds(probabilities["val"], targets["val"], "f1")
+    on_test = tune_thresholds(probabilities["test"], targets["test"], "f1")
+    assert torch.allclose(torch.tensor(trained.thresholds, dtype=torch.float64), on_val, atol=1e-6)
+    assert not torch.allclose(on_val, on_test, atol=1e-6)
+    assert results["thresholds_fitted_on"] == "val" and results["thresholds_rule"] == "f1"
+
+
+def image_tensor(path) -> torch.Tensor:
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
+
+
+def test_predict_and_the_onnx_export_use_the_thresholds(run, label_file, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime
+
+    from cnntrain.trained.export import export_run
+
+    folder, _ = run
+    trained = load_trained(folder)
+    images = sorted(label_file.parent.glob("*.png"))[:40]
+    made = predict(trained, find_images([str(p) for p in images]), batch_size=16, top_k=5,
+                   tta=False, device=torch.device("cpu"), show_bars=False)  # fmt: skip
+    assert made.header == ["path", "labels", *(f"p_{c}" for c in trained.classes)]
+    thresholds = torch.tensor(trained.thresholds)
+    pixels = torch.stack([image_tensor(p) for p in images])
+    with torch.no_grad():
+        expected = trained.normalized(sigmoid=True)(unit_range(pixels))
+    for row, p in zip(made.rows, expected, strict=True):
+        assert [float(v) for v in row[2:]] == pytest.approx(p.tolist(), abs=1e-6)
+        chosen = [
+            c for c, on in zip(trained.classes, (p >= thresholds).tolist(), strict=True) if on
+        ]
+        assert row[1] == "|".join(chosen)
+    exported = export_run(folder, "onnx", tmp_path / "model.onnx", compose_config(output_dir="x"))
+    meta = {p.key: p.value for p in onnx.load(exported.path).metadata_props}
+    assert meta["multi_label"] == "true"
+    assert np.allclose(json.loads(meta["thresholds"]), trained.thresholds)
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["probabilities"], {"pixels": unit_range(pixels).numpy()})
+    assert np.allclose(out, expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_multilabel_run_stopped_and_resumed_is_bitwise_identical(label_file, tmp_path, run):
+    folder, results = run
+    stopped = tmp_path / "stopped"
+    with pytest.raises(SystemExit):
+        train_here(*overrides(label_file), *FAULT, output_dir=stopped)
+    resumed = train_here(output_dir=stopped, resume=stopped)
+    for name in ("last.pt", "best.pt"):
+        a, b = (torch.load(f / "checkpoints" / name, weights_only=True) for f in (folder, stopped))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+    assert resumed["test/mAP"] == results["test/mAP"]
+    assert resumed["thresholds"] == results["thresholds"]
+
+
+def test_labels_too_rare_for_every_split_and_absent_from_test_are_named(label_file, tmp_path,
+                                                                       caplog):  # fmt: skip
+    with caplog.at_level(logging.INFO, "cnntrain"):
+        train_here(*overrides(label_file, "trainer.epochs=1", "trainer.plots=false"),
+                   output_dir=tmp_path / "run")  # fmt: skip
+    text = caplog.text
+    assert "several labels per image (data.task=auto)" in text
+    assert f"'{RARE}' (2 image(s): no test)" in text  # the split's line
+    assert f"label(s) have no positive image in the test split: {RARE}" in text
+    assert "with no label" in text  # the training histogram counts them
+
+
+def test_data_task_single_refuses_a_row_of_several_labels(label_file):
+    cfg = compose_config(*overrides(label_file, "data.task=single"), output_dir="x")
+    with pytest.raises(UserError, match=r"data.task=single but .* has \d labels"):
+        listing_splits(label_listing(cfg.data), "labels.csv", SplitOptions.of(cfg.data),
+                       default_limits())  # fmt: skip
+
+
+def test_zero_one_label_columns_give_the_same_labels(label_file, tmp_path):
+    rows = read_csv(label_file)
+    columns = tmp_path / "columns.csv"
+    with open(columns, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *COLOURS, RARE])
+        for r in rows:
+            labels = r["labels"].split("|")
+            writer.writerow([label_file.parent / r["path"],
+                             *(int(c in labels) for c in (*COLOURS, RARE))])  # fmt: skip
+    names = ",".join((*COLOURS, RARE))
+    cfg = compose_config("data=csv", f"data.labels={columns}", f"data.label_columns=[{names}]",
+                         output_dir="x")  # fmt: skip
+    listing = label_listing(cfg.data)
+    assert listing.classes == [*COLOURS, RARE]
+    assert [set(s) for s in listing.label_sets] == [set(r["labels"].split("|")) - {""}
+                                                     for r in rows]  # fmt: skip
+
+
+def test_a_single_label_run_keeps_its_fields(finished_run):
+    results = (finished_run / "results.json").read_text()
+    saved = torch.load(finished_run / "checkpoints" / "best.pt", weights_only=True)
+    assert '"task"' not in results and '"test/balanced_acc"' in results
+    assert "multi_label" not in saved and "thresholds" not in saved and "calibration" in saved
