@@ -45,13 +45,14 @@ def assert_png(path):
 @pytest.fixture
 def figures(monkeypatch):
     """The figures drawn (still written as PNGs), to check what their axes hold."""
-    drawn = []
+    drawn, save = [], plots.save_png
 
     def keep(fig, path):
         drawn.append(fig)
-        plots.save_png(fig, path)
+        save(fig, path)
 
     monkeypatch.setattr(multilabel_plots, "save_png", keep)
+    monkeypatch.setattr(plots, "save_png", keep)  # the image grid's
     return drawn
 
 
@@ -220,8 +221,15 @@ def figure_names(page):
 
 
 def test_multilabel_run_report(tmp_path, monkeypatch):
-    curves = []  # the curves figure the report draws, kept in memory: the page shows no curves.png
-    monkeypatch.setattr(plots, "save_png", lambda fig, path: curves.append(fig))
+    curves, save = [], plots.save_png  # the curves the report draws, kept in memory: not shown
+
+    def keep(fig, path):
+        if path.name == "curves.png":
+            curves.append(fig)
+        else:
+            save(fig, path)
+
+    monkeypatch.setattr(plots, "save_png", keep)
     run, (logits, targets) = make_multilabel_run(tmp_path / "run")
     page = write_run_report(run).read_text()
 

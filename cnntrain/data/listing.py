@@ -218,15 +218,7 @@ def check_carved(made: dict, targets: np.ndarray, classes: list[str], fractions:
         if rare:
             log.warning("%d label(s) too rare for every split: %s", len(rare), shown(rare))
         return
-    total = np.bincount(targets, minlength=len(classes))
-    per_split = {s: np.bincount(targets[made[s]], minlength=len(classes))
-                 for s, f in fractions.items() if f > 0}  # fmt: skip
-    short = []
-    for c in np.flatnonzero(total):
-        lacking = [s for s, counts in per_split.items() if counts[c] == 0]
-        if lacking:
-            name = printable(classes[c])
-            short.append(f"{name!r} ({total[c]} image(s): no {' or '.join(lacking)})")
+    short = rare_labels(np.eye(len(classes), dtype=bool)[targets], made, classes)  # one-hot
     if short:
         log.warning(
             "%d class(es) too small for every split: %s; a class keeps 1 image for train, then "

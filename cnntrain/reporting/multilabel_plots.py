@@ -21,12 +21,13 @@ from cnntrain.metrics.multilabel import (
 )
 from cnntrain.reporting.plots import (
     MAX_CELL_NUMBERS,
-    draw_picture,
     label_classes,
     new_figure,
     plain,
+    plot_image_grid,
     plot_message,
     save_png,
+    write_counts,
 )
 from cnntrain.reporting.predictions import short_name
 
@@ -181,10 +182,7 @@ def plot_label_cooccurrence(positives: torch.Tensor, labels: list[str], path: Pa
         f"per image, {unlabelled:,} without any)\ndiagonal: images with the label"
     )
     if count <= MAX_CELL_NUMBERS:
-        dark = counts > counts.max() / 2  # white text on dark cells
-        for (i, j), n in np.ndenumerate(counts):
-            color = "white" if dark[i, j] else "black"
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color=color)
+        write_counts(ax, counts)
     save_png(fig, path)
 
 
@@ -202,15 +200,8 @@ def plot_largest_errors(images: torch.Tensor, titles: list[str], path: Path) -> 
     if len(images) == 0:
         plot_message("largest errors", "the test split has no images", path)
         return
-    columns = min(4, len(images))
-    rows = math.ceil(len(images) / columns)
-    fig = new_figure(3.0 * columns, 3.2 * rows + 0.5)
-    for i, axes in enumerate(fig.subplots(rows, columns, squeeze=False).flat):
-        axes.set_axis_off()
-        if i < len(images):
-            draw_picture(axes, images[i], titles[i])
-    fig.suptitle("test images with the largest loss (binary cross-entropy over their labels)")
-    save_png(fig, path)
+    plot_image_grid(images, titles, "test images with the largest loss (binary cross-entropy "
+                    "over their labels)", (3.0, 3.2), path)  # fmt: skip
 
 
 def error_titles(

@@ -140,11 +140,16 @@ def plot_confusion_matrix(
     accuracy = np.trace(counts) / max(1, counts.sum())
     ax.set_title(f"confusion matrix, test split ({counts.sum():,} images, {accuracy:.2%} correct)")
     if k <= MAX_CELL_NUMBERS:
-        dark = counts > counts.max() / 2  # white text on dark cells
-        for (i, j), n in np.ndenumerate(counts):
-            color = "white" if dark[i, j] else "black"
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color=color)
+        write_counts(ax, counts)
     save_png(fig, path)
+
+
+def write_counts(ax, counts: np.ndarray) -> None:
+    """Each cell's count on a (k, k) matrix drawn by imshow; white on the dark cells."""
+    dark = counts > counts.max() / 2
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                color="white" if dark[i, j] else "black")  # fmt: skip
 
 
 def class_bar_chart(
@@ -330,15 +335,24 @@ def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[st
     if len(images) == 0:
         plot_message("misclassified test images", "no test image was misclassified", path)
         return
+    titles = [f"{true[i]} → {predicted[i]} (p={confidence[i]:.2f})\n{short_name(names[i])}"
+              for i in range(len(images))]  # fmt: skip
+    plot_image_grid(images, titles, "most confidently misclassified test images (true → "
+                    "predicted)", (2.8, 2.8), path)  # fmt: skip
+
+
+def plot_image_grid(images: torch.Tensor, titles: list[str], heading: str,
+                    cell: tuple[float, float], path: Path) -> None:  # fmt: skip
+    """Images (k ≥ 1, C, H, W) uint8, each over its title, four to a row of `cell` (width,
+    height) inches each, under `heading`."""
     columns = min(4, len(images))
     rows = math.ceil(len(images) / columns)
-    fig = new_figure(2.8 * columns, 2.8 * rows + 0.5)
+    fig = new_figure(cell[0] * columns, cell[1] * rows + 0.5)
     for i, axes in enumerate(fig.subplots(rows, columns, squeeze=False).flat):
         axes.set_axis_off()
         if i < len(images):
-            title = f"{true[i]} → {predicted[i]} (p={confidence[i]:.2f})\n{short_name(names[i])}"
-            draw_picture(axes, images[i], title)
-    fig.suptitle("most confidently misclassified test images (true → predicted)")
+            draw_picture(axes, images[i], titles[i])
+    fig.suptitle(heading)
     save_png(fig, path)
 
 
