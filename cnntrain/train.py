@@ -57,7 +57,7 @@ from cnntrain.training.mixing import batch_mix
 from cnntrain.training.optim import build_optimizer, build_scheduler
 from cnntrain.training.precision import Arithmetic, bf16_gradient_hazard
 from cnntrain.training.resume import restore, restore_trainable
-from cnntrain.training.state import chosen_monitor
+from cnntrain.training.state import check_optimized_metric, chosen_monitor
 from cnntrain.training.step import StepParts, optimizer_steps
 from cnntrain.training.thresholds import Thresholds, fit_thresholds
 
@@ -95,6 +95,7 @@ def train(cfg: DictConfig) -> float:
     if world.is_main:  # splits.csv (a split the tool made or reused), bad_rows.csv
         write_records(data.records, run_dir)
     cfg.trainer.monitor = chosen_monitor(cfg.trainer.monitor, data.multi_label)  # auto: resolved
+    check_optimized_metric(cfg.optimized_metric, data.multi_label)
     check_fits(cfg, data, device, world)  # one line, not the kernel's OOM killer
     model = build_model(cfg.model, data.spec)
     if saved is None:
@@ -232,8 +233,8 @@ def test_metrics(out: dict, data: DataBundle, fitted) -> dict:
 def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],
                              names: list[str], thresholds: Thresholds) -> None:  # fmt: skip
     """A run with several labels per image: test_predictions.csv, and unless `trainer.plots` is
-    false the curves, label counts, feature maps, filters, the multi-label figures and the
-    report."""
+    false the curves, label counts, feature maps, filters, the multi-label figures, each label's
+    class-activation maps and the report."""
     data, logits, targets = loop.data, out["logits"], out["targets"]
     rows = multilabel_prediction_rows(logits, targets, data.classes, names, thresholds.tensor())
     write_predictions(loop.run_dir, rows, multilabel_columns(data.classes))
@@ -243,6 +244,8 @@ def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],
     write_model_plots(plots, loop.state.rows, counts, test.images_at, test.prep, net)
     write_multilabel_plots(plots, logits, targets, thresholds.tensor(), data.classes,
                            test.images_at, names)  # fmt: skip
+    shown = SplitImages(test.images_at, test.prep, logits, targets, data.classes, names)
+    write_cam_plots(plots, net, shown, loop.cfg.trainer.cam, loop.cfg.trainer.cam_layer)
     write_run_report(loop.run_dir)
 
 

@@ -19,6 +19,7 @@ from cnntrain.data.listing import SplitOptions, listing_splits
 from cnntrain.metrics import tune_thresholds
 from cnntrain.trained.load import load_trained, unit_range
 from cnntrain.trained.predict import find_images, predict
+from cnntrain.training.state import check_optimized_metric, chosen_monitor
 from tests.conftest import compose_config, train_here
 
 COLOURS = ("red", "green", "blue")  # channel c bright in a square: label COLOURS[c]
@@ -58,8 +59,7 @@ def read_csv(path) -> list[dict]:
 def overrides(label_file, *extra: str) -> tuple[str, ...]:
     return ("data=csv", f"data.labels={label_file}", "data.label_column=labels",
             "data.label_separator=|", "model=simplecnn", "trainer.epochs=3", "data.batch_size=32",
-            "logger=none", "trainer.device=cpu", "trainer.precision=32", "trainer.cam=none",
-            *extra)  # fmt: skip
+            "logger=none", "trainer.device=cpu", "trainer.precision=32", *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,30 @@ def test_a_label_file_with_several_labels_per_row_trains_with_multilabel_fields(
     assert {r["split"] for r in table if RARE in r["class"].split("|")} == {"train", "val"}
     predictions = read_csv(folder / "test_predictions.csv")
     assert set(predictions[0]) >= {"true", "predicted", *(f"p_{c}" for c in COLOURS)}
-    for name in ("per_label_ap", "pr_curves", "label_cooccurrence", "largest_errors"):
+    for name in ("per_label_ap", "pr_curves", "label_cooccurrence", "largest_errors",
+                 "cam_labels"):  # fmt: skip
         assert (folder / "plots" / f"{name}.png").is_file()
     assert "mAP" in (folder / "report.html").read_text()
+
+
+def test_each_labels_map_lies_on_its_own_square(run):
+    pytest.importorskip("pytorch_grad_cam")
+    from cnntrain.reporting.cam import class_activation_maps, target_layer
+
+    trained = load_trained(run[0])
+    pixels = np.full((24, 24, 3), 20, dtype=np.uint8)
+    pixels[2:10, 2:10, 0] = 230  # red, top left
+    pixels[14:22, 14:22, 1] = 230  # green, bottom right
+    model = trained.network
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # (1, 3, 24, 24) uint8
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (trained.mean, trained.std))
+    inputs = (unit_range(image) - mean) / std
+    layer = target_layer(model, tuple(inputs.shape[1:]), None)
+    labels = [trained.classes.index(c) for c in ("red", "green")]
+    maps = class_activation_maps(model, inputs.repeat(2, 1, 1, 1), labels, layer, "gradcam")
+    for cam, (rows, cols) in zip(maps, [(slice(2, 10), slice(2, 10)),
+                                        (slice(14, 22), slice(14, 22))], strict=True):  # fmt: skip
+        assert cam[rows, cols].sum() / cam.sum() > 0.25  # 64 of 576 px: chance 0.11
 
 
 def test_the_thresholds_are_tuned_on_the_validation_split_alone(run, label_file):
@@ -200,6 +221,17 @@ def test_zero_one_label_columns_give_the_same_labels(label_file, tmp_path):
     assert listing.classes == [*COLOURS, RARE]
     assert [set(s) for s in listing.label_sets] == [set(r["labels"].split("|")) - {""}
                                                      for r in rows]  # fmt: skip
+
+
+def test_monitors_and_sweep_metrics_of_the_other_kind_of_run_are_refused():
+    assert chosen_monitor("auto", True) == "val/mAP" and chosen_monitor("auto", False) == "val/acc"
+    with pytest.raises(UserError, match=r"trainer\.monitor=val/mAP is not reported"):
+        chosen_monitor("val/mAP", False)
+    with pytest.raises(UserError, match=r"trainer\.monitor=val/balanced_acc is not reported"):
+        chosen_monitor("val/balanced_acc", True)
+    with pytest.raises(UserError, match="optimized_metric=test/mAP is not in the results"):
+        check_optimized_metric("test/mAP", False)
+    check_optimized_metric("best_val/mAP", True)
 
 
 def test_a_single_label_run_keeps_its_fields(finished_run):

@@ -93,7 +93,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 # results.json fields a sweeper may optimize (`optimized_metric`); test/* only if you must.
 OPTIMIZABLE = ("best_val/acc", "final_val/acc", "test/acc", "test/balanced_acc", "test/top5_acc",
-               "test/loss", "train_time_s")  # fmt: skip
+               "test/loss", "train_time_s", "best_val/mAP", "test/mAP")  # fmt: skip
 
 # (key, check, what is allowed): checked before any work; a missing optional key is skipped.
 RULES = [

@@ -1,5 +1,5 @@
 """Class-activation maps (Grad-CAM and kin, by the grad-cam library): where in an image lies a
-network's evidence for a class, as maps, colour overlays and the report's two figures of them."""
+network's evidence for a class, as maps, colour overlays and the report's figures of them."""
 
 import importlib
 import logging
@@ -31,7 +31,8 @@ from cnntrain.reporting.predictions import short_name
 
 log = logging.getLogger(__name__)
 
-CAM_PLOTS = ("cam_mistakes", "cam_correct")  # plots/<name>.png, in a report's order
+# plots/<name>.png, in a report's order: one label per image, and several
+CAM_PLOTS, LABEL_CAM_PLOTS = ("cam_mistakes", "cam_correct"), ("cam_labels",)
 CAM_MISTAKES = 8  # cam_mistakes: the most confident mistakes
 CAM_PER_CLASS, CAM_CLASSES = 2, 10  # cam_correct: the 2 most confident right answers, ≤10 classes
 CAM_BATCH = 32  # images per library call: one forward (and backward) pass each
@@ -219,23 +220,51 @@ class SplitImages:
         )
 
 
-def plot_test_cams(
-    model: nn.Module,
-    test: SplitImages,
-    indices: list[int],
-    layer: str,
-    method: str,
-    heading: str,
-    path: Path,
-) -> None:
-    """The maps of the predicted class of the test images `indices`, as one figure."""
-    confidence, predicted = F.softmax(test.logits[indices].float(), dim=1).max(1)  # (k,) each
+def plot_test_cams(model: nn.Module, test: SplitImages, picks: list[tuple[int, int, str]],
+                   layer: str, method: str, heading: str, path: Path) -> None:  # fmt: skip
+    """The maps of the test images and classes `picks` ((index, class, title) each) as one
+    figure."""
+    indices = [i for i, _, _ in picks]
     images = test.images_at(indices)
-    maps = class_activation_maps(model, test.prep(images), predicted, layer, method)
-    shown = zip(indices, predicted.tolist(), confidence.tolist(), strict=True)
-    titles = [test.title(*pick) for pick in shown]
+    maps = class_activation_maps(model, test.prep(images), [c for _, c, _ in picks], layer, method)
     names = [test.names[i] or f"#{i}" for i in indices]
-    plot_cams(images, maps, titles, names, f"{heading}\n({method}, layer {layer})", path)
+    plot_cams(images, maps, [t for _, _, t in picks], names, f"{heading}\n({method}, layer "
+              f"{layer})", path)  # fmt: skip
+
+
+def predicted_picks(test: SplitImages, indices: list[int]) -> list[tuple[int, int, str]]:
+    """(index, predicted class, title) of the test images `indices`."""
+    confidence, predicted = F.softmax(test.logits[indices].float(), dim=1).max(1)  # (k,) each
+    shown = zip(indices, predicted.tolist(), confidence.tolist(), strict=True)
+    return [(i, c, test.title(i, c, p)) for i, c, p in shown]
+
+
+def label_picks(test: SplitImages) -> list[tuple[int, int, str]]:
+    """Several labels per image (targets (N, L)): for each of the first CAM_CLASSES labels, its
+    CAM_PER_CLASS test images of highest probability among those that have it, (index, label,
+    "label (p)") each."""
+    probabilities = test.logits.float().sigmoid()  # (N, L)
+    picks = []
+    for k in range(min(CAM_CLASSES, probabilities.shape[1])):
+        present = test.targets[:, k] > 0.5
+        for i in most_confident(probabilities[:, k], present, CAM_PER_CLASS):
+            picks.append((i, k, f"{test.classes[k]} ({probabilities[i, k]:.2f})"))
+    return picks
+
+
+def cam_panels(test: SplitImages) -> list[tuple[str, str, list]]:
+    """The report's figures of maps: (plot name, heading, picks) each."""
+    if test.targets.ndim == 2:
+        return [("cam_labels", "each label's most probable images that have it: evidence for "
+                 "the label", label_picks(test))]  # fmt: skip
+    mistakes = most_confident_mistakes(test.logits, test.targets, CAM_MISTAKES)
+    correct = most_confident_correct(test.logits, test.targets, CAM_PER_CLASS, CAM_CLASSES)
+    return [
+        ("cam_mistakes", "most confident mistakes (true → predicted): evidence for the "
+         "prediction", predicted_picks(test, mistakes)),
+        ("cam_correct", "most confident right answers, 2 per class: evidence for the class",
+         predicted_picks(test, correct)),
+    ]  # fmt: skip
 
 
 def why_no_maps(model: nn.Module, method: str) -> str | None:
@@ -255,27 +284,22 @@ def write_cam_plots(
 ) -> list[Path]:
     """plots/cam_mistakes.png (the CAM_MISTAKES most confident mistakes) and cam_correct.png
     (the most confident right answers per class) into `folder`, each map of the predicted class
-    at `layer` (None: target_layer's choice) by `method` (trainer.cam); the paths written.
+    at `layer` (None: target_layer's choice) by `method` (trainer.cam); with several labels per
+    image cam_labels.png, each label's map on the images of it it is surest of; the paths
+    written.
 
     A model the maps cannot be drawn for, or the extra missing, gives figures saying why and one
     warning line: training never fails for a figure. The model runs on its own device.
     """
-    paths = [Path(folder) / f"{name}.png" for name in CAM_PLOTS]
-    headings = (
-        "most confident mistakes (true → predicted): evidence for the prediction",
-        "most confident right answers, 2 per class: evidence for the class",
-    )
-    chosen = (
-        most_confident_mistakes(test.logits, test.targets, CAM_MISTAKES),
-        most_confident_correct(test.logits, test.targets, CAM_PER_CLASS, CAM_CLASSES),
-    )
+    panels = cam_panels(test)
+    paths = [Path(folder) / f"{name}.png" for name, _, _ in panels]
     reason = why_no_maps(model, method)
     if reason is None:
         try:
             layer = target_layer(model, tuple(test.prep(test.images_at([0])).shape[1:]), layer)
-            for indices, heading, path in zip(chosen, headings, paths, strict=True):
-                if indices:
-                    plot_test_cams(model, test, indices, layer, method, heading, path)
+            for (_, heading, picks), path in zip(panels, paths, strict=True):
+                if picks:
+                    plot_test_cams(model, test, picks, layer, method, heading, path)
                 else:
                     plot_message(heading, "no test image to show", path)
             return paths
@@ -283,6 +307,6 @@ def write_cam_plots(
             reason = f"no class-activation maps: {(str(e).splitlines() or [type(e).__name__])[0]}"
     if method != "none":
         log.warning("%s", reason)
-    for path, heading in zip(paths, headings, strict=True):
+    for (_, heading, _), path in zip(panels, paths, strict=True):
         plot_message(heading.split(":")[0], reason, path)
     return paths

@@ -12,7 +12,7 @@ import yaml
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.reporting.calibration_plots import CALIBRATION_PLOTS
-from cnntrain.reporting.cam import CAM_PLOTS
+from cnntrain.reporting.cam import CAM_PLOTS, LABEL_CAM_PLOTS
 from cnntrain.reporting.metrics_log import read_rows
 from cnntrain.reporting.multilabel_plots import MULTILABEL_PLOTS
 from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
@@ -41,6 +41,8 @@ CAPTIONS = {
     "lies the evidence for the predicted class (red: most), by trainer.cam at trainer.cam_layer.",
     "cam_correct": "Class-activation maps of the most confident right answers, two per class: "
     "where the evidence for the class lies.",
+    "cam_labels": "Class-activation maps of each label (up to 10) on the two test images that "
+    "have it and that the network gives it the highest probability: where its evidence lies.",
     "per_label_ap": "Test average precision (AP) of each label, best first, with its positive "
     "images; the dashed line is their mean (mAP) over the labels with positives.",
     "pr_curves": "Precision against recall on the test split of the three most frequent labels "
@@ -56,7 +58,14 @@ MULTILABEL_CAPTIONS = {
     "curves": "Loss, exact-match accuracy, mAP and learning rate per epoch.",
 }
 # curves first, then a multi-label run's own figures, then the rest (none of a run is in both)
-FIGURE_ORDER = (PLOT_NAMES[0], *MULTILABEL_PLOTS, *PLOT_NAMES[1:], *CALIBRATION_PLOTS, *CAM_PLOTS)
+FIGURE_ORDER = (
+    PLOT_NAMES[0],
+    *MULTILABEL_PLOTS,
+    *PLOT_NAMES[1:],
+    *CALIBRATION_PLOTS,
+    *CAM_PLOTS,
+    *LABEL_CAM_PLOTS,
+)
 PERCENT_KEYS = ("acc", "mAP", "f1_micro", "f1_macro")  # metrics.jsonl keys shown as percentages
 
 STYLE = """

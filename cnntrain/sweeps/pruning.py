@@ -17,10 +17,12 @@ PRUNERS = {
     "none": "optuna.pruners.NopPruner",
 }
 # What an epoch's metrics row has of each optimizable results.json field (rows have no test
-# metrics: validation stands in for them); best_val/acc is the best val/acc so far.
+# metrics: validation stands in for them); best_val/acc (best_val/mAP) is the best val/acc
+# (val/mAP) so far.
 EPOCH_KEYS = {
     "final_val/acc": "val/acc",
     "test/acc": "val/acc",
+    "test/mAP": "val/mAP",
     "test/balanced_acc": "val/acc",
     "test/top5_acc": "val/acc",
     "test/loss": "val/loss",
@@ -59,8 +61,8 @@ def open_storage(url: str):
 
 def epoch_value(metric: str, rows: list[dict]) -> float:
     """The per-epoch stand-in for `metric` after the last of `rows`."""
-    if metric == "best_val/acc":
-        return max(r["val/acc"] for r in rows)
+    if metric.startswith("best_val/"):
+        return max(r[metric.removeprefix("best_")] for r in rows)
     return rows[-1][EPOCH_KEYS[metric]]
 
 

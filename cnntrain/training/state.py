@@ -28,6 +28,22 @@ def chosen_monitor(monitor: str, multi_label: bool) -> str:
     return monitor
 
 
+# results.json fields (`optimized_metric`) only one kind of run has
+SINGLE_LABEL_RESULTS = ("test/balanced_acc", "test/top5_acc")
+MULTI_LABEL_RESULTS = ("best_val/mAP", "test/mAP")
+
+
+def check_optimized_metric(metric: str, multi_label: bool) -> None:
+    """Refuse an `optimized_metric` this run's results.json will not have."""
+    other = SINGLE_LABEL_RESULTS if multi_label else MULTI_LABEL_RESULTS
+    if metric in other:
+        kind = "several labels per image" if multi_label else "one label per image"
+        raise UserError(
+            f"optimized_metric={metric} is not in the results of a run with {kind}; use "
+            f"best_val/acc{', best_val/mAP or test/mAP' if multi_label else ''}"
+        )
+
+
 def improves(value: float, best: float | None, monitor: str, margin: float = 0.0) -> bool:
     """Is `value` of `monitor` better than `best` (None: nothing yet) by more than `margin`?"""
     if best is None:
