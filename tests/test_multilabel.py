@@ -23,7 +23,7 @@ from cnntrain.training.state import check_optimized_metric, chosen_monitor
 from tests.conftest import compose_config, train_here
 
 COLOURS = ("red", "green", "blue")  # channel c bright in a square: label COLOURS[c]
-RARE = "violet"  # a label of two images only: the split cannot give it to val and test
+ONLY_TRAIN = "violet"  # a label of one image: the split keeps it in train alone
 FAULT = ("+callbacks.fault._target_=tests.faults.Fault", "+callbacks.fault.at=sigint-step:2:1")
 
 
@@ -43,7 +43,7 @@ def label_file(tmp_path_factory):
     rng = np.random.default_rng(0)
     rows = []
     for i in range(200):
-        labels = [c for c in COLOURS if rng.random() < 0.4] + ([RARE] if i in (3, 4) else [])
+        labels = [c for c in COLOURS if rng.random() < 0.4] + ([ONLY_TRAIN] if i == 3 else [])
         square_image(rng, labels).save(root / f"{i:03d}.png")
         rows.append((f"{i:03d}.png", "|".join(labels)))
     with open(root / "labels.csv", "w", newline="") as f:
@@ -73,18 +73,18 @@ def run(label_file, tmp_path_factory):
 def test_a_label_file_with_several_labels_per_row_trains_with_multilabel_fields(run):
     folder, results = run
     assert results["task"] == "multi" and results["monitor"] == "val/mAP"
-    assert results["classes"] == sorted([*COLOURS, RARE])
+    assert results["classes"] == sorted([*COLOURS, ONLY_TRAIN])
     for key in ("test/mAP", "test/f1_micro", "test/f1_macro", "test/acc", "test/hamming_loss"):
         assert 0 <= results[key] <= 1, key
     assert results["test/mAP"] > 0.8  # a colour square is easy to see
-    assert results["test/per_label_ap"][RARE] is None  # no positive test image: left out of mAP
+    assert results["test/per_label_ap"][ONLY_TRAIN] is None  # no test image: left out of mAP
     assert "test/ece" not in results and "temperature" not in results
     rows = read_csv(folder / "metrics.csv")
     assert {"val/mAP", "val/f1_micro", "val/f1_macro", "val/hamming_loss"} <= rows[0].keys()
     assert "val/balanced_acc" not in rows[0]
     table = read_csv(folder / "splits.csv")
     assert any(r["class"] == "" for r in table)  # images with no label are kept, all-negative
-    assert {r["split"] for r in table if RARE in r["class"].split("|")} == {"train", "val"}
+    assert {r["split"] for r in table if ONLY_TRAIN in r["class"].split("|")} == {"train"}
     predictions = read_csv(folder / "test_predictions.csv")
     assert set(predictions[0]) >= {"true", "predicted", *(f"p_{c}" for c in COLOURS)}
     for name in ("per_label_ap", "pr_curves", "label_cooccurrence", "largest_errors",
@@ -136,7 +136,7 @@ def test_the_thresholds_are_tuned_on_the_validation_split_alone(run, label_file)
 
 def image_tensor(path) -> torch.Tensor:
     with Image.open(path) as img:
-        return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
 
 
 def test_predict_and_the_onnx_export_use_the_thresholds(run, label_file, tmp_path):
@@ -192,8 +192,8 @@ def test_labels_too_rare_for_every_split_and_absent_from_test_are_named(label_fi
                    output_dir=tmp_path / "run")  # fmt: skip
     text = caplog.text
     assert "several labels per image (data.task=auto)" in text
-    assert f"'{RARE}' (2 image(s): no test)" in text  # the split's line
-    assert f"label(s) have no positive image in the test split: {RARE}" in text
+    assert f"'{ONLY_TRAIN}' (1 image(s): no val or test)" in text  # the split's line
+    assert f"label(s) have no positive image in the test split: {ONLY_TRAIN}" in text
     assert "with no label" in text  # the training histogram counts them
 
 
@@ -209,16 +209,16 @@ def test_zero_one_label_columns_give_the_same_labels(label_file, tmp_path):
     columns = tmp_path / "columns.csv"
     with open(columns, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", *COLOURS, RARE])
+        writer.writerow(["path", *COLOURS, ONLY_TRAIN])
         for r in rows:
             labels = r["labels"].split("|")
             writer.writerow([label_file.parent / r["path"],
-                             *(int(c in labels) for c in (*COLOURS, RARE))])  # fmt: skip
-    names = ",".join((*COLOURS, RARE))
+                             *(int(c in labels) for c in (*COLOURS, ONLY_TRAIN))])  # fmt: skip
+    names = ",".join((*COLOURS, ONLY_TRAIN))
     cfg = compose_config("data=csv", f"data.labels={columns}", f"data.label_columns=[{names}]",
                          output_dir="x")  # fmt: skip
     listing = label_listing(cfg.data)
-    assert listing.classes == [*COLOURS, RARE]
+    assert listing.classes == [*COLOURS, ONLY_TRAIN]
     assert [set(s) for s in listing.label_sets] == [set(r["labels"].split("|")) - {""}
                                                      for r in rows]  # fmt: skip
 
