@@ -239,3 +239,19 @@ def test_a_single_label_run_keeps_its_fields(finished_run):
     saved = torch.load(finished_run / "checkpoints" / "best.pt", weights_only=True)
     assert '"task"' not in results and '"test/balanced_acc"' in results
     assert "multi_label" not in saved and "thresholds" not in saved and "calibration" in saved
+
+
+def test_a_sweep_of_multilabel_runs_is_ranked_by_validation_map(tmp_path):
+    from cnntrain.reporting.sweep_table import write_sweep_summary
+
+    for job, (exact, ap) in enumerate([(0.30, 0.70), (0.20, 0.90)]):  # exact match disagrees
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={job + 1}\n")
+        results = {"task": "multi", "best_val/acc": exact, "best_val/mAP": ap, "test/mAP": ap - 0.1,
+                   "test/acc": exact, "best_epoch": 2, "train_time_s": 1.0}  # fmt: skip
+        (folder / "results.json").write_text(json.dumps(results))
+    rows = write_sweep_summary(tmp_path)
+    assert [r["job"] for r in rows] == ["1", "0"]
+    summary = read_csv(tmp_path / "summary.csv")
+    assert [r["val/mAP"] for r in summary] == ["0.9", "0.7"] and summary[0]["test/mAP"] == "0.8"

@@ -23,6 +23,9 @@ COLUMNS = (
     "train_time_s",
     "status",
 )
+# Jobs with several labels per image: their best validation mAP (which ranks them) and test mAP,
+# after test/acc (then the exact match)
+MULTI_LABEL_COLUMNS = ("val/mAP", "test/mAP")
 
 
 # Overrides a sweeper adds to wire a job to its trial (cnntrain/pruning.py): not settings.
@@ -43,6 +46,8 @@ def job_row(job_dir: Path) -> dict:
         r = json.loads(results_file.read_bytes())
         row.update({k: r.get(k) for k in ("test/acc", "best_epoch", "train_time_s")})
         row["val/acc"] = r.get("best_val/acc")
+        if r.get("task") == "multi":
+            row["val/mAP"], row["test/mAP"] = r.get("best_val/mAP"), r.get("test/mAP")
         row["status"] = "pruned" if r.get("stopped_by") == "pruned" else "completed"
     elif (job_dir / "error.txt").exists():
         row["status"] = "failed: " + (job_dir / "error.txt").read_text().strip()
@@ -50,13 +55,22 @@ def job_row(job_dir: Path) -> dict:
 
 
 def best_first(row: dict) -> float:
-    """Sort key: highest validation accuracy first; jobs without one last."""
-    acc = row.get("val/acc")
+    """Sort key: highest validation accuracy (mAP with several labels per image) first; jobs
+    without one last."""
+    acc = row.get("val/mAP", row.get("val/acc"))
     return -acc if isinstance(acc, float) and not math.isnan(acc) else math.inf
 
 
+def result_columns(rows: list[dict]) -> tuple[str, ...]:
+    """COLUMNS after `job`, with MULTI_LABEL_COLUMNS when a job has several labels per image."""
+    extra = MULTI_LABEL_COLUMNS if any("val/mAP" in r for r in rows) else ()
+    at = COLUMNS.index("test/acc") + 1
+    return (*COLUMNS[2:at], *extra, *COLUMNS[at:])
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict]:
-    """Every job folder's row, ranked by validation accuracy (test accuracy is not for choosing)."""
+    """Every job folder's row, ranked by validation accuracy or mAP (test figures are not for
+    choosing)."""
     jobs = sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
         key=lambda p: int(p.name),
@@ -92,7 +106,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     rows = sweep_rows(sweep_dir)
     keys, wide = with_swept(rows)
     out = io.StringIO()
-    columns = [*COLUMNS[:2], *keys, *COLUMNS[2:]]
+    columns = [*COLUMNS[:2], *keys, *result_columns(rows)]
     writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in wide)
@@ -104,9 +118,10 @@ def sweep_table(rows: list[dict]) -> Table:
     """The console's table: a column per swept key; what every job shares, once, below."""
     keys, wide = with_swept(rows)
     shared = constant_settings(rows)
-    table = Table(title="sweep, best first (by validation accuracy)",
+    by = "mAP" if any("val/mAP" in r for r in rows) else "accuracy"
+    table = Table(title=f"sweep, best first (by validation {by})",
                   caption=f"every job: {shared}" if shared else None)  # fmt: skip
-    columns = [*COLUMNS[:2], *keys, *(c for c in COLUMNS[2:] if c != "overrides")]
+    columns = [*COLUMNS[:2], *keys, *(c for c in result_columns(rows) if c != "overrides")]
     for column in columns:
         table.add_column(column, justify="left" if column in (*keys, "status") else "right")
     for row in wide:
