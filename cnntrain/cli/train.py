@@ -38,7 +38,6 @@ from cnntrain.core.files import refuse_links, write_text
 from cnntrain.core.overrides import override_key, override_value, quoted
 from cnntrain.core.schema import CONF_DIR
 from cnntrain.sweeps.jobs import sweep_job
-from cnntrain.train import train
 
 
 def check_resume_arguments(args: list[str]) -> None:
@@ -106,6 +105,8 @@ def run(cfg: DictConfig) -> float:
     """Hydra's task function: one run, or one job of a sweep. A plain module-level function (the
     decorated `hydra_main` wraps it) so that launchers running jobs in other processes (joblib,
     submitit) send it by name."""
+    from cnntrain.train import train  # the training stack: not for --help or a refused config
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if multirun:  # each job's values are its own: no preflight saw them

@@ -3,7 +3,6 @@
 import base64
 import html
 import json
-import math
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.files import write_text
 from cnntrain.reporting.calibration_plots import CALIBRATION_PLOTS
 from cnntrain.reporting.cam import CAM_PLOTS, LABEL_CAM_PLOTS
+from cnntrain.reporting.formats import duration, is_number
 from cnntrain.reporting.metrics_log import read_rows
 from cnntrain.reporting.multilabel_plots import MULTILABEL_PLOTS
 from cnntrain.reporting.plots import PLOT_NAMES, plot_curves, plot_sweep_param
@@ -146,22 +146,8 @@ def page(title: str, body: str) -> str:
 # ---- number formats ----
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def percent(fraction) -> str:
     return f"{100 * fraction:.2f}%" if is_number(fraction) else "—"
-
-
-def duration(seconds) -> str:
-    if not is_number(seconds):
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h {m:02d}m {s:02d}s" if hours else f"{m}m {s:02d}s"
 
 
 def metric(key: str, value) -> str:

@@ -20,7 +20,7 @@ import re
 import time
 
 from cnntrain import distributed
-from cnntrain.reporting.report import duration
+from cnntrain.reporting.formats import duration
 from cnntrain.training.events import Callback
 from cnntrain.training.step import optimizer_steps
 

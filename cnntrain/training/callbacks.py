@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from cnntrain.core.checkpoint import LAST, remove_torn_writes
+from cnntrain.reporting.formats import duration
 from cnntrain.reporting.metrics_log import MetricsLog
-from cnntrain.reporting.report import duration
 from cnntrain.training.best import BestCheckpoints
 from cnntrain.training.budget import NAME as TIME_BUDGET
 from cnntrain.training.budget import TimeBudget
