@@ -174,6 +174,7 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         "monitor": loop.monitor,
         f"best_{loop.monitor}": p.best_value,  # best_val/loss, …: the monitored value at best_epoch
         "final_val/acc": p.rows[-1]["val/acc"],
+        **multilabel_bests(p.rows),  # best_val/mAP, final_val/mAP with several labels per image
         "epochs": p.epoch,
         "stopped_by": p.stopped_by or "epochs",
         "train_time_s": round(p.elapsed_s, 3),
@@ -211,6 +212,14 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
                         loop.cfg.trainer.cam_layer)  # fmt: skip
         write_run_report(loop.run_dir)
     return results
+
+
+def multilabel_bests(rows: list[dict]) -> dict:
+    """`best_val/mAP` (of any epoch, whatever `monitor`) and `final_val/mAP` of a run with
+    several labels per image; nothing for one label per image."""
+    if "val/mAP" not in rows[-1]:
+        return {}
+    return {"best_val/mAP": max(r["val/mAP"] for r in rows), "final_val/mAP": rows[-1]["val/mAP"]}
 
 
 def test_metrics(out: dict, data: DataBundle, fitted) -> dict:

@@ -6,12 +6,14 @@ keeps its fields."""
 import csv
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from cnntrain.config.rules import validate
 from cnntrain.core.errors import UserError
 from cnntrain.data.labels import label_listing
 from cnntrain.data.limits import default_limits
@@ -77,9 +79,11 @@ def test_a_label_file_with_several_labels_per_row_trains_with_multilabel_fields(
     for key in ("test/mAP", "test/f1_micro", "test/f1_macro", "test/acc", "test/hamming_loss"):
         assert 0 <= results[key] <= 1, key
     assert results["test/mAP"] > 0.8  # a colour square is easy to see
+    rows = read_csv(folder / "metrics.csv")
+    assert results["best_val/mAP"] == pytest.approx(max(float(r["val/mAP"]) for r in rows))
+    assert results["final_val/mAP"] == pytest.approx(float(rows[-1]["val/mAP"]))
     assert results["test/per_label_ap"][ONLY_TRAIN] is None  # no test image: left out of mAP
     assert "test/ece" not in results and "temperature" not in results
-    rows = read_csv(folder / "metrics.csv")
     assert {"val/mAP", "val/f1_micro", "val/f1_macro", "val/hamming_loss"} <= rows[0].keys()
     assert "val/balanced_acc" not in rows[0]
     table = read_csv(folder / "splits.csv")
@@ -232,6 +236,24 @@ def test_monitors_and_sweep_metrics_of_the_other_kind_of_run_are_refused():
     with pytest.raises(UserError, match="optimized_metric=test/mAP is not in the results"):
         check_optimized_metric("test/mAP", False)
     check_optimized_metric("best_val/mAP", True)
+
+
+def test_label_columns_must_be_distinct_names_without_the_separator():
+    for columns in ("[cat,cat]", "['a|b',c]"):
+        cfg = compose_config("data=csv", "data.labels=x.csv", f"data.label_columns={columns}",
+                             output_dir="x")  # fmt: skip
+        with pytest.raises(UserError, match=r"data\.label_columns"):
+            validate(cfg)
+
+
+def test_a_received_multilabel_checkpoint_never_scales_its_sigmoids(run, tmp_path):
+    folder = tmp_path / "received"
+    shutil.copytree(run[0], folder)
+    path = folder / "checkpoints" / "best.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["calibration"] = {"temperature": 5.0, "fitted_on": "val", "images": 1}
+    torch.save(saved, path)
+    assert load_trained(folder).temperature is None  # predict, eval and export agree
 
 
 def test_a_single_label_run_keeps_its_fields(finished_run):

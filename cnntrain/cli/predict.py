@@ -10,9 +10,9 @@ from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_link
+from cnntrain.data.listing import LABEL_JOIN
 from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.reporting.console import console
-from cnntrain.reporting.predictions import LABEL_JOIN
 from cnntrain.trained.load import load_trained
 from cnntrain.trained.predict import TOP_K, UNKNOWN, Predictions, find_images, predict, write_csv
 

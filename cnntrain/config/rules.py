@@ -12,6 +12,7 @@ from cnntrain.core.extras import require
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
+from cnntrain.data.listing import LABEL_JOIN
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.reporting.cam_methods import CAM_METHODS
@@ -78,6 +79,12 @@ def column_name(v) -> bool:
     return isinstance(v, str) and bool(v.strip())
 
 
+def label_column_list(v) -> bool:
+    """data.label_columns: distinct column names, none holding the labels' separator."""
+    return (isinstance(v, ListConfig | list) and bool(v) and len(set(v)) == len(v)
+            and all(column_name(c) and LABEL_JOIN not in c for c in v))  # fmt: skip
+
+
 def hf_split_names(v) -> bool:
     """data.hf_splits: the dataset's split name for train, and for val and test (or null)."""
     return (
@@ -128,12 +135,8 @@ RULES = [
     ),
     (
         "data.label_columns",
-        optional(
-            lambda v: (
-                isinstance(v, ListConfig | list) and bool(v) and all(column_name(c) for c in v)
-            )
-        ),
-        "null or a list of 0/1 columns, one per label: [cat, dog]",
+        optional(label_column_list),
+        "null or a list of distinct 0/1 column names without '|', one per label: [cat, dog]",
     ),
     (
         "trainer.early_stopping",

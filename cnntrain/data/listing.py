@@ -26,7 +26,7 @@ from cnntrain.data.stratify import multilabel_three_way_split, rare_labels
 log = logging.getLogger(__name__)
 SHOWN = 3  # bad rows, left-out files or small classes a warning names before `…`
 INTEGER = re.compile(r"-?[0-9]+")  # a class name sorted by value (not `--5`, `²`: int() refuses)
-LABEL_JOIN = "|"  # between an image's labels in splits.csv's `class` cell
+LABEL_JOIN = "|"  # between an image's labels: splits.csv's `class` cell, predictions' CSVs
 
 
 @dataclass
@@ -74,7 +74,7 @@ def listing_splits(listing: Listing, origin: str, options: SplitOptions, limits:
     names = [n for labels in listing.label_sets for n in labels] if multi else listing.labels
     classes = listing.classes or class_order(names)
     targets = label_targets(listing, classes)  # (N,) int64, or (N, L) float32 0/1
-    texts = label_texts(listing)
+    texts = label_texts(listing, classes)
     keys = [table_key(f, listing.root) for f in listing.files]
     bad = list(listing.bad_rows)
     if options.table:
@@ -133,12 +133,19 @@ def label_targets(listing: Listing, classes: list[str]) -> np.ndarray:
     return targets
 
 
-def label_texts(listing: Listing) -> list[str]:
-    """Each file's labels as splits.csv's `class` cell: its class, or its labels joined by
-    LABEL_JOIN (sorted; "" for none)."""
+def label_texts(listing: Listing, classes: list[str]) -> list[str]:
+    """Each file's labels as splits.csv's `class` cell: its class, or label_set_text of its
+    labels."""
     if listing.label_sets is None:
         return listing.labels
-    return [LABEL_JOIN.join(sorted(labels)) for labels in listing.label_sets]
+    return [label_set_text(classes, [c in set(labels) for c in classes])
+            for labels in listing.label_sets]  # fmt: skip
+
+
+def label_set_text(classes: list[str], flags) -> str:
+    """The labels of `classes` whose flag is set, in the classes' order, joined by LABEL_JOIN
+    ("" for none): how every file cnntrain writes names an image's labels."""
+    return LABEL_JOIN.join(c for c, on in zip(classes, flags, strict=True) if on)
 
 
 def evaluation_splits(listing: Listing, origin: str, options: SplitOptions,

@@ -9,10 +9,11 @@ TOP_K = 5  # test/top5_acc is reported when there are more classes than this
 def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B,) bool: the images predicted right. Targets (B,) class indices: the top class is the
     target; (B, L) labels (0/1, or mixed in [0, 1]): every label right at probability 0.5 (logit
-    0) against the target rounded — scikit-learn's accuracy_score on several labels."""
+    ≥ 0, as metrics.multilabel's binarized) against the target rounded — scikit-learn's
+    accuracy_score on several labels."""
     if targets.ndim == 1:
         return logits.argmax(1) == targets
-    return ((logits > 0) == (targets > 0.5)).all(1)
+    return ((logits >= 0) == (targets > 0.5)).all(1)
 
 
 def confusion_counts(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

@@ -48,7 +48,11 @@ def average_precisions(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def mean_average_precision(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Macro mAP: the mean AP over the labels with at least one positive image; 0.0 when no label
     has one (nothing to find counts as nothing found, never NaN in a monitor or results.json)."""
-    ap = average_precisions(logits, targets)
+    return mean_of(average_precisions(logits, targets))
+
+
+def mean_of(ap: torch.Tensor) -> float:
+    """The mean of the (L,) APs that are not NaN; 0.0 when all are."""
     return ap.nanmean().item() if not ap.isnan().all() else 0.0
 
 
@@ -102,7 +106,7 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, thresholds: 
     ap = average_precisions(logits, targets)
     support = targets.sum(0).long()  # (L,) positive images per label
     return {
-        f"{split}/mAP": mean_average_precision(logits, targets),
+        f"{split}/mAP": mean_of(ap),
         f"{split}/f1_micro": micro,
         f"{split}/f1_macro": per_label.mean().item(),
         f"{split}/acc": exact.item(),

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from cnntrain.core.files import write_text
 from cnntrain.core.safe_text import csv_row
+from cnntrain.data.listing import label_set_text
+from cnntrain.metrics import binarized, label_probabilities, multilabel_losses
 
 PREDICTIONS_FILE = "test_predictions.csv"
 COLUMNS = ("index", "path", "true", "predicted", "confidence", "loss")
-LABEL_JOIN = "|"  # between an image's labels (as splits.csv's `class` cell)
 
 
 def multilabel_columns(labels: list[str]) -> tuple[str, ...]:
@@ -61,18 +62,15 @@ def multilabel_prediction_rows(logits: torch.Tensor, targets: torch.Tensor, labe
                                thresholds: torch.Tensor) -> list[tuple]:  # fmt: skip
     """One row per image (multilabel_columns), sorted by loss, largest first (ties: evaluation
     order): logits (N, L) and targets (N, L) 0/1 on the CPU, `thresholds` (L,) probabilities."""
-    probabilities = logits.float().sigmoid()  # (N, L)
-    losses = F.binary_cross_entropy_with_logits(logits.float(), targets.float(),
-                                                reduction="none").mean(1)  # fmt: skip
-    predicted = probabilities >= thresholds.to(probabilities.dtype)  # (N, L)
+    probabilities = label_probabilities(logits)  # (N, L) float64, as the metrics
+    losses = multilabel_losses(logits, targets)  # (N,)
+    predicted = binarized(logits, thresholds)  # (N, L) 0/1 at the thresholds
     order = losses.argsort(descending=True, stable=True).tolist()
     true, guess = (t.bool().tolist() for t in (targets, predicted))
     p, loss = probabilities.tolist(), losses.tolist()
 
-    def named(flags: list[bool]) -> str:
-        return LABEL_JOIN.join(label for label, on in zip(labels, flags, strict=True) if on)
-
-    return [(i, names[i], named(true[i]), named(guess[i]), round(loss[i], 6),
+    return [(i, names[i], label_set_text(labels, true[i]), label_set_text(labels, guess[i]),
+             round(loss[i], 6),
              *(round(v, 6) for v in p[i])) for i in order]  # fmt: skip
 
 

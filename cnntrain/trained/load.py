@@ -95,7 +95,8 @@ def load_trained(source) -> TrainedModel:
         std=list(saved["normalization"]["std"]),
         config=config,
         checkpoint=path,
-        temperature=saved_temperature(saved, path),
+        # sigmoid outputs are never temperature-scaled: a received file's entry is ignored there
+        temperature=None if saved.get("multi_label") is True else saved_temperature(saved, path),
         multi_label=saved.get("multi_label") is True,
         thresholds=saved_thresholds(saved, path, len(saved["classes"])),
     )

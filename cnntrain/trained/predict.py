@@ -27,8 +27,8 @@ from cnntrain.core.safe_text import csv_row, printable
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import DECODE_ERRORS
 from cnntrain.data.limits import Limits, TooLarge, check_member_size, limits_of, open_image
+from cnntrain.data.listing import label_set_text
 from cnntrain.data.sources import ARCHIVE_SUFFIXES
-from cnntrain.reporting.predictions import LABEL_JOIN
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.trained.load import TrainedModel, image_pixels, unit_range
 from cnntrain.training.evaluate import model_logits
@@ -239,8 +239,7 @@ def multilabel_predictions(trained: TrainedModel, refs: list[ImageRef], scored, 
         names = [refs[i].name for i in places]
         chosen = (probabilities >= thresholds).tolist()  # (B, L) bool
         for name, flags, p in zip(names, chosen, probabilities.tolist(), strict=True):
-            labels = LABEL_JOIN.join(c for c, on in zip(trained.classes, flags, strict=True) if on)
-            rows.append([name, labels, *(f"{v:.6f}" for v in p)])
+            rows.append([name, label_set_text(trained.classes, flags), *(f"{v:.6f}" for v in p)])
         if each_batch is not None:
             top = probabilities.max(1)
             each_batch(names, pixels, top.indices.tolist(), top.values.tolist())

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnntrain import distributed
-from cnntrain.metrics import balanced_accuracy, hits
+from cnntrain.metrics import balanced_accuracy, hits, multilabel_losses
 from cnntrain.models.fold import folded
 from cnntrain.reporting.progress import progress_bar
 from cnntrain.training.precision import Arithmetic
@@ -93,8 +93,7 @@ def summed_loss(logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor) -> to
     several labels per image ((B, L) 0/1) each image's binary cross-entropy, mean over labels."""
     if y.ndim == 1:
         return nn.functional.cross_entropy(logits, y, reduction="sum").double()  # ignores padding
-    each = nn.functional.binary_cross_entropy_with_logits(logits, y.clamp_min(0), reduction="none")
-    return (each.mean(1) * real).sum().double()
+    return (multilabel_losses(logits, y.clamp_min(0)) * real).sum().double()
 
 
 def count_by_class(per_class: torch.Tensor, y: torch.Tensor, right: torch.Tensor,

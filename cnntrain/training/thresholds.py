@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cnntrain.core.checkpoint import BEST, LAST, add_entry
-from cnntrain.metrics import tune_thresholds
+from cnntrain.core.safe_text import printable
+from cnntrain.metrics import label_probabilities, tune_thresholds
 from cnntrain.metrics.multilabel import DEFAULT_THRESHOLD
 from cnntrain.training.evaluate import evaluate
 
@@ -71,8 +72,8 @@ def tuned(loop, net) -> Thresholds | None:
     if not loop.is_main:
         return None
     targets = out["targets"]
-    values = tune_thresholds(out["logits"].float().sigmoid(), targets, "f1")
-    rough = [name for name, n in zip(data.classes, targets.sum(0).tolist(), strict=True)
+    values = tune_thresholds(label_probabilities(out["logits"]), targets, "f1")  # float64
+    rough = [printable(name) for name, n in zip(data.classes, targets.sum(0).tolist(), strict=True)
              if n < FEW_POSITIVES]  # fmt: skip
     if rough:
         shown = ", ".join(rough[:5]) + (", …" if len(rough) > 5 else "")
