@@ -277,3 +277,15 @@ def test_a_sweep_of_multilabel_runs_is_ranked_by_validation_map(tmp_path):
     assert [r["job"] for r in rows] == ["1", "0"]
     summary = read_csv(tmp_path / "summary.csv")
     assert [r["val/mAP"] for r in summary] == ["0.9", "0.7"] and summary[0]["test/mAP"] == "0.8"
+
+
+def test_a_sweep_launched_again_knows_its_jobs_runs_by_their_settings(run, label_file):
+    """sweeps/jobs.py: a job folder holding a run of the same settings is resumed (a finished one
+    tested again, not trained again); other settings train anew."""
+    from cnntrain.sweeps.jobs import same_run_in
+
+    folder, _ = run
+    assert same_run_in(folder, compose_config(*overrides(label_file), output_dir=str(folder)))
+    other = compose_config(*overrides(label_file, "trainer.epochs=4"), output_dir=str(folder))
+    assert not same_run_in(folder, other)
+    assert not same_run_in(folder.parent, other)  # no checkpoint there

@@ -12,10 +12,18 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.config.resumed import resumed_config
-from cnntrain.core.checkpoint import LAST, RUN_ENTRIES, checkpoint_path, run_folder
+from cnntrain.core.checkpoint import (
+    LAST,
+    RUN_ENTRIES,
+    checkpoint_path,
+    load_checkpoint,
+    run_folder,
+    saved_config,
+)
+from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_links
 
 log = logging.getLogger("cnntrain")
@@ -65,9 +73,17 @@ def requeued(job_dir: Path) -> bool:
 
 def continued(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> DictConfig:
     """The config of the run to continue, when there is one: `resume=` (a sweeper retrying a
-    trial in its folder) or a requeued submitit job; else `cfg` itself."""
+    trial in its folder), a requeued submitit job, or the job's own run of the same settings
+    left in its folder by an earlier launch of the sweep (finished: tested again, not trained
+    again; unfinished: continued); else `cfg` itself."""
     if not cfg.resume and requeued(job_dir):
         log.info("requeued: continuing %s from its last checkpoint", job_dir)
+        cfg.resume = str(job_dir)
+    elif not cfg.resume and same_run_in(job_dir, cfg):
+        done = (job_dir / "results.json").exists()
+        log.info("%s holds this job's run with the same settings (%s): %s", job_dir,
+                 "finished" if done else "unfinished",
+                 "tested again, not trained again" if done else "continued")  # fmt: skip
         cfg.resume = str(job_dir)
     if not cfg.resume:
         return cfg
@@ -75,6 +91,35 @@ def continued(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> DictConfi
         run_folder(cfg.resume), RUN_ENTRIES
     )  # `resume=` may name a folder other than the job's
     return resumed_config(cfg, overrides)
+
+
+# What makes two runs the same run: every group but where they ran and how they report.
+RUN_GROUPS = ("data", "model", "optimizer", "scheduler", "loss", "trainer", "optimized_metric")
+WHERE_KEYS = ("device", "devices", "progress", "progress_every_s")  # trainer's, left out
+
+
+def same_run_in(job_dir: Path, cfg: DictConfig) -> bool:
+    """Does `job_dir` hold a run (its last.pt) of `cfg`'s settings? Its saved config is read as
+    received data (core/schema.py); an unreadable one is no match (the job trains anew)."""
+    path = checkpoint_path(job_dir, LAST)
+    if not path.is_file():
+        return False
+    try:
+        saved = saved_config(load_checkpoint(path), path)
+    except UserError:
+        return False
+    return settings(saved, cfg.trainer.get("monitor")) == settings(
+        OmegaConf.to_container(cfg, resolve=True), cfg.trainer.get("monitor")
+    )
+
+
+def settings(config: dict, monitor) -> dict:
+    """RUN_GROUPS of `config`, without WHERE_KEYS (and trainer.monitor when the job's is auto: a
+    saved run holds what auto resolved to)."""
+    chosen = {group: config.get(group) for group in RUN_GROUPS}
+    dropped = (*WHERE_KEYS, "monitor") if monitor == "auto" else WHERE_KEYS
+    chosen["trainer"] = {k: v for k, v in (chosen["trainer"] or {}).items() if k not in dropped}
+    return chosen
 
 
 def preemption_signal() -> int | None:
