@@ -30,11 +30,8 @@ from cnntrain.metrics import class_counts
 from cnntrain.metrics.results import test_results
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.models.transfer import architecture
-from cnntrain.reporting.calibration_plots import write_calibration_plots
-from cnntrain.reporting.cam import SplitImages, write_cam_plots
+from cnntrain.reporting.cam import SplitImages
 from cnntrain.reporting.layer_table import summarize_layers, write_layer_summary
-from cnntrain.reporting.multilabel_plots import write_multilabel_plots
-from cnntrain.reporting.plots import write_model_plots, write_run_plots
 from cnntrain.reporting.predictions import (
     image_names,
     multilabel_columns,
@@ -44,6 +41,7 @@ from cnntrain.reporting.predictions import (
 )
 from cnntrain.reporting.progress import progress_bars_enabled
 from cnntrain.reporting.report import write_run_report
+from cnntrain.reporting.run_figures import write_figures, write_multilabel_figures
 from cnntrain.training.budget import budget_results, resumed_epochs
 from cnntrain.training.calibrate import fit_on_validation
 from cnntrain.training.callbacks import build_callbacks
@@ -200,16 +198,11 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
         return results
     write_predictions(loop.run_dir, prediction_rows(out["logits"], out["targets"], data.classes,
                                                     names))  # fmt: skip
-    temperature = fitted
     if loop.cfg.trainer.plots:
-        test = data.test
-        write_run_plots(loop.run_dir, p.rows, data.classes, out["logits"], out["targets"],
-                        test.images_at, test.prep, net, counts, names)  # fmt: skip
-        write_calibration_plots(loop.run_dir / "plots", out["logits"], out["targets"], temperature)
-        shown = SplitImages(test.images_at, test.prep, out["logits"], out["targets"], data.classes,
-                           names)  # fmt: skip
-        write_cam_plots(loop.run_dir / "plots", net, shown, loop.cfg.trainer.cam,
-                        loop.cfg.trainer.cam_layer)  # fmt: skip
+        shown = SplitImages(data.test.images_at, data.test.prep, out["logits"], out["targets"],
+                            data.classes, names)  # fmt: skip
+        write_figures(loop.run_dir / "plots", p.rows, counts, shown, net, fitted,
+                      loop.cfg.trainer.cam, loop.cfg.trainer.cam_layer)  # fmt: skip
         write_run_report(loop.run_dir)
     return results
 
@@ -249,12 +242,10 @@ def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],
     write_predictions(loop.run_dir, rows, multilabel_columns(data.classes))
     if not loop.cfg.trainer.plots:
         return
-    plots, test = loop.run_dir / "plots", data.test
-    write_model_plots(plots, loop.state.rows, counts, test.images_at, test.prep, net)
-    write_multilabel_plots(plots, logits, targets, thresholds.tensor(), data.classes,
-                           test.images_at, names)  # fmt: skip
-    shown = SplitImages(test.images_at, test.prep, logits, targets, data.classes, names)
-    write_cam_plots(plots, net, shown, loop.cfg.trainer.cam, loop.cfg.trainer.cam_layer)
+    shown = SplitImages(data.test.images_at, data.test.prep, logits, targets, data.classes, names)
+    write_multilabel_figures(loop.run_dir / "plots", loop.state.rows, counts, shown, net,
+                             thresholds.tensor(), loop.cfg.trainer.cam,
+                             loop.cfg.trainer.cam_layer)  # fmt: skip
     write_run_report(loop.run_dir)
 
 

@@ -1,0 +1,70 @@
+"""core.side_by_side: jobs run in forked children where that is safe, their failures come back."""
+
+import os
+import signal
+
+import pytest
+
+from cnntrain.core import side_by_side
+from cnntrain.core.errors import UserError
+from cnntrain.core.side_by_side import can_fork, run_side_by_side
+
+forking = pytest.mark.skipif(not can_fork(), reason="this platform runs the jobs one by one")
+
+
+def writer(path, text):
+    return lambda: path.write_text(f"{text} {os.getpid()}")
+
+
+@forking
+def test_every_job_runs_and_all_but_the_last_in_a_child(tmp_path):
+    paths = [tmp_path / f"{i}.txt" for i in range(3)]
+    run_side_by_side(*(writer(p, i) for i, p in enumerate(paths)))
+    pids = [int(p.read_text().split()[1]) for p in paths]
+    assert pids[-1] == os.getpid()
+    assert len({*pids[:-1]}) == 2 and os.getpid() not in pids[:-1]
+
+
+@forking
+def test_a_childs_user_error_comes_back_as_itself_after_the_parents_job(tmp_path):
+    def refuse():
+        raise UserError("trainer.cam_layer='fc' gives no map")
+
+    with pytest.raises(UserError, match="cam_layer='fc'"):
+        run_side_by_side(refuse, writer(tmp_path / "parent.txt", "done"))
+    assert (tmp_path / "parent.txt").exists()  # the parent's job was not cut short
+
+
+@forking
+def test_an_unpicklable_error_comes_back_as_its_traceback():
+    class Local(Exception):  # defined in a function: pickle cannot find it by name
+        pass
+
+    def fail():
+        raise Local("with a lock inside")
+
+    with pytest.raises(RuntimeError, match="Local: with a lock inside"):
+        run_side_by_side(fail, lambda: None)
+
+
+@forking
+def test_a_killed_child_is_an_error():
+    with pytest.raises(RuntimeError, match="status -9"):
+        run_side_by_side(lambda: os.kill(os.getpid(), signal.SIGKILL), lambda: None)
+
+
+@forking
+def test_the_parents_error_wins_and_the_children_have_ended(tmp_path):
+    def fail():
+        raise ValueError("parent")
+
+    with pytest.raises(ValueError, match="parent"):
+        run_side_by_side(writer(tmp_path / "child.txt", "child"), fail)
+    assert (tmp_path / "child.txt").exists()  # waited for, not left running
+
+
+def test_without_a_safe_fork_the_jobs_run_here_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(side_by_side, "can_fork", lambda: False)
+    order = []
+    run_side_by_side(lambda: order.append(os.getpid()), lambda: order.append(os.getpid()))
+    assert order == [os.getpid(), os.getpid()]
