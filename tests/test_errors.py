@@ -180,6 +180,37 @@ def test_truncated_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         assert str(path) in str(e.value)
 
 
+def test_a_received_checkpoints_input_spec_is_checked():
+    spec = InputSpec(3, 96, 128, 5, resize=110, interpolation="bicubic")
+    assert InputSpec.from_dict(spec.to_dict(), "checkpoint a.pt") == spec
+    older = {"channels": 1, "height": 28, "width": 28, "num_classes": 10}  # before `resize`
+    assert InputSpec.from_dict(older, "checkpoint a.pt").squash is True
+    shape = r"^checkpoint a\.pt: its input spec \(.*\) is not one cnntrain writes"
+    values = r"^checkpoint a\.pt: its input spec has .*, which no run writes"
+    cases = {
+        "not a dict": shape,
+        str: shape,
+        frozenset(older.items()): shape,  # a mapping of another type
+    }
+    for bad, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            InputSpec.from_dict(bad, "checkpoint a.pt")
+    for change, message in (
+        ({"extra": 1}, shape),  # a key of no field: was a TypeError traceback
+        ({"channels": None}, values),
+        ({"height": 0}, values),
+        ({"width": 32.0}, values),
+        ({"num_classes": True}, values),
+        ({"resize": -1}, values),
+        ({"squash": "no"}, values),
+        ({"interpolation": 3}, values),
+    ):
+        with pytest.raises(UserError, match=message):
+            InputSpec.from_dict({**older, **change}, "checkpoint a.pt")
+    with pytest.raises(UserError, match=shape):
+        InputSpec.from_dict({"channels": 3, "height": 32, "width": 32}, "checkpoint a.pt")
+
+
 def test_code_in_a_checkpoint_is_never_run(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
 

@@ -104,6 +104,28 @@ def test_an_unreadable_cache_file_is_built_again(tmp_path, tiles):
     assert cached.stat().st_size > 1000
 
 
+def test_a_cache_file_of_other_arrays_is_built_again(tmp_path, tiles, caplog):
+    first = open_mosaic_set(tmp_path)
+    cached = tmp_path / "cache" / "mosaic" / f"{first.fingerprint}.npz"
+    with np.load(cached) as stored:
+        arrays = dict(stored)
+    foreign = {  # each a file someone else could put in a shared cache under that name
+        "train_images": arrays["train_images"][:, :8],  # another size: a traceback before
+        "test_images": arrays["test_images"].astype(np.float32),
+        "train_targets": arrays["train_targets"][:, :-1],  # another label count
+        "test_targets": 2 * arrays["test_targets"],  # not 0/1
+    }
+    for name, bad in foreign.items():
+        with open(cached, "wb") as f:
+            np.savez(f, **{**arrays, name: bad})
+        caplog.clear()
+        again = open_mosaic_set(tmp_path)
+        assert f"other arrays than data=mosaic builds ({name})" in caplog.text
+        for split in ("train", "test"):
+            assert np.array_equal(again.splits[split].arrays, first.splits[split].arrays)
+            assert np.array_equal(again.splits[split].targets, first.splits[split].targets)
+
+
 def test_tiles_of_another_size_are_refused(tmp_path):
     write_tiles(tmp_path / "tiles", size=28)
     with pytest.raises(UserError, match=r"is 28×28 px; data=mosaic takes 32×32"):

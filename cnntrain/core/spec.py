@@ -1,6 +1,8 @@
 """InputSpec: what a model takes and gives; shared by data, models, checkpoints and export."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from cnntrain.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,31 @@ class InputSpec:
     squash: bool = False
 
     @classmethod
-    def from_dict(cls, saved: dict) -> "InputSpec":
-        """The spec a checkpoint stores (to_dict's); one without `resize` squashes."""
+    def from_dict(cls, saved, source: str) -> "InputSpec":
+        """The spec a checkpoint stores (to_dict's); one without `resize` squashes. Checked as
+        received data: what no run writes (another type, a key of no field, a missing one, a
+        size or count that is not a whole number ≥ 1) is refused in one line naming `source`."""
+        names = {f.name: f for f in fields(cls)}
+        required = {n for n, f in names.items() if f.default is MISSING}
+        if not isinstance(saved, dict) or not required <= saved.keys() <= names.keys():
+            keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise UserError(f"{source}: its input spec ({keys}) is not one cnntrain writes "
+                            f"(keys {', '.join(names)}); train the run again")  # fmt: skip
+        wrong = [k for k in required if not whole(saved[k])]
+        wrong += [] if saved.get("resize") is None or whole(saved["resize"]) else ["resize"]
+        wrong += [] if isinstance(saved.get("squash", False), bool) else ["squash"]
+        wrong += [] if isinstance(saved.get("interpolation", ""), str) else ["interpolation"]
+        if wrong:
+            shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(wrong))
+            raise UserError(f"{source}: its input spec has {shown}, which no run writes (sizes "
+                            "and counts are whole numbers ≥ 1); train the run again")  # fmt: skip
         return cls(**{"squash": "resize" not in saved, **saved})
 
     def to_dict(self) -> dict:
         """Plain ints, as a checkpoint stores them (`spec`)."""
         return asdict(self)
+
+
+def whole(value) -> bool:
+    """A whole number ≥ 1 (not a bool): a size in px, a channel or class count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

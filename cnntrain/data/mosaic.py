@@ -61,7 +61,7 @@ def open_mosaics(
     key = mosaic_key(tiles, options)
     built = build_once(
         Path(cache_dir) / "mosaic" / f"{key}.npz",
-        load=load_mosaics,
+        load=lambda entry: load_mosaics(entry, options, len(tiles.classes)),
         build=lambda: build_mosaics(tiles, options),
         save=save_mosaics,
     )
@@ -192,12 +192,31 @@ def save_mosaics(entry: Path, built: dict[str, np.ndarray]) -> dict[str, np.ndar
     return built
 
 
-def load_mosaics(entry: Path) -> dict[str, np.ndarray] | None:
-    """The cached mosaics, or None (with a warning) when the file is unreadable or incomplete."""
+def load_mosaics(entry: Path, options: MosaicOptions, labels: int) -> dict[str, np.ndarray] | None:
+    """The cached mosaics, or None (with a warning: they are built again) when the file is
+    unreadable, incomplete or not what `options` build: per split (n, side, side, 3) uint8
+    images and (n, labels) float32 0/1 targets — a cache file is received data too."""
     names = [f"{split}_{part}" for split in SPLITS for part in ("images", "targets")]
     try:
-        with np.load(entry) as stored:
-            return {name: stored[name] for name in names}
+        with np.load(entry) as stored:  # allow_pickle=False: arrays only, never objects
+            arrays = {name: stored[name] for name in names}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         log.warning("cache file %s is unreadable (%s); building the mosaics again", entry, e)
         return None
+    wrong = [name for name, a in arrays.items() if not fits(name, a, options, labels)]
+    if wrong:
+        log.warning("cache file %s holds other arrays than data=mosaic builds (%s); building "
+                    "the mosaics again", entry, ", ".join(wrong))  # fmt: skip
+        return None
+    return arrays
+
+
+def fits(name: str, array: np.ndarray, options: MosaicOptions, labels: int) -> bool:
+    """Whether cached `array` (`<split>_images` or `<split>_targets`) is what `options` build."""
+    split, part = name.rsplit("_", 1)
+    n = options.counts[split]
+    if part == "images":
+        side = options.side
+        return array.dtype == np.uint8 and array.shape == (n, side, side, 3)
+    return (array.dtype == np.float32 and array.shape == (n, labels)
+            and bool(np.isin(array, (0.0, 1.0)).all()))  # fmt: skip

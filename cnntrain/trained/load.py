@@ -83,7 +83,7 @@ def load_trained(source) -> TrainedModel:
     saved = load_checkpoint(path)  # torch.load(weights_only=True)
     check_usable(saved, path)
     config = saved_config(saved, path)  # checked as data: see core/schema.py
-    spec = InputSpec.from_dict(saved["spec"])  # an older one squashes, as it was trained
+    spec = InputSpec.from_dict(saved["spec"], f"checkpoint {path}")  # an older one squashes
     network = build_architecture(config["model"], spec)
     check_compatible(saved, network, path)
     network.load_state_dict(evaluated_weights(saved))
