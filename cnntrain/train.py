@@ -57,7 +57,7 @@ from cnntrain.training.precision import Arithmetic, bf16_gradient_hazard
 from cnntrain.training.resume import restore, restore_trainable
 from cnntrain.training.state import check_optimized_metric, chosen_monitor
 from cnntrain.training.step import StepParts, optimizer_steps
-from cnntrain.training.thresholds import Thresholds, fit_thresholds
+from cnntrain.training.thresholds import Thresholds, fit_thresholds, thresholded_results
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -217,19 +217,10 @@ def multilabel_bests(rows: list[dict]) -> dict:
 
 def test_metrics(out: dict, data: DataBundle, fitted) -> dict:
     """results.json's test fields: with `fitted` the temperature (or None), or with several
-    labels per image the labels' Thresholds (and a warning naming labels the test split lacks)."""
+    labels per image the labels' Thresholds."""
     if not data.multi_label:
         return test_results(out, data.classes, fitted)
-    absent = [printable(c) for c, n in zip(data.classes, out["targets"].sum(0).tolist(),
-                                             strict=True) if n == 0]  # fmt: skip
-    if absent:
-        log.warning("%d label(s) have no positive image in the %s split: %s; test/mAP is the mean "
-                    "over the others", len(absent), data.test_name, ", ".join(absent[:5]) +
-                    (", …" if len(absent) > 5 else ""))  # fmt: skip
-    return {
-        **test_results(out, data.classes, thresholds=fitted.tensor()),
-        **fitted.results(data.classes),
-    }
+    return thresholded_results(out, data.classes, fitted, data.test_name)
 
 
 def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],

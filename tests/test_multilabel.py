@@ -120,7 +120,8 @@ def test_each_labels_map_lies_on_its_own_square(run):
 def test_the_thresholds_are_tuned_on_the_validation_split_alone(run, label_file):
     folder, results = run
     trained = load_trained(folder)
-    assert trained.multi_label and trained.thresholds == list(results["thresholds"].values())
+    assert trained.multi_label and trained.thresholds.values == list(results["thresholds"].values())
+    assert (trained.thresholds.rule, trained.thresholds.fitted_on) == ("f1", "val")
     table = read_csv(folder / "splits.csv")
     root = label_file.parent
     probabilities, targets = {}, {}
@@ -133,7 +134,7 @@ def test_the_thresholds_are_tuned_on_the_validation_split_alone(run, label_file)
                                        for r in rows])  # fmt: skip
     on_val = tune_thresholds(probabilities["val"], targets["val"], "f1")
     on_test = tune_thresholds(probabilities["test"], targets["test"], "f1")
-    assert torch.allclose(torch.tensor(trained.thresholds, dtype=torch.float64), on_val, atol=1e-6)
+    assert torch.allclose(trained.thresholds.tensor(), on_val, atol=1e-6)
     assert not torch.allclose(on_val, on_test, atol=1e-6)
     assert results["thresholds_fitted_on"] == "val" and results["thresholds_rule"] == "f1"
 
@@ -156,7 +157,7 @@ def test_predict_and_the_onnx_export_use_the_thresholds(run, label_file, tmp_pat
     made = predict(trained, find_images([str(p) for p in images]), batch_size=16, top_k=5,
                    tta=False, device=torch.device("cpu"), show_bars=False)  # fmt: skip
     assert made.header == ["path", "labels", *(f"p_{c}" for c in trained.classes)]
-    thresholds = torch.tensor(trained.thresholds)
+    thresholds = trained.thresholds.tensor()
     pixels = torch.stack([image_tensor(p) for p in images])
     with torch.no_grad():
         expected = trained.normalized(sigmoid=True)(unit_range(pixels))
@@ -169,7 +170,7 @@ def test_predict_and_the_onnx_export_use_the_thresholds(run, label_file, tmp_pat
     exported = export_run(folder, "onnx", tmp_path / "model.onnx", compose_config(output_dir="x"))
     meta = {p.key: p.value for p in onnx.load(exported.path).metadata_props}
     assert meta["multi_label"] == "true"
-    assert np.allclose(json.loads(meta["thresholds"]), trained.thresholds)
+    assert np.allclose(json.loads(meta["thresholds"]), trained.thresholds.values)
     session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     (out,) = session.run(["probabilities"], {"pixels": unit_range(pixels).numpy()})
     assert np.allclose(out, expected.numpy(), atol=1e-4)
@@ -254,6 +255,38 @@ def test_a_received_multilabel_checkpoint_never_scales_its_sigmoids(run, tmp_pat
     saved["calibration"] = {"temperature": 5.0, "fitted_on": "val", "images": 1}
     torch.save(saved, path)
     assert load_trained(folder).temperature is None  # predict, eval and export agree
+
+
+def test_a_received_checkpoints_thresholds_are_checked(run, tmp_path):
+    folder = tmp_path / "received"
+    shutil.copytree(run[0], folder)
+    path = folder / "checkpoints" / "best.pt"
+    saved = torch.load(path, weights_only=True)
+    entry, count = saved["thresholds"], len(saved["classes"])
+    for bad in (
+        {**entry, "values": [float("nan")] * count},
+        {**entry, "values": entry["values"][:-1]},  # another label count
+        {**entry, "rule": "best"},
+        {**entry, "fitted_on": "test"},
+        {**entry, "images": -1},
+        list(entry["values"]),  # not the mapping tuning writes
+    ):
+        torch.save({**saved, "thresholds": bad}, path)
+        with pytest.raises(UserError, match=rf"^checkpoint {path}: thresholds is not {count} "):
+            load_trained(folder)
+    torch.save({k: v for k, v in saved.items() if k != "thresholds"}, path)
+    kept = load_trained(folder).thresholds  # a run stopped before its final test saved none
+    assert kept.values == [0.5] * count and kept.fitted_on is None
+
+
+def test_eval_of_a_multilabel_run_writes_the_thresholds_as_training_did(run):
+    from cnntrain.trained.eval import evaluate_run
+
+    folder, results = run
+    evaluated = evaluate_run(folder, compose_config(output_dir=folder), [])
+    again = json.loads((evaluated / "results.json").read_text())
+    for key in ("thresholds", "thresholds_rule", "thresholds_fitted_on", "test/mAP"):
+        assert again[key] == pytest.approx(results[key]), key
 
 
 def test_a_single_label_run_keeps_its_fields(finished_run):

@@ -31,6 +31,7 @@ from cnntrain.reporting.report import write_eval_report
 from cnntrain.trained.load import TrainedModel, load_trained
 from cnntrain.training.evaluate import evaluate
 from cnntrain.training.precision import Arithmetic
+from cnntrain.training.thresholds import thresholded_results
 
 # Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
 # what network it tests.
@@ -96,7 +97,7 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     bars = progress_bars_enabled(cfg)
     out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
     results = {
-        **test_metrics(out, trained),
+        **test_metrics(out, trained, split.name),
         "test/split": split.name,
         "test/class_counts": split.counts,
         "dataset": cfg.data.name,
@@ -117,16 +118,12 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     return folder
 
 
-def test_metrics(out: dict, trained: TrainedModel) -> dict:
+def test_metrics(out: dict, trained: TrainedModel, split: str) -> dict:
     """results.json's test fields, as training's: with the run's temperature, or its labels'
-    thresholds."""
+    thresholds (and a warning naming labels `split` has no positive image of)."""
     if not trained.multi_label:
         return test_results(out, trained.classes, trained.temperature)
-    thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
-    return {
-        **test_results(out, trained.classes, thresholds=thresholds),
-        "thresholds": dict(zip(trained.classes, trained.thresholds, strict=True)),
-    }
+    return thresholded_results(out, trained.classes, trained.thresholds, split)
 
 
 def write_test_outputs(folder: Path, out: dict, trained: TrainedModel, names: list[str],
@@ -134,7 +131,7 @@ def write_test_outputs(folder: Path, out: dict, trained: TrainedModel, names: li
     """test_predictions.csv and the test's figures into `folder` (plots/)."""
     logits, targets, classes = out["logits"], out["targets"], trained.classes
     if trained.multi_label:
-        thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
+        thresholds = trained.thresholds.tensor()
         rows = multilabel_prediction_rows(logits, targets, classes, names, thresholds)
         write_predictions(folder, rows, multilabel_columns(classes))
         write_multilabel_plots(folder / "plots", logits, targets, thresholds, classes, images_at,

@@ -75,7 +75,7 @@ def metadata(trained: TrainedModel, calibrated: bool) -> dict[str, str]:
 def multi_label_metadata(trained: TrainedModel) -> dict[str, str]:
     """Several labels per image: the outputs are each label's probability, predicted at or
     above its threshold."""
-    return {"multi_label": json.dumps(True), "thresholds": json.dumps(trained.thresholds)}
+    return {"multi_label": json.dumps(True), "thresholds": json.dumps(trained.thresholds.values)}
 
 
 def check_images(trained: TrainedModel, fresh: DictConfig) -> tuple[torch.Tensor, str]:

@@ -17,6 +17,7 @@ from cnntrain.core.checkpoint import (
     load_checkpoint,
     saved_config,
 )
+from cnntrain.core.checks import integer, number
 from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
@@ -24,6 +25,7 @@ from cnntrain.data.geometry import spec_fit
 from cnntrain.metrics.calibration import TEMPERATURE_RANGE
 from cnntrain.metrics.multilabel import DEFAULT_THRESHOLD
 from cnntrain.models.registry import build_architecture
+from cnntrain.training.thresholds import Thresholds
 
 RANGE_SLACK = 1e-9  # relative: a fitted end of the range, exp(log(end)), may round just past it
 
@@ -64,9 +66,9 @@ class TrainedModel:
     checkpoint: Path
     temperature: float | None = None  # the logits' divisor fitted on the validation split
     # Several labels per image: one sigmoid per class (`classes` the labels), and each label's
-    # probability threshold (L,) saved after training (0.5 each when the run saved none)
+    # probability thresholds (L,) saved after training (0.5 each when the run saved none)
     multi_label: bool = False
-    thresholds: list[float] | None = None
+    thresholds: Thresholds | None = None
 
     def normalized(self, calibrated: bool = False, sigmoid: bool = False) -> Normalized:
         """The network taking [0, 1] pixels (normalization inside), in eval mode; `calibrated`:
@@ -102,29 +104,34 @@ def load_trained(source) -> TrainedModel:
     )
 
 
-def saved_thresholds(saved: dict, path: Path, count: int) -> list[float] | None:
-    """The labels' thresholds of a checkpoint with several labels per image (training/
-    thresholds.py's entry), checked as received data: `count` probabilities in [0, 1]; 0.5 each
-    when the run saved none (stopped before its final test); None for one label per image."""
+def saved_thresholds(saved: dict, path: Path, count: int) -> Thresholds | None:
+    """The labels' Thresholds of a checkpoint with several labels per image (training/
+    thresholds.py's entry), checked as received data: `count` probabilities in [0, 1], the rule
+    ("f1" or one of them), where they were tuned ("val" or null) and on how many images; 0.5
+    each when the run saved none (stopped before its final test); None for one label per image."""
     if saved.get("multi_label") is not True:
         return None
     entry = saved.get("thresholds")
     if entry is None:
-        return [DEFAULT_THRESHOLD] * count
-    values = entry.get("values") if isinstance(entry, dict) else None
+        return Thresholds([DEFAULT_THRESHOLD] * count, DEFAULT_THRESHOLD, None)
+    entry = entry if isinstance(entry, dict) else {}
+    values, rule = entry.get("values"), entry.get("rule", "f1")
     fine = (
         isinstance(values, list)
         and len(values) == count
-        and all(
-            not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v <= 1 for v in values
-        )
+        and all(number(0, 1)(v) for v in values)
+        and (rule == "f1" or number(0, 1)(rule))
+        and entry.get("fitted_on", None) in ("val", None)
+        and integer(0)(entry.get("images", 0))
     )
     if not fine:
         raise UserError(
-            f"checkpoint {path}: thresholds.values is not {count} probabilities from 0 to 1 (what "
-            "tuning gives); use the run's own checkpoint, or train it again"
+            f"checkpoint {path}: thresholds is not {count} probabilities from 0 to 1 with their "
+            "rule (f1 or one of them), fitted_on (val or null) and image count (what tuning "
+            "gives); use the run's own checkpoint, or train it again"
         )
-    return [float(v) for v in values]
+    return Thresholds([float(v) for v in values], rule, entry.get("fitted_on"),
+                      entry.get("images", 0))  # fmt: skip
 
 
 def saved_temperature(saved: dict, path: Path) -> float | None:

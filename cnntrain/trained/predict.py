@@ -233,7 +233,7 @@ def multilabel_predictions(trained: TrainedModel, refs: list[ImageRef], scored, 
     """Predictions with several labels per image: `labels`, those whose probability is at least
     their threshold (the run's, tuned on its validation split), joined by LABEL_JOIN ("" for
     none), and a `p_<label>` column per label."""
-    thresholds = torch.tensor(trained.thresholds, dtype=torch.float64)
+    thresholds = trained.thresholds.tensor()
     rows = []
     for places, pixels, probabilities in scored:
         names = [refs[i].name for i in places]

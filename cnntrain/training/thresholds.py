@@ -11,6 +11,7 @@ from cnntrain.core.checkpoint import BEST, LAST, add_entry
 from cnntrain.core.safe_text import printable
 from cnntrain.metrics import label_probabilities, tune_thresholds
 from cnntrain.metrics.multilabel import DEFAULT_THRESHOLD
+from cnntrain.metrics.results import test_results
 from cnntrain.training.evaluate import evaluate
 
 log = logging.getLogger("cnntrain")
@@ -37,6 +38,21 @@ class Thresholds:
             "thresholds_rule": self.rule,
             "thresholds_fitted_on": self.fitted_on,
         }
+
+
+def thresholded_results(out: dict, labels: list[str], thresholds: Thresholds,
+                        split: str) -> dict:  # fmt: skip
+    """results.json's test fields of a test with several labels per image (a run's final test,
+    or cnntrain-eval's): the metrics at `thresholds` and how they came; labels without a positive
+    image in `split` are named in a warning (their AP is null, left out of test/mAP)."""
+    absent = [printable(c) for c, n in zip(labels, out["targets"].sum(0).tolist(), strict=True)
+              if n == 0]  # fmt: skip
+    if absent:
+        log.warning("%d label(s) have no positive image in the %s split: %s; test/mAP is the mean "
+                    "over the others", len(absent), split, ", ".join(absent[:5]) +
+                    (", …" if len(absent) > 5 else ""))  # fmt: skip
+    metrics = test_results(out, labels, thresholds=thresholds.tensor())
+    return {**metrics, **thresholds.results(labels)}
 
 
 def fit_thresholds(loop, net) -> Thresholds | None:
