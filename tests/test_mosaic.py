@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnntrain.config.rules import validate
 from cnntrain.core.errors import UserError
 from cnntrain.data import mosaic
 from cnntrain.data.known import open_splits
@@ -152,3 +153,5 @@ def test_bad_mosaic_keys_are_refused_in_one_line(tmp_path, tiles, override, name
     with pytest.raises(UserError, match=named.replace("(", r"\(")) as caught:
         open_mosaic_set(tmp_path, override)
     assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match=named.replace("(", r"\(")):  # before any work
+        validate(compose_config("data=mosaic", override))

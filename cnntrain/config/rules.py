@@ -268,7 +268,7 @@ def validate(cfg: DictConfig) -> None:
 
 def check_data_source(d: DictConfig) -> None:
     """The data group's required source is given and exists (a Hub id aside); data=hf's extra is
-    installed."""
+    installed; data=mosaic's keys are whole numbers of what it builds (before any work)."""
     if d.name == "imagefolder" and not d.root:
         raise UserError(
             "data=imagefolder needs data.root=PATH (a folder or archive: train/<class>/… or "
@@ -276,6 +276,11 @@ def check_data_source(d: DictConfig) -> None:
         )
     if d.name == "csv" and not d.get("labels"):
         raise UserError("data=csv needs data.labels=FILE (a .csv, .tsv, .txt or .parquet file)")
+    if d.name == "mosaic":  # before the root check: data=mosaic refuses a root in its own words
+        from cnntrain.data.mosaic import mosaic_options  # numpy: only for this data
+
+        mosaic_options(d)
+        return
     if d.name == "hf":
         if not d.root:
             raise UserError("data=hf needs data.root=PATH (a save_to_disk folder) or owner/name")
