@@ -60,11 +60,38 @@ def test_the_parents_error_wins_and_the_children_have_ended(tmp_path):
 
     with pytest.raises(ValueError, match="parent"):
         run_side_by_side(writer(tmp_path / "child.txt", "child"), fail)
-    assert (tmp_path / "child.txt").exists()  # waited for, not left running
+    assert (tmp_path / "child.txt").exists()
+    with pytest.raises(ChildProcessError):  # reaped: no child of this process is left
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_without_a_safe_fork_the_jobs_run_here_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(side_by_side, "can_fork", lambda: False)
     order = []
-    run_side_by_side(lambda: order.append(os.getpid()), lambda: order.append(os.getpid()))
-    assert order == [os.getpid(), os.getpid()]
+    run_side_by_side(lambda: order.append(1), lambda: order.append(2))
+    assert order == [1, 2]  # both here (a child's append would not be seen), in order
+
+
+class TwoArguments(Exception):  # pickles, but cannot be rebuilt from its one message argument
+    def __init__(self, path, why):
+        super().__init__(f"{path}: {why}")
+
+
+@forking
+def test_an_error_that_cannot_be_rebuilt_comes_back_as_its_traceback():
+    def fail():
+        raise TwoArguments("a.png", "unreadable")
+
+    with pytest.raises(RuntimeError, match=r"TwoArguments: a\.png: unreadable"):
+        run_side_by_side(fail, lambda: None)
+
+
+@forking
+def test_a_job_runs_here_when_no_process_can_be_forked(tmp_path, monkeypatch):
+    def no_fork():
+        raise BlockingIOError("EAGAIN")
+
+    monkeypatch.setattr(side_by_side.os, "fork", no_fork)
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    run_side_by_side(*(writer(p, i) for i, p in enumerate(paths)))
+    assert {int(p.read_text().split()[1]) for p in paths} == {os.getpid()}

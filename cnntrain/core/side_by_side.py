@@ -21,16 +21,23 @@ def run_side_by_side(*jobs: Job) -> None:
     """Run `jobs` (each writes its own files and returns nothing) and return when all ended.
 
     Where forking is safe (`can_fork`), each job but the last runs in a forked child and the
-    last here; otherwise one after another, here. A child's exception is raised here (the
-    same type when it can be pickled, so a UserError stays one line), after every job ended.
+    last here; otherwise (or when no process can be forked now) one after another, here. A
+    child's exception is raised here (the same type when it can be rebuilt, so a UserError stays
+    one line; else a RuntimeError of its traceback), after every job ended.
     """
     if len(jobs) < 2 or not can_fork():
         for job in jobs:
             job()
         return
-    children = [fork(job) for job in jobs[:-1]]
+    children, here = [], [jobs[-1]]
+    for job in jobs[:-1]:
+        try:
+            children.append(fork(job))
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): this one runs the job
+            here.insert(-1, job)
     try:
-        jobs[-1]()
+        for job in here:
+            job()
     finally:  # the children end before this process raises or goes on
         errors = [outcome(*child) for child in children]
     for error in errors:
@@ -56,10 +63,15 @@ def fork(job: Job) -> tuple[int, int]:
     sys.stdout.flush()  # else a buffered line would be written by both processes
     sys.stderr.flush()
     read, write = os.pipe()
-    with warnings.catch_warnings():  # Python ≥ 3.12 warns on forking with threads running; the
-        # child takes no lock of another thread (trackers, the progress bar's monitor)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        with warnings.catch_warnings():  # Python ≥ 3.12 warns on forking with threads running;
+            # the child takes no lock of another thread (trackers, the progress bar's monitor)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        raise
     if pid:
         os.close(write)
         return pid, read
@@ -68,20 +80,36 @@ def fork(job: Job) -> tuple[int, int]:
     try:
         torch.set_num_threads(1)  # the parent draws on the other core
         job()
-    except BaseException as e:
+    except BaseException as e:  # every failure goes back to the parent
         code = 1
         with os.fdopen(write, "wb") as pipe:
             pipe.write(pickled(e))
     finally:
+        sys.stdout.flush()  # what the job printed: os._exit flushes nothing
+        sys.stderr.flush()
         os._exit(code)  # no interpreter teardown: nothing of the parent's is the child's to close
 
 
 def pickled(error: BaseException) -> bytes:
-    """`error` pickled; a RuntimeError holding its traceback's text when it cannot be."""
+    """(`error` pickled, its traceback's text), pickled; a RuntimeError of that text stands in
+    for an error that cannot be pickled."""
+    text = "".join(traceback.format_exception(error))
     try:
-        return pickle.dumps(error)
+        error_bytes = pickle.dumps(error)
+    except Exception:  # an exception holding a lock, a lambda, …
+        error_bytes = pickle.dumps(RuntimeError(text))
+    return pickle.dumps((error_bytes, text))
+
+
+def unpickled(sent: bytes) -> BaseException:
+    """The child's exception from `sent` (our own child's bytes, not a received file); a
+    RuntimeError of its traceback's text when it cannot be rebuilt (an exception whose __init__
+    takes other arguments than its message)."""
+    error_bytes, text = pickle.loads(sent)
+    try:
+        return pickle.loads(error_bytes)
     except Exception:
-        return pickle.dumps(RuntimeError("".join(traceback.format_exception(error))))
+        return RuntimeError(text)
 
 
 def outcome(pid: int, read: int) -> BaseException | None:
@@ -90,7 +118,7 @@ def outcome(pid: int, read: int) -> BaseException | None:
         sent = pipe.read()  # before waiting: a long traceback would fill the pipe
     _, status = os.waitpid(pid, 0)
     if sent:
-        return pickle.loads(sent)  # our own child's bytes, not a received file
+        return unpickled(sent)
     if os.waitstatus_to_exitcode(status) != 0:  # killed (out of memory, a signal)
         return RuntimeError(f"a forked job ended with status {os.waitstatus_to_exitcode(status)}")
     return None
