@@ -1,6 +1,8 @@
 """data=mosaic: multi-label mosaics of a single-label set's tiles (cnntrain/data/mosaic.py), built
 from a tiny ImageFolder of 32×32 PNG tiles (lossless: each quadrant can be matched to its tile)."""
 
+import zipfile
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -125,6 +127,25 @@ def test_a_cache_file_of_other_arrays_is_built_again(tmp_path, tiles, caplog):
         for split in ("train", "test"):
             assert np.array_equal(again.splits[split].arrays, first.splits[split].arrays)
             assert np.array_equal(again.splits[split].targets, first.splits[split].targets)
+
+
+def test_a_cache_file_declaring_a_huge_array_is_built_again_unread(tmp_path, tiles, caplog):
+    first = open_mosaic_set(tmp_path)
+    cached = tmp_path / "cache" / "mosaic" / f"{first.fingerprint}.npz"
+    with np.load(cached) as stored:
+        arrays = dict(stored)
+    with zipfile.ZipFile(cached, "w") as archive:  # 9 TiB declared in a header, no data
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                if name == "train_images":
+                    header = {"descr": "|u1", "fortran_order": False, "shape": (10**13,)}
+                    np.lib.format.write_array_header_1_0(member, header)
+                else:
+                    np.lib.format.write_array(member, array)
+    assert cached.stat().st_size < 10**6
+    again = open_mosaic_set(tmp_path)  # was a MemoryError traceback
+    assert "other arrays than data=mosaic builds (train_images)" in caplog.text
+    assert np.array_equal(again.splits["train"].arrays, first.splits["train"].arrays)
 
 
 def test_tiles_of_another_size_are_refused(tmp_path):

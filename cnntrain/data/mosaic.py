@@ -195,15 +195,19 @@ def save_mosaics(entry: Path, built: dict[str, np.ndarray]) -> dict[str, np.ndar
 def load_mosaics(entry: Path, options: MosaicOptions, labels: int) -> dict[str, np.ndarray] | None:
     """The cached mosaics, or None (with a warning: they are built again) when the file is
     unreadable, incomplete or not what `options` build: per split (n, side, side, 3) uint8
-    images and (n, labels) float32 0/1 targets — a cache file is received data too."""
-    names = [f"{split}_{part}" for split in SPLITS for part in ("images", "targets")]
+    images and (n, labels) float32 0/1 targets. A cache file is received data too: each array's
+    header is checked before its bytes are read (a foreign file cannot make us allocate more)."""
+    expected = expected_arrays(options, labels)
     try:
         with np.load(entry) as stored:  # allow_pickle=False: arrays only, never objects
-            arrays = {name: stored[name] for name in names}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            wrong = [name for name, kind in expected.items()
+                     if stored_kind(stored.zip, name) != kind]  # fmt: skip
+            arrays = {} if wrong else {name: stored[name] for name in expected}
+    except (OSError, ValueError, KeyError, MemoryError, zipfile.BadZipFile) as e:
         log.warning("cache file %s is unreadable (%s); building the mosaics again", entry, e)
         return None
-    wrong = [name for name, a in arrays.items() if not fits(name, a, options, labels)]
+    wrong += [name for name, a in arrays.items()
+              if name.endswith("_targets") and not np.isin(a, (0.0, 1.0)).all()]  # fmt: skip
     if wrong:
         log.warning("cache file %s holds other arrays than data=mosaic builds (%s); building "
                     "the mosaics again", entry, ", ".join(wrong))  # fmt: skip
@@ -211,12 +215,23 @@ def load_mosaics(entry: Path, options: MosaicOptions, labels: int) -> dict[str, 
     return arrays
 
 
-def fits(name: str, array: np.ndarray, options: MosaicOptions, labels: int) -> bool:
-    """Whether cached `array` (`<split>_images` or `<split>_targets`) is what `options` build."""
-    split, part = name.rsplit("_", 1)
-    n = options.counts[split]
-    if part == "images":
-        side = options.side
-        return array.dtype == np.uint8 and array.shape == (n, side, side, 3)
-    return (array.dtype == np.float32 and array.shape == (n, labels)
-            and bool(np.isin(array, (0.0, 1.0)).all()))  # fmt: skip
+def expected_arrays(options: MosaicOptions, labels: int) -> dict[str, tuple]:
+    """{name: (dtype, shape)} of the arrays a cache file of `options` holds."""
+    side, kinds = options.side, {}
+    for split in SPLITS:
+        n = options.counts[split]
+        kinds[f"{split}_images"] = (np.dtype(np.uint8), (n, side, side, 3))
+        kinds[f"{split}_targets"] = (np.dtype(np.float32), (n, labels))
+    return kinds
+
+
+def stored_kind(archive: zipfile.ZipFile, name: str) -> tuple:
+    """(dtype, shape) that the .npz member `name` declares in its header (nothing else read)."""
+    with archive.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+        if read is None:
+            raise ValueError(f"{name}: .npy format {version}")
+        shape, _, dtype = read(member)
+    return dtype, shape
