@@ -188,6 +188,12 @@ def test_a_multilabel_run_stopped_and_resumed_is_bitwise_identical(label_file, t
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
     assert resumed["test/mAP"] == results["test/mAP"]
     assert resumed["thresholds"] == results["thresholds"]
+    from cnntrain.sweeps.jobs import same_run_in
+
+    # the resumed run saved data.splits = its splits.csv: a sweep launched again still knows it
+    saved = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)["config"]
+    assert saved["data"]["splits"]
+    assert same_run_in(stopped, compose_config(*overrides(label_file), output_dir=str(stopped)))
 
 
 def test_labels_too_rare_for_every_split_and_absent_from_test_are_named(label_file, tmp_path,

@@ -115,10 +115,12 @@ def same_run_in(job_dir: Path, cfg: DictConfig) -> bool:
 
 def settings(config: dict, monitor) -> dict:
     """RUN_GROUPS of `config`, without WHERE_KEYS (and trainer.monitor when the job's is auto: a
-    saved run holds what auto resolved to)."""
+    saved run holds what auto resolved to) and data.splits."""
     chosen = {group: config.get(group) for group in RUN_GROUPS}
     dropped = (*WHERE_KEYS, "monitor") if monitor == "auto" else WHERE_KEYS
     chosen["trainer"] = {k: v for k, v in (chosen["trainer"] or {}).items() if k not in dropped}
+    # a resumed run saves data.splits = its own splits.csv (config/resumed.py): the same split
+    chosen["data"] = {k: v for k, v in (chosen["data"] or {}).items() if k != "splits"}
     return chosen
 
 
