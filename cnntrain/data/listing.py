@@ -74,7 +74,7 @@ def listing_splits(listing: Listing, origin: str, options: SplitOptions, limits:
     names = [n for labels in listing.label_sets for n in labels] if multi else listing.labels
     classes = listing.classes or class_order(names)
     targets = label_targets(listing, classes)  # (N,) int64, or (N, L) float32 0/1
-    texts = label_texts(listing, classes)
+    texts = label_texts(listing, classes, targets)
     keys = [table_key(f, listing.root) for f in listing.files]
     bad = list(listing.bad_rows)
     if options.table:
@@ -133,13 +133,12 @@ def label_targets(listing: Listing, classes: list[str]) -> np.ndarray:
     return targets
 
 
-def label_texts(listing: Listing, classes: list[str]) -> list[str]:
+def label_texts(listing: Listing, classes: list[str], targets: np.ndarray) -> list[str]:
     """Each file's labels as splits.csv's `class` cell: its class, or label_set_text of its
-    labels."""
+    row of `targets` ((N, L) 0/1, label_targets')."""
     if listing.label_sets is None:
         return listing.labels
-    return [label_set_text(classes, [c in set(labels) for c in classes])
-            for labels in listing.label_sets]  # fmt: skip
+    return [label_set_text(classes, row) for row in targets.astype(bool).tolist()]
 
 
 def label_set_text(classes: list[str], flags) -> str:
