@@ -206,6 +206,29 @@ def test_a_received_checkpoints_temperature_is_checked(copied_run):
             load_trained(copied_run)
 
 
+def test_a_received_checkpoints_classes_and_normalization_are_checked(copied_run):
+    path = copied_run / "checkpoints" / "best.pt"
+    state = load_checkpoint(path)
+    k, c = len(state["classes"]), state["spec"]["channels"]
+    stats = state["normalization"]
+    for key, bad, named in (
+        ("classes", 3, "classes is not"),  # was a TypeError traceback
+        ("classes", "abcdefghij"[:k], "classes is not"),  # a string of k letters
+        ("classes", state["classes"][:-1], "classes is not"),
+        ("classes", [state["classes"][0]] * k, "classes is not"),
+        ("spec", {**state["spec"], "num_classes": 10**7}, "classes is not"),  # before 40 GB
+        ("normalization", [1], "normalization is not"),  # was a TypeError traceback
+        ("normalization", {**stats, "std": [0.0] * c}, "normalization is not"),  # NaN outputs
+        ("normalization", {**stats, "mean": [0.1] * (c + 1)}, "normalization is not"),
+        ("normalization", {**stats, "mean": ["x"] * c}, "normalization is not"),
+    ):
+        save_checkpoint(path, {**state, key: bad})
+        with pytest.raises(UserError, match=rf"^checkpoint .*best\.pt: {named}"):
+            load_trained(copied_run)
+    save_checkpoint(path, state)
+    assert load_trained(copied_run).classes == state["classes"]
+
+
 def test_a_saved_temperature_is_one_fitting_can_give():
     separable = 100 * torch.eye(3).repeat(5, 1)  # all right, ever surer: the range's low end
     wrong = torch.arange(1, 4).remainder(3).repeat(5)  # all wrong, ever surer: its high end

@@ -86,22 +86,54 @@ def load_trained(source) -> TrainedModel:
     check_usable(saved, path)
     config = saved_config(saved, path)  # checked as data: see core/schema.py
     spec = InputSpec.from_dict(saved["spec"], f"checkpoint {path}")  # an older one squashes
+    classes, mean, std = saved_labels_and_statistics(saved, spec, path)  # before any allocation
     network = build_architecture(config["model"], spec)
     check_compatible(saved, network, path)
     network.load_state_dict(evaluated_weights(saved))
     return TrainedModel(
         network=network.eval(),
         spec=spec,
-        classes=list(saved["classes"]),
-        mean=list(saved["normalization"]["mean"]),
-        std=list(saved["normalization"]["std"]),
+        classes=classes,
+        mean=mean,
+        std=std,
         config=config,
         checkpoint=path,
         # sigmoid outputs are never temperature-scaled: a received file's entry is ignored there
         temperature=None if saved.get("multi_label") is True else saved_temperature(saved, path),
         multi_label=saved.get("multi_label") is True,
-        thresholds=saved_thresholds(saved, path, len(saved["classes"])),
+        thresholds=saved_thresholds(saved, path, len(classes)),
     )
+
+
+MAX_CLASSES = 100_000  # outputs a received checkpoint may ask for (ImageNet-21k has 21,841)
+
+
+def saved_labels_and_statistics(saved: dict, spec: InputSpec, path: Path) -> tuple:
+    """The checkpoint's class names and normalization (mean, std), checked as received data
+    against its spec: `num_classes` distinct names (at most MAX_CLASSES), and `channels` finite
+    means and positive finite stds — before a network of that many outputs is built."""
+    classes, stats = saved["classes"], saved["normalization"]
+    fine_classes = (
+        isinstance(classes, list | tuple)
+        and len(classes) == spec.num_classes <= MAX_CLASSES
+        and all(isinstance(c, str) for c in classes)
+        and len(set(classes)) == len(classes)
+    )
+    if not fine_classes:
+        raise UserError(
+            f"checkpoint {path}: classes is not {spec.num_classes} distinct names (its spec's "
+            f"num_classes, at most {MAX_CLASSES:,}); use the run's own checkpoint, or train it "
+            "again"
+        )
+    mean, std = (stats.get(k) if isinstance(stats, dict) else None for k in ("mean", "std"))
+    per_channel = [isinstance(v, list | tuple) and len(v) == spec.channels for v in (mean, std)]
+    if not (all(per_channel) and all(number(-1e3, 1e3)(m) for m in mean)
+            and all(number(0, 1e3, lo_open=True)(s) for s in std)):  # fmt: skip
+        raise UserError(
+            f"checkpoint {path}: normalization is not {spec.channels} means and {spec.channels} "
+            "positive stds (one per input channel); use the run's own checkpoint, or train it again"
+        )
+    return list(classes), [float(m) for m in mean], [float(s) for s in std]
 
 
 def saved_thresholds(saved: dict, path: Path, count: int) -> Thresholds | None:
