@@ -17,10 +17,9 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.common import cnntrain, machine, metrics, results
+from bench.common import cnntrain, machine, metrics, results, work_folder
 
 WITHOUT = {
     "lookahead": ["trainer.lookahead=null"],
@@ -66,7 +65,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run", type=Path, default=None, help="a full cifar10_94 run's folder")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-airbench-"))
+    work = work_folder("bench-airbench-")
     common = ["experiment=cifar10_94", "data.val_split=0", f"trainer.epochs={args.epochs}",
               f"data.max_train_samples={args.train_samples or 'null'}", f"trainer.seed={args.seed}",
               f"data.max_eval_samples={args.eval_samples or 'null'}",

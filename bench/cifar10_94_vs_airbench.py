@@ -21,10 +21,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.common import REPO, cnntrain, machine, mean, results, run_choices, timed
+from bench.common import REPO, cnntrain, machine, mean, results, run_choices, timed, work_folder
 
 PEER = REPO.parent / "shared" / "peers" / "airbench-on-jpeg.py"
 
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--peer", type=Path, default=PEER, help="airbench-on-jpeg.py")
     ap.add_argument("--airbench-dir", default=None, help="folder holding the airbench package")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-airbench-vs-"))
+    work = work_folder("bench-airbench-vs-")
     # warm both decoded-image caches, and learn the precision cnntrain's auto policy picks here
     _, warm = cnntrain(["experiment=cifar10_94", "trainer.epochs=1", "data.max_train_samples=2048",
                         "data.max_eval_samples=512", "trainer.plots=false"], work)  # fmt: skip

@@ -1,12 +1,15 @@
 """Shared by the benchmark scripts: the machine, timed subprocess runs, run folders."""
 
+import atexit
 import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +83,16 @@ def machine_class(m: dict) -> str:
         name = "unknown cpu flags" if f["avx2"] is None else "pre-avx2"
     limits = " ".join(f"{k}={v}" for k, v in m["isa_limits"].items())
     return f"{name}, limited by {limits}" if limits else name
+
+
+def work_folder(prefix: str, keep: bool = False) -> Path:
+    """A fresh folder under the system's temporary folder for one benchmark's runs, removed when
+    the script exits (runs of the big networks leave gigabytes of checkpoints); kept where `keep`
+    (the script prints paths into it) or CNNTRAIN_BENCH_KEEP=1 is set, to read the runs after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if not (keep or os.environ.get("CNNTRAIN_BENCH_KEEP") == "1"):
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
 
 
 def timed(cmd: list[str], cwd: Path, expect_rc: int = 0, env: dict | None = None):

@@ -8,10 +8,8 @@ threads, cnntrain/distributed/), on GPUs one GPU each. Prints one JSON line.
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-from bench.common import cnntrain, machine, metrics, results
+from bench.common import cnntrain, machine, metrics, results, work_folder
 
 
 def main() -> None:
@@ -22,7 +20,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    work = work_folder("bench-distributed-")
     recipe = [f"model={args.model}", f"data.max_train_samples={args.train_samples}",
               f"data.batch_size={args.batch}", "data.max_eval_samples=1024", "logger=none",
               "trainer.plots=false"]  # fmt: skip

@@ -9,10 +9,9 @@ measured from outside, both test accuracies, and the ratio cnntrain / loop (the 
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from bench.common import bench_script, cnntrain, machine, mean, results, run_choices
+from bench.common import bench_script, cnntrain, machine, mean, results, run_choices, work_folder
 from bench.fashion_loop import torchvision_root
 
 
@@ -20,7 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1, help="runs of each, alternating")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-fashion-"))
+    work = work_folder("bench-fashion-")
     # the loop reads torchvision's layout, made once here as its own first run would leave it
     root = torchvision_root(Path(os.environ.get("CNNTRAIN_DATA_DIR", "data")) / "fashion-mnist",
                             work / "torchvision")  # fmt: skip

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from bench.common import (
     results,
     run_choices,
     train_images_per_s,
+    work_folder,
 )
 from bench.seed_vs_article import cifar_folder
 from bench.time_to_accuracy import first_reaching
@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra cnntrain overrides for cifar10_94")
     args = ap.parse_args()
     sizes = DRY_RUN if args.dry_run else FULL
-    work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    work = work_folder("bench-gpu-")
     gpu = sizes.device != "cpu" and torch.cuda.is_available()  # what trainer.device=auto picks
     if not args.dry_run:  # unpack and decode CIFAR-10 into the cache outside the measured runs
         cnntrain(["experiment=smoke", f"trainer.device={sizes.device}"], work)

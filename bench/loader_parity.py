@@ -7,10 +7,8 @@ accuracy over several seeds for each, with mean ± std and the difference. Print
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-from bench.common import cnntrain, machine, mean, results, run_choices, std
+from bench.common import cnntrain, machine, mean, results, run_choices, std, work_folder
 
 
 def main() -> None:
@@ -20,7 +18,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-parity-"))
+    work = work_folder("bench-parity-")
     recipe = [f"experiment={args.experiment}", f"trainer.epochs={args.epochs}",
               f"data.max_train_samples={args.train_samples}"]  # fmt: skip
     cnntrain(["experiment=smoke"], work)  # warm the caches

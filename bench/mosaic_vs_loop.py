@@ -12,10 +12,8 @@ mosaics are built into the cache once before anything is timed: both sides then 
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-from bench.common import bench_script, cnntrain, machine, mean, results, run_choices
+from bench.common import bench_script, cnntrain, machine, mean, results, run_choices, work_folder
 from bench.mosaic_loop import EXPERIMENT, recipe
 from cnntrain.data.known import open_splits
 
@@ -31,7 +29,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="cnntrain overrides, given to both sides")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each, alternating")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-mosaic-"))
+    work = work_folder("bench-mosaic-")
     build_mosaics(args.overrides)
     ours, theirs = [], []
     for _ in range(args.repeats):

@@ -12,12 +12,10 @@ import argparse
 import json
 import re
 import resource
-import tempfile
-from pathlib import Path
 
 import yaml
 
-from bench.common import cnntrain, machine, results, run_choices
+from bench.common import cnntrain, machine, results, run_choices, work_folder
 from bench.photo_folder import make_photo_folder
 
 CHOSEN = re.compile(r"image size (\d+)×(\d+) \(H×W")  # shape.py's line in train.log
@@ -31,7 +29,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-photos-"))
+    work = work_folder("bench-photos-")
     folder = work / "photos"
     made = make_photo_folder(folder, classes=args.classes, per_class=args.per_class,
                              layout=args.layout)  # fmt: skip

@@ -5,10 +5,8 @@ a GPU), from each run's results.json, for the tensor and DataLoader paths. Print
 """
 
 import json
-import tempfile
-from pathlib import Path
 
-from bench.common import cnntrain, machine, results, run_choices
+from bench.common import cnntrain, machine, results, run_choices, work_folder
 
 CASES = {
     "seed_cifar10 tensor": ["experiment=seed_cifar10", "data.loader=tensor"],
@@ -19,7 +17,7 @@ CASES = {
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    work = work_folder("bench-mem-")
     short = ["trainer.epochs=1", "data.max_train_samples=8192", "data.max_eval_samples=2048"]
     cnntrain(["experiment=smoke"], work)  # warm the caches
     figures = {}

@@ -12,10 +12,9 @@ is built for long schedules; a few epochs say what its pieces cost early, not wh
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-from bench.common import cnntrain, machine, metrics, results
+from bench.common import cnntrain, machine, metrics, results, work_folder
 
 WITHOUT_PIECES = [
     "data.augment.policy=none",
@@ -47,7 +46,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-recipe-"))
+    work = work_folder("bench-recipe-")
     common = ["experiment=cifar10_resnet18_sota", f"trainer.epochs={args.epochs}",
               f"data.max_train_samples={args.train_samples}", "scheduler.warmup_epochs=1",
               f"trainer.seed={args.seed}", "logger=none", "trainer.plots=false"]  # fmt: skip

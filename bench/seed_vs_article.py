@@ -9,8 +9,6 @@ whole-process wall time, training images/s, test accuracy (per seed and mean ± 
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -23,6 +21,7 @@ from bench.common import (
     run_choices,
     std,
     train_images_per_s,
+    work_folder,
 )
 from cnntrain.data.known import open_splits
 
@@ -40,7 +39,7 @@ def main() -> None:
     ap.add_argument("--test-samples", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-seed-"))
+    work = work_folder("bench-seed-")
     recipe = ["experiment=seed_cifar10", f"trainer.epochs={args.epochs}", "data.val_split=0",
               f"data.max_train_samples={args.train_samples}",
               f"data.max_eval_samples={args.test_samples or 'null'}"]  # fmt: skip

@@ -10,11 +10,9 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from pathlib import Path
 
-from bench.common import REPO, cnntrain, machine, median_min, run_choices, timed
+from bench.common import REPO, cnntrain, machine, median_min, run_choices, timed, work_folder
 
 CLI = [sys.executable, "-m", "cnntrain"]
 COMMANDS = {  # name: (command, its exit code)
@@ -60,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    work = work_folder("bench-startup-")
     _, warm = cnntrain(["experiment=smoke"], work)  # unpacks and decodes into the cache once
     choices = run_choices(warm)
     walls = {"cnntrain experiment=smoke": [], **{name: [] for name in COMMANDS}}

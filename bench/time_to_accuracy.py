@@ -10,10 +10,8 @@ steps only) — the usual convention of CIFAR-10 speed runs. Whole-process wall 
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-from bench.common import cnntrain, machine, metrics, results, run_choices
+from bench.common import cnntrain, machine, metrics, results, run_choices, work_folder
 
 
 def first_reaching(rows: list[dict], target: float) -> dict | None:
@@ -27,7 +25,7 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", required=True)
     ap.add_argument("overrides", nargs="*", help="extra cnntrain overrides")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-tta-"))
+    work = work_folder("bench-tta-")
     base = [f"experiment={args.experiment}", "data.val_split=0"]
     cnntrain([*base, "trainer.epochs=1", "data.max_train_samples=256"], work)  # warm the caches
     wall, run = cnntrain([*base, *args.overrides], work)

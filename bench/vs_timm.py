@@ -80,7 +80,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bench.common import REPO, machine, mean, results, run_choices, std, timed
+from bench.common import REPO, machine, mean, results, run_choices, std, timed, work_folder
 from bench.photo_folder import make_photo_folder, read_splits, timm_tree
 
 TIMM_SCRIPT = REPO.parent / "shared" / "peers" / "timm-train.py"
@@ -283,7 +283,7 @@ def main() -> None:
     recipe = replace(recipe, precision=args.precision)
     args.folder_cache.mkdir(parents=True, exist_ok=True)
     root, folder = photo_folder(recipe, args.folder_cache)
-    work = Path(tempfile.mkdtemp(prefix="bench-timm-"))
+    work = work_folder("bench-timm-", keep=True)
     shared_cache = work / "cache"
     if args.cache == "warm":  # fill it: decoded images, statistics (untimed)
         warm = replace(recipe, epochs=1, warmup_epochs=0)
