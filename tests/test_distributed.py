@@ -60,10 +60,17 @@ def args(root: Path, *changes: str) -> list[str]:
     return [a for a in base if a.split("=", 1)[0] not in changed] + list(changes)
 
 
-def run(*cmd: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
+def own_tmp(cwd: Path) -> dict:
+    """TMPDIR = cwd/tmp: torchrun's agent keeps a log folder there and never removes it (the
+    test's folder is removed with it); `cnntrain trainer.devices=N` must leave it empty."""
+    (cwd / "tmp").mkdir(exist_ok=True)
+    return {**LOOPBACK, "TMPDIR": str(cwd / "tmp")}
+
+
+def run(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *cmd], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **LOOPBACK, **(env or {})},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **own_tmp(cwd)},
     )  # fmt: skip
 
 
@@ -74,7 +81,7 @@ def torchrun(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def cnntrain(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run_cli(*cmd, cwd=cwd, check=False, timeout=TIMEOUT, env=LOOPBACK)
+    return run_cli(*cmd, cwd=cwd, check=False, timeout=TIMEOUT, env=own_tmp(cwd))
 
 
 def only_run_folder(cwd: Path) -> Path:
@@ -211,6 +218,7 @@ def two_processes(image_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("two")
     proc = cnntrain(*args(image_root), "trainer.devices=2", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
+    assert list((cwd / "tmp").iterdir()) == []  # the launcher's log folder was removed
     return proc, only_run_folder(cwd)
 
 
@@ -242,6 +250,7 @@ def test_a_sigterm_to_the_job_checkpoints_once_and_resuming_matches_the_run_left
              "+callbacks.fault.at=sigterm-job-step:2:10")  # fmt: skip
     proc = cnntrain(*args(image_root), "trainer.devices=2", *fault, cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # removed on the way out too
     folder = only_run_folder(tmp_path)
     last = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     # The ranks agreed to stop at the next host sync, SYNC_EVERY (50) steps into the epoch.
@@ -281,7 +290,7 @@ def machine(node: int, port: int, overrides: list[str], cwd: Path) -> subprocess
            "-m", "cnntrain", *overrides]  # fmt: skip
     with open(cwd / f"node{node}.log", "w") as log:
         return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **LOOPBACK})  # fmt: skip
+                                env={**os.environ, **own_tmp(cwd)})  # fmt: skip
 
 
 @pytest.mark.slow
