@@ -19,7 +19,12 @@ from cnntrain.data.augment.draws import Draws
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.augment.resized_crop import draw_boxes, fallback_box, resized_crop
 from cnntrain.data.decode import decode_file, upright_size
-from cnntrain.data.geometry import Fit, photo_fit, spec_fit
+from cnntrain.data.geometry import (
+    Fit,
+    fit_image,
+    photo_fit,
+    spec_fit,
+)
 from cnntrain.data.limits import default_limits
 from cnntrain.data.loaders import SampleDataset
 from cnntrain.data.sources import folder_source
@@ -99,6 +104,24 @@ def test_images_of_one_size_keep_their_aspect_ratio(tmp_path, stored, chosen):
             Image.new("L", stored[::-1], 60 * i).save(tmp_path / split / "strip" / f"{i}.png")
     spec = photo_folder_spec(tmp_path)
     assert (spec.height, spec.width) == chosen
+
+
+def test_a_strip_or_a_huge_resize_resizes_only_the_crop():
+    # A 1 × 20,000 px strip covering a 32 × 32 crop: 32 × 640,000 px (20 Mpx) resized whole.
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1, 20_000, 3), np.uint8))
+    fit = Fit((32, 32))
+    whole = strip.resize((640_000, 32), Image.Resampling.BILINEAR).crop((319_984, 0, 320_016, 32))
+    only_crop = fit_image(strip, fit)
+    assert only_crop.size == (32, 32)
+    difference = np.abs(np.asarray(only_crop, int) - np.asarray(whole, int))
+    assert difference.max() <= 1 and difference.mean() < 0.1
+    # A received spec's resize of 10⁶ px: a 30 × 30 image is not made 10¹² px first.
+    tiny = Image.new("RGB", (30, 30), (10, 200, 30))
+    assert np.asarray(fit_image(tiny, Fit((32, 32), 10**6))).tolist() == [[[10, 200, 30]] * 32] * 32
+    # A 16:9 photo stays on torchvision's path (the whole image resized), to the byte.
+    photo = strip.resize((533, 300))
+    whole = photo.resize((454, 256), Image.Resampling.BILINEAR).crop((115, 16, 339, 240))
+    assert fit_image(photo, Fit((224, 224), 256)).tobytes() == whole.tobytes()
 
 
 def test_a_checkpoint_saved_before_resize_squashes_as_it_was_trained(copied_run, tmp_path):

@@ -87,16 +87,31 @@ def centre_offsets(height: int, width: int, crop: tuple[int, int]) -> tuple[int,
     return round((height - crop[0]) / 2.0), round((width - crop[1]) / 2.0)
 
 
+# Past both, the resized whole image is not made: its crop alone is (`fit_image`). A 1 × 20,000 px
+# strip with its short side resized to 256 px would be 1.3 gigapixels (3.9 GB) first.
+MAX_RESIZED_PIXELS = 2**24  # 16.8 Mpx (50 MB in RGB)
+MAX_RESIZED_GROWTH = 16  # × the crop's pixels
+
+
 def fit_image(img: Image.Image, fit: Fit) -> Image.Image:
     """`img` resized (Pillow's filter, antialiased) and centre-cropped to `fit.crop`; the same
-    image when it is that size already."""
+    image when it is that size already.
+
+    Where the resized image would be over MAX_RESIZED_PIXELS and MAX_RESIZED_GROWTH crops (a
+    strip, a received spec's huge resize), only its crop is resized, from the source box it
+    comes from: the same filter at the same scale, values within ±1 of the whole resize's."""
     size = fit.resized_size(img.height, img.width)
+    ch, cw = fit.crop
+    top, left = centre_offsets(*size, fit.crop)
+    if size[0] * size[1] > max(MAX_RESIZED_PIXELS, MAX_RESIZED_GROWTH * ch * cw):
+        sy, sx = img.height / size[0], img.width / size[1]  # source px per resized px
+        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        return img.resize((cw, ch), INTERPOLATIONS[fit.interpolation], box=box)
     if size != (img.height, img.width):
         img = img.resize(size[::-1], INTERPOLATIONS[fit.interpolation])  # PIL sizes are (W, H)
     if size == fit.crop:
         return img
-    top, left = centre_offsets(*size, fit.crop)
-    return img.crop((left, top, left + fit.crop[1], top + fit.crop[0]))
+    return img.crop((left, top, left + cw, top + ch))
 
 
 def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
