@@ -15,7 +15,9 @@ from cnntrain.config.rules import validate
 from cnntrain.core import checkpoint, extras
 from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError
+from cnntrain.core.spec import MAX_SIDE
 from cnntrain.models import InputSpec, build_model
+from cnntrain.training.memory import host_peak_kib
 from tests.conftest import compose_config, run_cli, run_folders, train_here
 
 
@@ -51,7 +53,17 @@ from tests.conftest import compose_config, run_cli, run_folders, train_here
         ("trainer.ema=1.5", "trainer.ema=1.5 is not valid; use null or a decay in (0, 1)"),
         (
             "data.image_size=[32]",
-            "data.image_size=[32] is not valid; use null, a side in px, or [H, W]",
+            "data.image_size=[32] is not valid; use null, a side in px, or [H, W]; 1 to 8192 px",
+        ),
+        (
+            "data.image_size=[32,9000]",
+            "data.image_size=[32, 9000] is not valid; use null, a side in px, or [H, W]; 1 to "
+            "8192 px",
+        ),
+        (
+            "data.resize=9000",
+            "data.resize=9000 is not valid; use null or the short side's px before the crop, 1 "
+            "to 8192",
         ),
     ],
 )
@@ -204,6 +216,11 @@ def test_a_received_checkpoints_input_spec_is_checked():
         ({"resize": -1}, values),
         ({"squash": "no"}, values),
         ({"interpolation": 3}, values),
+        ({"channels": 10**7}, values),  # was an allocator traceback building the first conv
+        ({"channels": 5}, values),  # decoding makes grey or colour only
+        ({"height": 10**9}, values),  # was a 65 TB allocation building the network
+        ({"width": 8193}, values),
+        ({"resize": 10**6}, values),
     ):
         with pytest.raises(UserError, match=message):
             InputSpec.from_dict({**older, **change}, "checkpoint a.pt")
@@ -238,6 +255,32 @@ def test_checkpoint_of_another_architecture_or_class_count_is_refused(tmp_path):
     more_classes = build_model({"name": "simplecnn"}, InputSpec(3, 32, 32, 100))
     with pytest.raises(UserError, match=r"fc2.weight is \(10, 256\) there, \(100, 256\) here"):
         check_compatible(state, more_classes, path)
+    weights = state["model"]
+    for change, message in (  # each was a TypeError, KeyError or AttributeError traceback
+        ({"model": "x"}, "model is not a network's weights"),
+        ({"model": {**weights, "fc2.bias": [0.0] * 10}}, "model is not a network's weights"),
+        ({"ema": [1, 2]}, "ema.weights is not a network's weights"),
+        ({"ema": {"updates": 3}}, "ema.weights is not a network's weights"),
+        ({"ema": {"weights": {"fc2.bias": torch.zeros(10)}}}, "ema.weights's layers differ"),
+        ({"model": {k: v.long() for k, v in weights.items()}}, "is torch.int64 there"),
+    ):
+        with pytest.raises(UserError, match=rf"^checkpoint .*simple\.pt.*{message}"):
+            check_compatible({**state, **change}, simple, path)
+    check_compatible({**state, "ema": {"weights": weights, "updates": 3}}, simple, path)
+
+
+def test_a_vgg_of_the_largest_side_is_built_and_checked_without_its_memory():
+    # VGG's classifier does not depend on the image size: a received spec of 8,192 px passes
+    # the shape check, and building the network walked a real 8192² image through its
+    # features to size it (17 GB for the first block). Now the walk is on the meta device.
+    build_model({"name": "vgg11"}, InputSpec(3, 32, 32, 10))  # what building costs (400 MB)
+    before = host_peak_kib()
+    big = InputSpec(3, MAX_SIDE, MAX_SIDE, 10)
+    with torch.device("meta"):
+        shaped = build_model({"name": "vgg11"}, big)
+    network = build_model({"name": "vgg11"}, big)
+    assert host_peak_kib() - before < 64 * 1024  # KiB: no more than at 32 px
+    assert [p.shape for p in shaped.parameters()] == [p.shape for p in network.parameters()]
 
 
 def test_a_failed_write_is_reported_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from cnntrain.core.checks import boolean, check, format_value, integer, number, 
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
+from cnntrain.core.spec import MAX_SIDE
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
@@ -27,9 +28,10 @@ def device_name(v) -> bool:
 
 
 def image_size(v) -> bool:
-    if v is None or integer(1)(v):
+    side = integer(1, MAX_SIDE)
+    if v is None or side(v):
         return True
-    return isinstance(v, ListConfig | list) and len(v) == 2 and all(integer(1)(s) for s in v)
+    return isinstance(v, ListConfig | list) and len(v) == 2 and all(side(s) for s in v)
 
 
 def positive_list(v) -> bool:
@@ -199,8 +201,12 @@ RULES = [
         f"an integer of pixels in [1, {PILLOW_HARD_STOP}] (Pillow refuses larger images)",
     ),
     ("data.channels", optional(lambda v: v in (1, 3)), "null, 1 or 3"),
-    ("data.image_size", image_size, "null, a side in px, or [H, W]"),
-    ("data.resize", optional(integer(1)), "null or the short side's px before the crop, ≥ 1"),
+    ("data.image_size", image_size, f"null, a side in px, or [H, W]; 1 to {MAX_SIDE} px"),
+    (
+        "data.resize",
+        optional(integer(1, MAX_SIDE)),
+        f"null or the short side's px before the crop, 1 to {MAX_SIDE}",
+    ),
     (
         "data.interpolation",
         optional(one_of("bilinear", "bicubic", "nearest")),

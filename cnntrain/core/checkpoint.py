@@ -134,18 +134,40 @@ def check_usable(state: dict, path: Path) -> None:
 
 
 def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
-    """Refuse weights of another architecture or class count, naming the first mismatch."""
+    """Refuse weights that are not `model`'s own, naming the first mismatch: the checkpoint's
+    `model` entry, and its EMA's weights where it kept an EMA (what evaluation loads). `model`
+    may be on the meta device: only its names, shapes and dtypes are read."""
     own = model.state_dict()
-    saved = state["model"]
+    check_weights(state["model"], own, f"checkpoint {path}", "model")
+    if state.get("ema"):
+        ema = state["ema"]
+        weights = ema.get("weights") if isinstance(ema, dict) else None
+        check_weights(weights, own, f"checkpoint {path}", "ema.weights")
+
+
+def check_weights(saved, own: dict, source: str, entry: str) -> None:
+    """`saved` (`source`'s `entry`) is a name → tensor dict of `own`'s names, shapes and kind of
+    number (floating or not), or one line names the first difference."""
+    if not (isinstance(saved, dict) and all(isinstance(t, torch.Tensor) for t in saved.values())):
+        raise UserError(
+            f"{source}: {entry} is not a network's weights (layer names to tensors); use the "
+            "run's own checkpoint, or train it again"
+        )
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])
-        raise UserError(f"checkpoint {path} is of another architecture (layers differ: {names})")
+        raise UserError(f"{source} is of another architecture ({entry}'s layers differ: {names})")
     for key, tensor in own.items():
-        if saved[key].shape != tensor.shape:
+        theirs = saved[key]
+        if theirs.shape != tensor.shape:
             raise UserError(
-                f"checkpoint {path} does not fit this model: {key} is {tuple(saved[key].shape)} "
-                f"there, {tuple(tensor.shape)} here (another class count or input size?)"
+                f"{source} does not fit this model: {entry} {key} is {tuple(theirs.shape)} there, "
+                f"{tuple(tensor.shape)} here (another class count or input size?)"
+            )
+        if theirs.dtype.is_floating_point != tensor.dtype.is_floating_point:
+            raise UserError(
+                f"{source} does not fit this model: {entry} {key} is {theirs.dtype} there, "
+                f"{tensor.dtype} here"
             )
 
 

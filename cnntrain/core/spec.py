@@ -4,6 +4,11 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 from cnntrain.core.errors import UserError
 
+# The longest side in px a run's input may have, resized or cropped (data.image_size, data.resize)
+# and so a received spec: 4 × a 2,048 px crop; one RGB float image of it is 805 MB.
+MAX_SIDE = 8192
+CHANNELS = (1, 3)  # grey or colour: what decoding makes (data.channels)
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -25,7 +30,8 @@ class InputSpec:
     def from_dict(cls, saved, source: str) -> "InputSpec":
         """The spec a checkpoint stores (to_dict's); one without `resize` squashes. Checked as
         received data: what no run writes (another type, a key of no field, a missing one, a
-        size or count that is not a whole number ≥ 1) is refused in one line naming `source`."""
+        size or count that is not a whole number ≥ 1, a side over MAX_SIDE, channels not 1 or 3)
+        is refused in one line naming `source`, before anything of its size is allocated."""
         names = {f.name: f for f in fields(cls)}
         required = {n for n, f in names.items() if f.default is MISSING}
         if not isinstance(saved, dict) or not required <= saved.keys() <= names.keys():
@@ -33,18 +39,26 @@ class InputSpec:
             raise UserError(f"{source}: its input spec ({keys}) is not one cnntrain writes "
                             f"(keys {', '.join(names)}); train the run again")  # fmt: skip
         wrong = [k for k in required if not whole(saved[k])]
+        wrong += [k for k in ("height", "width", "resize") if side_over_max(saved.get(k))]
+        wrong += [] if saved["channels"] in CHANNELS else ["channels"]
         wrong += [] if saved.get("resize") is None or whole(saved["resize"]) else ["resize"]
         wrong += [] if isinstance(saved.get("squash", False), bool) else ["squash"]
         wrong += [] if isinstance(saved.get("interpolation", ""), str) else ["interpolation"]
         if wrong:
-            shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(wrong))
+            shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(set(wrong)))
             raise UserError(f"{source}: its input spec has {shown}, which no run writes (sizes "
-                            "and counts are whole numbers ≥ 1); train the run again")  # fmt: skip
+                            f"and counts are whole numbers ≥ 1, sides at most {MAX_SIDE} px, "
+                            "channels 1 or 3); train the run again")  # fmt: skip
         return cls(**{"squash": "resize" not in saved, **saved})
 
     def to_dict(self) -> dict:
         """Plain ints, as a checkpoint stores them (`spec`)."""
         return asdict(self)
+
+
+def side_over_max(value) -> bool:
+    """A whole number of px over MAX_SIDE."""
+    return whole(value) and value > MAX_SIDE
 
 
 def whole(value) -> bool:

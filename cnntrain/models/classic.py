@@ -13,6 +13,7 @@ from torchvision import models as tv
 from cnntrain.core.spec import InputSpec
 from cnntrain.models.article import pooled_side
 from cnntrain.models.registry import register
+from cnntrain.models.shapes import meta_output
 
 
 class LeNet5(nn.Module):
@@ -54,13 +55,15 @@ def first_conv_3x3(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def drop_vanishing_pools(features: nn.Sequential, spec: InputSpec) -> int:
     """Replace each max-pool that would leave less than 1×1 with Identity; return out channels.
 
-    Walks the feature stack once with a zero image to follow the (C, H, W) shape.
+    Walks the feature stack once on the meta device to follow the (C, H, W) shape: no memory
+    for any image size (a real 4096² image through VGG's first block is 4 GB).
     """
-    x = torch.zeros(1, spec.channels, spec.height, spec.width)
+    x = torch.empty(1, spec.channels, spec.height, spec.width, device="meta")
+    features.eval()
     for i, layer in enumerate(features):
         if isinstance(layer, nn.MaxPool2d) and min(x.shape[-2:]) < layer.kernel_size:
             features[i] = nn.Identity()
-        x = features[i].eval()(x)
+        x = meta_output(features[i], x)
     features.train()
     return x.shape[1]
 

@@ -39,6 +39,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.spec import InputSpec
 from cnntrain.models.head import replace_head
 from cnntrain.models.registry import register
+from cnntrain.models.shapes import meta_output
 from cnntrain.models.transfer import match_tensors
 
 ARCHS = tuple(tv.list_models(module=tv))
@@ -256,15 +257,10 @@ def check_input_size(model: nn.Module, spec: InputSpec, arch: str, weights) -> N
 
 def meta_forward_error(model: nn.Module, shape: tuple[int, int, int]) -> str | None:
     """Why `model` fails on one (C, H, W) image, shapes only; None when it does not fail."""
-    meta = {
-        name: torch.empty_like(t, device="meta")
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-    }
     was_training = model.training
     model.eval()  # BatchNorm in train mode refuses a batch of one
     try:
-        with torch.device("meta"):
-            torch.func.functional_call(model, meta, (torch.empty(1, *shape),))
+        meta_output(model, torch.empty(1, *shape, device="meta"))
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
         return first_line(e)
     finally:

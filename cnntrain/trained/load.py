@@ -87,8 +87,7 @@ def load_trained(source) -> TrainedModel:
     config = saved_config(saved, path)  # checked as data: see core/schema.py
     spec = InputSpec.from_dict(saved["spec"], f"checkpoint {path}")  # an older one squashes
     classes, mean, std = saved_labels_and_statistics(saved, spec, path)  # before any allocation
-    network = build_architecture(config["model"], spec)
-    check_compatible(saved, network, path)
+    network = checked_network(config["model"], spec, saved, path)
     network.load_state_dict(evaluated_weights(saved))
     return TrainedModel(
         network=network.eval(),
@@ -103,6 +102,22 @@ def load_trained(source) -> TrainedModel:
         multi_label=saved.get("multi_label") is True,
         thresholds=saved_thresholds(saved, path, len(classes)),
     )
+
+
+def checked_network(model_cfg, spec: InputSpec, saved: dict, path: Path) -> nn.Module:
+    """The architecture of `model_cfg` sized by `spec`, freshly built once the checkpoint's
+    weights were checked against its shapes on the meta device (no memory): a received spec's
+    sizes could ask for any number of parameters. An architecture that reads a value while it
+    is built (some timm models) cannot be built there: it is built first, then checked."""
+    try:
+        with torch.device("meta"):
+            shaped = build_architecture(model_cfg, spec)
+    except (RuntimeError, NotImplementedError):
+        network = build_architecture(model_cfg, spec)
+        check_compatible(saved, network, path)
+        return network
+    check_compatible(saved, shaped, path)
+    return build_architecture(model_cfg, spec)
 
 
 MAX_CLASSES = 100_000  # outputs a received checkpoint may ask for (ImageNet-21k has 21,841)
