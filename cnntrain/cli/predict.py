@@ -10,6 +10,7 @@ from cnntrain.cli.common import ArgumentParser, fail, log_to_console, warn
 from cnntrain.core.device import select_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.files import refuse_link
+from cnntrain.core.safe_text import first_few
 from cnntrain.data.listing import LABEL_JOIN
 from cnntrain.reporting.cam_methods import CAM_METHODS
 from cnntrain.reporting.console import console
@@ -97,8 +98,8 @@ def main() -> None:
     except UserError as e:
         fail(str(e))
     if predictions.skipped:
-        names = ", ".join(predictions.skipped[:3]) + (", …" if len(predictions.skipped) > 3 else "")
-        warn(f"skipped {len(predictions.skipped)} unreadable file(s): {names}")
+        skipped = predictions.skipped
+        warn(f"skipped {len(skipped)} unreadable file(s): {first_few(skipped)}")
     console.print(layers_table(predictions))
     if predictions.answered is not None:
         total = len(predictions.rows)

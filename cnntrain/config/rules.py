@@ -14,6 +14,7 @@ from cnntrain.data.augment.options import read_options
 from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
 from cnntrain.data.listing import LABEL_JOIN
+from cnntrain.data.mosaic import mosaic_options
 from cnntrain.data.sources import check_root
 from cnntrain.models import check_model_options
 from cnntrain.reporting.cam_methods import CAM_METHODS
@@ -283,8 +284,6 @@ def check_data_source(d: DictConfig) -> None:
     if d.name == "csv" and not d.get("labels"):
         raise UserError("data=csv needs data.labels=FILE (a .csv, .tsv, .txt or .parquet file)")
     if d.name == "mosaic":  # before the root check: data=mosaic refuses a root in its own words
-        from cnntrain.data.mosaic import mosaic_options  # numpy: only for this data
-
         mosaic_options(d)
         return
     if d.name == "hf":

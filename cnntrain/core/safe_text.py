@@ -4,6 +4,12 @@
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def first_few(names: list[str], count: int = 3, sep: str = ", ") -> str:
+    """The first `count` of `names` joined by `sep`, with `…` after them when there are more:
+    what a one-line message shows of a long list."""
+    return sep.join(names[:count]) + (f"{sep}…" if len(names) > count else "")
+
+
 def printable(name) -> str:
     """`name` on one line as it is, its unprintable characters (newline, tab, escape, bidi
     controls) escaped as Python writes them: `a\\nb` for a name holding a newline."""

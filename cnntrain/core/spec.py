@@ -2,12 +2,14 @@
 
 from dataclasses import MISSING, asdict, dataclass, fields
 
+from cnntrain.core.checks import integer
 from cnntrain.core.errors import UserError
 
 # The longest side in px a run's input may have, resized or cropped (data.image_size, data.resize)
 # and so a received spec: 4 × a 2,048 px crop; one RGB float image of it is 805 MB.
 MAX_SIDE = 8192
 CHANNELS = (1, 3)  # grey or colour: what decoding makes (data.channels)
+whole = integer(1)  # a size in px, a channel or class count: a whole number ≥ 1, not a bool
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,3 @@ class InputSpec:
 def side_over_max(value) -> bool:
     """A whole number of px over MAX_SIDE."""
     return whole(value) and value > MAX_SIDE
-
-
-def whole(value) -> bool:
-    """A whole number ≥ 1 (not a bool): a size in px, a channel or class count."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

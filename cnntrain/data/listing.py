@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnntrain.core.errors import UserError
-from cnntrain.core.safe_text import printable
+from cnntrain.core.safe_text import first_few, printable
 from cnntrain.core.schema import data_defaults
 from cnntrain.data.limits import Limits
 from cnntrain.data.sources import SPLIT_NAMES, ImageSource, Records, Splits, fingerprint
@@ -272,4 +272,5 @@ def report_bad_rows(bad: list[tuple[str, int, str, str]]) -> None:
 
 
 def shown(names: list[str]) -> str:
-    return "; ".join(names[:SHOWN]) + ("; …" if len(names) > SHOWN else "")
+    """What a warning shows of a list of rows or files: the first SHOWN, then `…`."""
+    return first_few(names, SHOWN, "; ")

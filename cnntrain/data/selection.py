@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cnntrain.core.errors import UserError
-from cnntrain.core.safe_text import printable
+from cnntrain.core.safe_text import first_few, printable
 from cnntrain.data import decode
 from cnntrain.data.geometry import Fit
 from cnntrain.data.limits import oversize_reason
@@ -107,7 +107,7 @@ def report_unreadable(source: ImageSource, bad: list[int], split: str, policy: s
     for kind, names in (("oversized", large), ("unreadable", unreadable)):
         if not names:
             continue
-        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        shown = first_few(names)
         if policy == "error":
             raise UserError(
                 f"{len(names)} {kind} image file(s) in {split}/: {shown}; fix or remove them, "

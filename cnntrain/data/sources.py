@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from cnntrain.core.errors import UserError
-from cnntrain.core.safe_text import printable
+from cnntrain.core.safe_text import first_few, printable
 from cnntrain.data.cache import build_once, publish_folder, scratch_folder
 from cnntrain.data.limits import (
     Limits,
@@ -155,8 +155,8 @@ def folder_source(folder: Path, class_to_idx: dict[str, int], max_pixels=None) -
         )
     links = [printable(link) for _, skipped in found.values() for link in skipped]
     if links:
-        names = ", ".join(links[:3]) + (", …" if len(links) > 3 else "")
-        log.warning("did not follow %d folder link(s) in class folders: %s", len(links), names)
+        log.warning("did not follow %d folder link(s) in class folders: %s", len(links),
+                    first_few(links))  # fmt: skip
     files = [f for name in class_to_idx for f in found[name][0]]
     targets = [class_to_idx[name] for name in class_to_idx for _ in found[name][0]]
     return ImageSource(np.array(targets, dtype=np.int64), files=files, max_pixels=max_pixels)
@@ -215,6 +215,5 @@ def extract(archive: Path, folder: Path, limits: Limits) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"could not unpack {archive}: {e}; is it a complete .tar.gz/.zip?") from e
     if too_large:
-        reasons = ", ".join(too_large[:3]) + (", …" if len(too_large) > 3 else "")
-        log.warning("%s: left out %d member(s): %s", archive, len(too_large), reasons)
+        log.warning("%s: left out %d member(s): %s", archive, len(too_large), first_few(too_large))
     return folder

@@ -190,8 +190,7 @@ def saved_temperature(saved: dict, path: Path) -> float | None:
         return None
     t = calibration.get("temperature") if isinstance(calibration, dict) else None
     low, high = TEMPERATURE_RANGE
-    number = not isinstance(t, bool) and isinstance(t, int | float)
-    if not (number and low * (1 - RANGE_SLACK) <= t <= high * (1 + RANGE_SLACK)):
+    if not number(low * (1 - RANGE_SLACK), high * (1 + RANGE_SLACK))(t):
         raise UserError(
             f"checkpoint {path}: calibration.temperature {t!r} is not a number from {low:g} to "
             f"{high:g} (what fitting gives); use the run's own checkpoint, or train it again"

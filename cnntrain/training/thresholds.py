@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cnntrain.core.checkpoint import BEST, LAST, add_entry
-from cnntrain.core.safe_text import printable
+from cnntrain.core.safe_text import first_few, printable
 from cnntrain.metrics import label_probabilities, tune_thresholds
 from cnntrain.metrics.multilabel import DEFAULT_THRESHOLD
 from cnntrain.metrics.results import test_results
@@ -49,8 +49,7 @@ def thresholded_results(out: dict, labels: list[str], thresholds: Thresholds,
               if n == 0]  # fmt: skip
     if absent:
         log.warning("%d label(s) have no positive image in the %s split: %s; test/mAP is the mean "
-                    "over the others", len(absent), split, ", ".join(absent[:5]) +
-                    (", …" if len(absent) > 5 else ""))  # fmt: skip
+                    "over the others", len(absent), split, first_few(absent, 5))  # fmt: skip
     metrics = test_results(out, labels, thresholds=thresholds.tensor())
     return {**metrics, **thresholds.results(labels)}
 
@@ -92,11 +91,10 @@ def tuned(loop, net) -> Thresholds | None:
     rough = [printable(name) for name, n in zip(data.classes, targets.sum(0).tolist(), strict=True)
              if n < FEW_POSITIVES]  # fmt: skip
     if rough:
-        shown = ", ".join(rough[:5]) + (", …" if len(rough) > 5 else "")
         log.warning("%d label(s) have fewer than %d positive %s images to tune a threshold on "
                     "(rough; a label with none keeps %g): %s", len(rough), FEW_POSITIVES,
                     data.val_name,
-                    DEFAULT_THRESHOLD, shown)  # fmt: skip
+                    DEFAULT_THRESHOLD, first_few(rough, 5))  # fmt: skip
     log.info("each label's threshold tuned for its F1 on %d %s images (from %.3g to %.3g)",
              out["count"], data.val_name, values.min(), values.max())  # fmt: skip
     return Thresholds(values.tolist(), "f1", "val", out["count"])
