@@ -17,6 +17,8 @@ from cnntrain.core.checkpoint import check_compatible, load_checkpoint, save_che
 from cnntrain.core.errors import UserError
 from cnntrain.core.spec import MAX_SIDE
 from cnntrain.models import InputSpec, build_model
+from cnntrain.models.registry import build_architecture
+from cnntrain.trained.load import checked_network
 from cnntrain.training.memory import host_peak_kib
 from tests.conftest import compose_config, run_cli, run_folders, train_here
 
@@ -267,6 +269,21 @@ def test_checkpoint_of_another_architecture_or_class_count_is_refused(tmp_path):
         with pytest.raises(UserError, match=rf"^checkpoint .*simple\.pt.*{message}"):
             check_compatible({**state, **change}, simple, path)
     check_compatible({**state, "ema": {"weights": weights, "updates": 3}}, simple, path)
+
+
+def test_a_network_that_cannot_be_built_on_the_meta_device_is_built_then_checked(tmp_path):
+    # torchvision's RegNet reads a value while it is built ("Cannot copy out of meta tensor")
+    regnet = {"name": "torchvision", "arch": "regnet_x_400mf"}
+    spec = InputSpec(3, 32, 32, 10)
+    weights = build_architecture(regnet, spec).state_dict()
+    path = tmp_path / "regnet.pt"
+    network = checked_network(regnet, spec, {"model": weights}, path)
+    assert network.state_dict().keys() == weights.keys()
+    other = {"model": {**weights, "fc.bias": torch.zeros(11)}}
+    with pytest.raises(UserError, match=r"fc\.bias is \(11,\) there, \(10,\) here"):
+        checked_network(regnet, spec, other, path)
+    simple = build_architecture({"name": "simplecnn"}, spec).state_dict()  # built on meta first
+    checked_network({"name": "simplecnn"}, spec, {"model": simple}, path)
 
 
 def test_a_vgg_of_the_largest_side_is_built_and_checked_without_its_memory():

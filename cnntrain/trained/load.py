@@ -108,11 +108,14 @@ def checked_network(model_cfg, spec: InputSpec, saved: dict, path: Path) -> nn.M
     """The architecture of `model_cfg` sized by `spec`, freshly built once the checkpoint's
     weights were checked against its shapes on the meta device (no memory): a received spec's
     sizes could ask for any number of parameters. An architecture that reads a value while it
-    is built (some timm models) cannot be built there: it is built first, then checked."""
+    is built (torchvision's RegNets, some timm models) cannot be built there: it is built first,
+    then checked — its own error, if it has one, comes from that build."""
     try:
         with torch.device("meta"):
             shaped = build_architecture(model_cfg, spec)
-    except (RuntimeError, NotImplementedError):
+    except UserError:
+        raise
+    except Exception:  # any failure on the meta device: the real build says what it is
         network = build_architecture(model_cfg, spec)
         check_compatible(saved, network, path)
         return network
