@@ -27,7 +27,6 @@ from cnntrain.data.augment.options import Options, read_options
 from cnntrain.data.split_table import write_records
 from cnntrain.data.splits import seeded_subset
 from cnntrain.metrics import class_counts
-from cnntrain.metrics.results import test_results
 from cnntrain.models import build_model, data_defaults, init_from
 from cnntrain.models.transfer import architecture
 from cnntrain.reporting.cam import SplitImages
@@ -57,7 +56,7 @@ from cnntrain.training.precision import Arithmetic, bf16_gradient_hazard
 from cnntrain.training.resume import restore, restore_trainable
 from cnntrain.training.state import check_optimized_metric, chosen_monitor
 from cnntrain.training.step import StepParts, optimizer_steps
-from cnntrain.training.thresholds import Thresholds, fit_thresholds, thresholded_results
+from cnntrain.training.thresholds import Thresholds, fit_thresholds, fitted_test_results
 
 log = logging.getLogger("cnntrain")
 IMBALANCE_RATIO = 1.5  # largest class / smallest class above which the data counts as imbalanced
@@ -165,7 +164,7 @@ def write_results(loop: Loop, out: dict, net, counts: dict[str, int], started: f
     several labels per image the labels' Thresholds."""
     data, p = loop.data, loop.state
     results = {
-        **test_metrics(out, data, fitted),
+        **fitted_test_results(out, data.classes, fitted, data.test_name),
         "test/split": data.test_name,
         "best_epoch": p.best_epoch,  # best.pt's: the best by `monitor`
         "best_val/acc": max(row["val/acc"] for row in p.rows),  # of any epoch, whatever `monitor`
@@ -213,14 +212,6 @@ def multilabel_bests(rows: list[dict]) -> dict:
     if "val/mAP" not in rows[-1]:
         return {}
     return {"best_val/mAP": max(r["val/mAP"] for r in rows), "final_val/mAP": rows[-1]["val/mAP"]}
-
-
-def test_metrics(out: dict, data: DataBundle, fitted) -> dict:
-    """results.json's test fields: with `fitted` the temperature (or None), or with several
-    labels per image the labels' Thresholds."""
-    if not data.multi_label:
-        return test_results(out, data.classes, fitted)
-    return thresholded_results(out, data.classes, fitted, data.test_name)
 
 
 def write_multilabel_outputs(loop: Loop, out: dict, net, counts: dict[str, int],

@@ -15,7 +15,6 @@ from cnntrain.core.files import refuse_links, write_json
 from cnntrain.core.overrides import override_key
 from cnntrain.data import load_evaluation_split
 from cnntrain.data.split_table import run_split_table
-from cnntrain.metrics.results import test_results
 from cnntrain.reporting.calibration_plots import write_calibration_plots
 from cnntrain.reporting.multilabel_plots import write_multilabel_plots
 from cnntrain.reporting.plots import write_test_plots
@@ -31,7 +30,7 @@ from cnntrain.reporting.report import write_eval_report
 from cnntrain.trained.load import TrainedModel, load_trained
 from cnntrain.training.evaluate import evaluate
 from cnntrain.training.precision import Arithmetic
-from cnntrain.training.thresholds import thresholded_results
+from cnntrain.training.thresholds import fitted_test_results
 
 # Keys an evaluation may set besides `data=NAME`, `data.*` and `paths.*`: how it computes, not
 # what network it tests.
@@ -97,7 +96,9 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     bars = progress_bars_enabled(cfg)
     out = evaluate(network, split.loader, arithmetic, bars, "eval", keep_outputs=True)
     results = {
-        **test_metrics(out, trained, split.name),
+        **fitted_test_results(
+            out, trained.classes, trained.thresholds or trained.temperature, split.name
+        ),
         "test/split": split.name,
         "test/class_counts": split.counts,
         "dataset": cfg.data.name,
@@ -116,14 +117,6 @@ def evaluate_run(source, fresh: DictConfig, overrides: list[str]) -> Path:
     write_test_outputs(folder, out, trained, names, split.loader.images_at)
     write_eval_report(folder)
     return folder
-
-
-def test_metrics(out: dict, trained: TrainedModel, split: str) -> dict:
-    """results.json's test fields, as training's: with the run's temperature, or its labels'
-    thresholds (and a warning naming labels `split` has no positive image of)."""
-    if not trained.multi_label:
-        return test_results(out, trained.classes, trained.temperature)
-    return thresholded_results(out, trained.classes, trained.thresholds, split)
 
 
 def write_test_outputs(folder: Path, out: dict, trained: TrainedModel, names: list[str],

@@ -40,6 +40,16 @@ class Thresholds:
         }
 
 
+def fitted_test_results(out: dict, classes: list[str], fitted: "float | Thresholds | None",
+                        split: str) -> dict:  # fmt: skip
+    """results.json's test fields of a run's final test or cnntrain-eval's: with several labels
+    per image at the labels' Thresholds `fitted` (thresholded_results), else with `fitted` the
+    temperature fitted on the validation split (None: not fitted)."""
+    if isinstance(fitted, Thresholds):
+        return thresholded_results(out, classes, fitted, split)
+    return test_results(out, classes, fitted)
+
+
 def thresholded_results(out: dict, labels: list[str], thresholds: Thresholds,
                         split: str) -> dict:  # fmt: skip
     """results.json's test fields of a test with several labels per image (a run's final test,
