@@ -2,12 +2,16 @@
 
 import os
 import signal
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 
 from cnntrain.core import side_by_side
 from cnntrain.core.errors import UserError
 from cnntrain.core.side_by_side import can_fork, run_side_by_side
+from tests.conftest import REPO
 
 forking = pytest.mark.skipif(not can_fork(), reason="this platform runs the jobs one by one")
 
@@ -95,3 +99,33 @@ def test_a_job_runs_here_when_no_process_can_be_forked(tmp_path, monkeypatch):
     paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
     run_side_by_side(*(writer(p, i) for i, p in enumerate(paths)))
     assert {int(p.read_text().split()[1]) for p in paths} == {os.getpid()}
+
+
+@forking
+def test_a_live_wandb_run_keeps_the_jobs_here(monkeypatch):
+    # W&B's console capture raises ForkedError at a forked child's printing: a run with
+    # logger=wandb failed at its figures.
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=None))
+    assert can_fork()
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object()))
+    assert not can_fork()
+
+
+@forking
+def test_a_child_whose_output_cannot_be_flushed_still_ends(tmp_path):
+    # The child's last flush raised past its os._exit: the child went on as a copy of the
+    # parent (here it would print "parent went on" twice, in the real run it re-ran the run's end).
+    script = (
+        "import sys\n"
+        "from cnntrain.core.side_by_side import run_side_by_side\n"
+        "class Broken:\n"
+        "    def write(self, text): return len(text)\n"
+        "    def flush(self): raise OSError('broken pipe')\n"
+        "def child_job(): sys.stdout = Broken()\n"
+        "run_side_by_side(child_job, lambda: None)\n"
+        "print('parent went on', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "parent went on\n"

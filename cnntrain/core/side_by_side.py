@@ -47,14 +47,16 @@ def run_side_by_side(*jobs: Job) -> None:
 
 def can_fork() -> bool:
     """Whether a child forked now can run torch and matplotlib: POSIX without macOS (whose
-    system libraries are not fork-safe), one CPU core or more to spare, and no CUDA context
-    (a forked child cannot use its parent's)."""
+    system libraries are not fork-safe), one CPU core or more to spare, no CUDA context (a
+    forked child cannot use its parent's) and no live W&B run (its console capture refuses a
+    forked child's printing: ForkedError)."""
     return (
         hasattr(os, "fork")
         and hasattr(os, "sched_getaffinity")
         and sys.platform != "darwin"
         and len(os.sched_getaffinity(0)) > 1
         and not torch.cuda.is_initialized()
+        and getattr(sys.modules.get("wandb"), "run", None) is None
     )
 
 
@@ -84,10 +86,12 @@ def fork(job: Job) -> tuple[int, int]:
         code = 1
         with os.fdopen(write, "wb") as pipe:
             pipe.write(pickled(e))
-    finally:
-        sys.stdout.flush()  # what the job printed: os._exit flushes nothing
-        sys.stderr.flush()
-        os._exit(code)  # no interpreter teardown: nothing of the parent's is the child's to close
+    finally:  # os._exit, whatever happens: a child must never return into the parent's code
+        try:
+            sys.stdout.flush()  # what the job printed: os._exit flushes nothing
+            sys.stderr.flush()
+        finally:
+            os._exit(code)  # no interpreter teardown: nothing of the parent's is the child's
 
 
 def pickled(error: BaseException) -> bytes:
