@@ -1,7 +1,9 @@
 """What every command-line entry point shares: one-line errors and config composition."""
 
 import argparse
+import atexit
 import difflib
+import gc
 import logging
 import re
 import sys
@@ -18,6 +20,14 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.overrides import is_group_choice
 from cnntrain.core.schema import CONF_DIR
 from cnntrain.distributed import rank_prefix
+
+# At exit, the objects left are frozen: the interpreter's closing garbage collections then skip
+# them. Over torch's object graph those collections were the slowest part of a short command's
+# exit (`python -c "import torch, torchvision"`: 3.4 s, 2.55 s when it freezes them; docs A.17).
+# Registered on import, before the trackers' own exit handlers, so it runs after them. What it
+# gives up: finalizers of objects in reference cycles are not run at exit (files are closed by
+# the code that wrote them, trackers when the run ends).
+atexit.register(gc.freeze)
 
 
 def fail(message: str, status: int = 2):
