@@ -2,6 +2,7 @@
 cache the tests write (the network is off: any attempt fails loudly), freezing, and a run."""
 
 import json
+import shutil
 import socket
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model, data_defaults, head_name
+from cnntrain.models.registry import build_architecture
+from cnntrain.trained.load import load_trained
 from tests.conftest import make_image_folder, train_here
 
 timm = pytest.importorskip("timm")
@@ -151,3 +154,15 @@ def test_a_timm_model_trains_from_cached_weights_with_a_frozen_backbone(hf_cache
     assert saved["trainable"] == ["fc.weight", "fc.bias"]
     assert saved["config"]["model"]["arch"] == "resnet18"
     assert json.loads((run / "results.json").read_text())["test/acc"] >= 0
+    # The run folder on a machine without the weights in its cache: used as it is (it needed
+    # the cache and read the weights only to overwrite them).
+    shutil.rmtree(hf_cache / "models--timm--resnet18.a1_in1k")
+    trained = load_trained(run)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(t, best[k]) for k, t in trained.network.state_dict().items())
+
+
+def test_a_run_from_a_weights_file_is_rebuilt_without_it(tmp_path):
+    gone = tmp_path / "mine.pt"  # trained from it on another machine: not here
+    network = build_architecture(timm_cfg(weights=str(gone)), SPEC)
+    assert network.state_dict().keys() == build_model(timm_cfg(), SPEC).state_dict().keys()

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnntrain.core.errors import UserError
+from cnntrain.core.errors import UserError, first_line
 from cnntrain.core.extras import require
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.geometry import INTERPOLATIONS
@@ -35,7 +35,6 @@ from cnntrain.models.registry import register
 from cnntrain.models.torchvision import (
     LOAD_ERRORS,
     NO_PREPROCESSING,
-    first_line,
     load_state_dict_file,
     meta_forward_error,
 )
@@ -71,12 +70,9 @@ def resolve_weights(arch: str, weights):
     check_arch(arch)
     if weights is None:
         return None
-    timm = timm_module()
-    tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
-    if str(weights) == "DEFAULT" and tags:
-        return f"{arch}.{timm.models.get_pretrained_cfg(arch).tag}"  # timm's default tag
-    if str(weights) in tags:
-        return f"{arch}.{weights}"
+    name, tags = pretrained_name(arch, weights)
+    if name is not None:
+        return name
     path = Path(str(weights)).expanduser()
     if not path.is_file():
         names = ", ".join(["DEFAULT", *tags]) if tags else "none: it has no pretrained weights"
@@ -85,6 +81,16 @@ def resolve_weights(arch: str, weights):
             "nor an existing state-dict file"
         )
     return path
+
+
+def pretrained_name(arch: str, weights) -> tuple[str | None, list[str]]:
+    """(timm's full pretrained name `arch.tag` that `model.weights` names — DEFAULT is timm's
+    default tag — or None, `arch`'s pretrained tags); reads no file."""
+    timm = timm_module()
+    tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
+    if str(weights) == "DEFAULT" and tags:
+        return f"{arch}.{timm.models.get_pretrained_cfg(arch).tag}", tags  # timm's default tag
+    return (f"{arch}.{weights}" if str(weights) in tags else None), tags
 
 
 def data_defaults(arch, weights) -> dict:
@@ -108,7 +114,16 @@ def data_defaults(arch, weights) -> dict:
     }
 
 
-@register("timm", check=resolve_weights, data_defaults=data_defaults)
+def timm_architecture(spec: InputSpec, arch: str = "resnet18", weights=None) -> nn.Module:
+    """The network timm_classifier builds for these options, randomly initialised, reading no
+    weights file and no cache (a trained run's checkpoint is loaded into it, on a machine that
+    has neither): a pretrained tag's own configuration by its name, else `arch`'s."""
+    name = None if weights is None else pretrained_name(arch, weights)[0]
+    return timm_module().create_model(name or arch, pretrained=False, num_classes=spec.num_classes)
+
+
+@register("timm", check=resolve_weights, data_defaults=data_defaults,
+          architecture=timm_architecture)  # fmt: skip
 def timm_classifier(spec: InputSpec, arch: str = "resnet18", weights=None) -> nn.Module:
     chosen = resolve_weights(arch, weights)
     if spec.channels != 3:

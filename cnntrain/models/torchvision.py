@@ -35,7 +35,7 @@ from torch import nn
 from torchvision import models as tv
 
 from cnntrain.core.checkpoint import FORMAT
-from cnntrain.core.errors import UserError
+from cnntrain.core.errors import UserError, first_line
 from cnntrain.core.spec import InputSpec
 from cnntrain.models.head import replace_head
 from cnntrain.models.registry import register
@@ -50,11 +50,6 @@ RANDOM_INIT_OPTIONS = {
 }
 RANDOM_INIT_SIDE = 224  # px: what torchvision builds ViT and MaxViT for without weights
 LOAD_ERRORS = (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError)
-
-
-def first_line(error: Exception) -> str:
-    """The start of an exception's message, to quote in a one-line UserError."""
-    return (str(error).splitlines() or [type(error).__name__])[0][:160]
 
 
 def check_arch(arch) -> None:
