@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from cnntrain.cli import predict as predict_cli
 from cnntrain.core.checkpoint import evaluated_weights, load_checkpoint, save_checkpoint
 from cnntrain.core.errors import UserError
+from cnntrain.core.spec import InputSpec
 from cnntrain.metrics import (
     answered_at,
     coverage_curve,
@@ -23,7 +24,7 @@ from cnntrain.metrics import (
     negative_log_likelihood,
 )
 from cnntrain.metrics.calibration import TEMPERATURE_RANGE, binned
-from cnntrain.models import build_model
+from cnntrain.models import build_model, init_from
 from cnntrain.trained.export import export_run, run_onnx
 from cnntrain.trained.load import image_pixels, load_trained, saved_temperature, unit_range
 from cnntrain.training.calibrate import NO_VALIDATION, save_temperature
@@ -210,7 +211,7 @@ def test_a_received_checkpoints_classes_and_normalization_are_checked(copied_run
     path = copied_run / "checkpoints" / "best.pt"
     state = load_checkpoint(path)
     k, c = len(state["classes"]), state["spec"]["channels"]
-    stats = state["normalization"]
+    stats, config = state["normalization"], state["config"]
     for key, bad, named in (
         ("classes", 3, "classes is not"),  # was a TypeError traceback
         ("classes", "abcdefghij"[:k], "classes is not"),  # a string of k letters
@@ -224,12 +225,24 @@ def test_a_received_checkpoints_classes_and_normalization_are_checked(copied_run
         # the classifier of 8192² images would be terabytes: refused on the meta device
         ("spec", {**state["spec"], "height": 8192, "width": 8192}, "does not fit this model"),
         ("ema", {"updates": 1}, "ema.weights is not"),  # was a KeyError traceback
+        # an option no run writes: was the builder's ValueError traceback
+        ("config", {**config, "model": {**config["model"], "dropout": 2.0}}, "its model options"),
     ):
         save_checkpoint(path, {**state, key: bad})
         with pytest.raises(UserError, match=rf"^checkpoint .*best\.pt:? {named}"):
             load_trained(copied_run)
     save_checkpoint(path, state)
     assert load_trained(copied_run).classes == state["classes"]
+
+
+def test_init_from_checks_a_received_checkpoints_weights(copied_run):
+    path = copied_run / "checkpoints" / "best.pt"
+    state = load_checkpoint(path)
+    model_cfg = state["config"]["model"]
+    model = build_model(model_cfg, InputSpec.from_dict(state["spec"], "checkpoint"))
+    save_checkpoint(path, {**state, "ema": {"updates": 1}})  # was a KeyError traceback
+    with pytest.raises(UserError, match=r"best\.pt: ema\.weights is not a network's weights"):
+        init_from(model, copied_run, model_cfg)
 
 
 def test_a_saved_temperature_is_one_fitting_can_give():

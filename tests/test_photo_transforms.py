@@ -95,7 +95,8 @@ def test_the_image_size_is_counted_upright(tmp_path):
 
 
 @pytest.mark.parametrize(("stored", "chosen"), [((64, 200), (64, 200)), ((480, 640), (96, 128)),
-                                                ((700, 500), (134, 96))])  # fmt: skip
+                                                ((700, 500), (134, 96)),
+                                                ((32, 9000), (29, 8192))])  # fmt: skip
 def test_images_of_one_size_keep_their_aspect_ratio(tmp_path, stored, chosen):
     """(H, W) sizes; a long side over 96 px is no reason to crop them square."""
     for split in ("train", "test"):

@@ -140,19 +140,42 @@ def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
     own = model.state_dict()
     check_weights(state["model"], own, f"checkpoint {path}", "model")
     if state.get("ema"):
-        ema = state["ema"]
-        weights = ema.get("weights") if isinstance(ema, dict) else None
-        check_weights(weights, own, f"checkpoint {path}", "ema.weights")
+        check_weights(received_weights(state, path), own, f"checkpoint {path}", "ema.weights")
 
 
-def check_weights(saved, own: dict, source: str, entry: str) -> None:
-    """`saved` (`source`'s `entry`) is a name → tensor dict of `own`'s names, shapes and kind of
-    number (floating or not), or one line names the first difference."""
-    if not (isinstance(saved, dict) and all(isinstance(t, torch.Tensor) for t in saved.values())):
+def received_weights(state: dict, path: Path) -> dict:
+    """The weights a received checkpoint evaluates with (evaluated_weights: its EMA's where it
+    kept one), checked to be what saving a network gives (weight_dict)."""
+    ema = state.get("ema")
+    if not ema:
+        return weight_dict(state["model"], f"checkpoint {path}", "model")
+    weights = ema.get("weights") if isinstance(ema, dict) else None
+    return weight_dict(weights, f"checkpoint {path}", "ema.weights")
+
+
+def weight_dict(saved, source: str, entry: str) -> dict:
+    """`saved` (`source`'s `entry`) if it is what a network's state_dict gives: names to plain
+    tensors (dense, with values: not sparse, quantized, nested or on the meta device); else
+    one line says it is not."""
+    plain = isinstance(saved, dict) and all(
+        isinstance(k, str)
+        and isinstance(t, torch.Tensor)
+        and t.layout == torch.strided
+        and not (t.is_meta or t.is_quantized or t.is_nested)
+        for k, t in saved.items()
+    )
+    if not plain:
         raise UserError(
             f"{source}: {entry} is not a network's weights (layer names to tensors); use the "
             "run's own checkpoint, or train it again"
         )
+    return saved
+
+
+def check_weights(saved, own: dict, source: str, entry: str) -> None:
+    """`saved` (`source`'s `entry`) is a name → tensor dict (weight_dict) of `own`'s names,
+    shapes and kind of number (floating or not), or one line names the first difference."""
+    weight_dict(saved, source, entry)
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])

@@ -5,8 +5,9 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from cnntrain.core.checks import integer
 from cnntrain.core.errors import UserError
 
-# The longest side in px a run's input may have, resized or cropped (data.image_size, data.resize)
-# and so a received spec: 4 × a 2,048 px crop; one RGB float image of it is 805 MB.
+# The longest side in px a run's input may have (data.image_size, data.resize, the size a folder
+# is given), and so a received spec's: 4 × a 2,048 px crop; one RGB float image of it is 805 MB.
+# A received spec's resize is not capped: only the crop of a resize is made (data/geometry.py).
 MAX_SIDE = 8192
 CHANNELS = (1, 3)  # grey or colour: what decoding makes (data.channels)
 whole = integer(1)  # a size in px, a channel or class count: a whole number ≥ 1, not a bool
@@ -32,8 +33,8 @@ class InputSpec:
     def from_dict(cls, saved, source: str) -> "InputSpec":
         """The spec a checkpoint stores (to_dict's); one without `resize` squashes. Checked as
         received data: what no run writes (another type, a key of no field, a missing one, a
-        size or count that is not a whole number ≥ 1, a side over MAX_SIDE, channels not 1 or 3)
-        is refused in one line naming `source`, before anything of its size is allocated."""
+        size or count that is not a whole number ≥ 1, a height or width over MAX_SIDE, channels
+        not 1 or 3) is refused in one line naming `source`, before anything of its size is made."""
         names = {f.name: f for f in fields(cls)}
         required = {n for n, f in names.items() if f.default is MISSING}
         if not isinstance(saved, dict) or not required <= saved.keys() <= names.keys():
@@ -41,7 +42,7 @@ class InputSpec:
             raise UserError(f"{source}: its input spec ({keys}) is not one cnntrain writes "
                             f"(keys {', '.join(names)}); train the run again")  # fmt: skip
         wrong = [k for k in required if not whole(saved[k])]
-        wrong += [k for k in ("height", "width", "resize") if side_over_max(saved.get(k))]
+        wrong += [k for k in ("height", "width") if side_over_max(saved[k])]
         wrong += [] if saved["channels"] in CHANNELS else ["channels"]
         wrong += [] if saved.get("resize") is None or whole(saved["resize"]) else ["resize"]
         wrong += [] if isinstance(saved.get("squash", False), bool) else ["squash"]
@@ -49,8 +50,8 @@ class InputSpec:
         if wrong:
             shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(set(wrong)))
             raise UserError(f"{source}: its input spec has {shown}, which no run writes (sizes "
-                            f"and counts are whole numbers ≥ 1, sides at most {MAX_SIDE} px, "
-                            "channels 1 or 3); train the run again")  # fmt: skip
+                            "and counts are whole numbers ≥ 1, height and width at most "
+                            f"{MAX_SIDE} px, channels 1 or 3); train the run again")  # fmt: skip
         return cls(**{"squash": "resize" not in saved, **saved})
 
     def to_dict(self) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 
 from cnntrain.core.errors import UserError
 from cnntrain.core.safe_text import printable
-from cnntrain.core.spec import InputSpec
+from cnntrain.core.spec import MAX_SIDE, InputSpec
 from cnntrain.data import decode
 from cnntrain.data.known import open_splits
 from cnntrain.data.limits import open_image
@@ -75,6 +75,12 @@ def chosen_size(sizes: Counter) -> tuple[tuple[int, int], str]:
     n, short = sizes.total(), min(height, width)
     if 2 * count >= n:
         why = f"the most common of {n} training image(s) sampled"
+        if short <= PHOTO_SIDE and max(height, width) > MAX_SIDE:  # a strip: its long side capped
+            long = max(height, width)
+            return (max(1, height * MAX_SIDE // long), max(1, width * MAX_SIDE // long)), (
+                f"{why}, {height}×{width}, scaled to a long side of {MAX_SIDE} px, the most a "
+                "side may have (data.image_size=[H,W] sets another)"
+            )
         if short <= PHOTO_SIDE:
             return (height, width), why
         # the long side truncated, as Fit's resize truncates it: the crop stays covered

@@ -41,7 +41,8 @@ def launch(devices: int, args: list[str]) -> None:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # The agent writes each rank's error file under a log folder (by default a torchelastic_*
     # folder in /tmp, never removed): one of its own, removed when the job ends.
-    with tempfile.TemporaryDirectory(prefix="cnntrain-launch-") as logs:
+    # (a folder that cannot be removed, on NFS say, must not hide the job's exit status)
+    with tempfile.TemporaryDirectory(prefix="cnntrain-launch-", ignore_cleanup_errors=True) as logs:
         config = LaunchConfig(
             min_nodes=1,
             max_nodes=1,

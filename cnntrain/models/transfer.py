@@ -10,8 +10,8 @@ from torch import nn
 from cnntrain.core.checkpoint import (
     BEST,
     checkpoint_file,
-    evaluated_weights,
     load_checkpoint,
+    received_weights,
     saved_config,
 )
 from cnntrain.core.errors import UserError
@@ -83,7 +83,7 @@ def init_from(model: nn.Module, source, model_cfg) -> Transfer:
             f"model.init_from={str(source)!r} is a {theirs} run and this run builds {ours}; "
             "init_from needs the same architecture"
         )
-    weights = evaluated_weights(saved)
+    weights = received_weights(saved, path)
     transfer = match_tensors(model.state_dict(), weights, model)
     body = {name for name, _ in model.named_parameters()} - transfer.head
     if not body & set(transfer.loaded):

@@ -18,7 +18,7 @@ from cnntrain.core.checkpoint import (
     saved_config,
 )
 from cnntrain.core.checks import integer, number
-from cnntrain.core.errors import UserError
+from cnntrain.core.errors import UserError, first_line
 from cnntrain.core.spec import InputSpec
 from cnntrain.data.decode import to_pixels
 from cnntrain.data.geometry import spec_fit
@@ -116,7 +116,13 @@ def checked_network(model_cfg, spec: InputSpec, saved: dict, path: Path) -> nn.M
     except UserError:
         raise
     except Exception:  # any failure on the meta device: the real build says what it is
-        network = build_architecture(model_cfg, spec)
+        try:
+            network = build_architecture(model_cfg, spec)
+        except (TypeError, ValueError, KeyError) as e:  # options no run of this code writes
+            raise UserError(
+                f"checkpoint {path}: its model options ({dict(model_cfg)}) do not build a "
+                f"network ({first_line(e)}); use the run's own checkpoint, or train it again"
+            ) from e
         check_compatible(saved, network, path)
         return network
     check_compatible(saved, shaped, path)
