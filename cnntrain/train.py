@@ -94,7 +94,9 @@ def train(cfg: DictConfig) -> float:
     cfg.trainer.monitor = chosen_monitor(cfg.trainer.monitor, data.multi_label)  # auto: resolved
     check_optimized_metric(cfg.optimized_metric, data.multi_label)
     check_fits(cfg, data, device, world)  # one line, not the kernel's OOM killer
-    model = build_model(cfg.model, data.spec)
+    # resumed: the weights come from the run's checkpoint; its starting weights are not read
+    # (a pretrained cache or a file that another machine may not have)
+    model = build_model(cfg.model, data.spec, weights_read=saved is None)
     if saved is None:
         init_from_training_images(model, data.train, cfg.trainer.seed)
         if cfg.model.init_from:  # after the data init: the other run's tensors win

@@ -21,6 +21,7 @@ from cnntrain.data.loaders import BatchPrep, TensorLoader
 from cnntrain.models import (
     InputSpec,
     build_model,
+    check_model_options,
     data_defaults,
     head_name,
     head_parameter_names,
@@ -155,8 +156,8 @@ def test_an_unknown_arch_lists_close_matches():
 
 
 def test_an_unknown_weights_name_lists_the_known_ones():
-    with pytest.raises(UserError) as e:
-        data_defaults({"name": "torchvision", "arch": "resnet18", "weights": "IMAGENET1K_V9"})
+    with pytest.raises(UserError) as e:  # config.rules' check, before any work
+        check_model_options({"name": "torchvision", "arch": "resnet18", "weights": "IMAGENET1K_V9"})
     assert "IMAGENET1K_V9" in str(e.value) and "DEFAULT, IMAGENET1K_V1" in str(e.value)
 
 

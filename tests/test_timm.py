@@ -12,7 +12,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.models import InputSpec, build_model, data_defaults, head_name
 from cnntrain.models.registry import build_architecture
 from cnntrain.trained.load import load_trained
-from tests.conftest import make_image_folder, train_here
+from tests.conftest import make_image_folder, run_cli, train_here
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -162,7 +162,16 @@ def test_a_timm_model_trains_from_cached_weights_with_a_frozen_backbone(hf_cache
     assert all(torch.equal(t, best[k]) for k, t in trained.network.state_dict().items())
 
 
-def test_a_run_from_a_weights_file_is_rebuilt_without_it(tmp_path):
+def test_a_run_from_a_weights_file_is_rebuilt_and_resumed_without_it(tmp_path):
     gone = tmp_path / "mine.pt"  # trained from it on another machine: not here
     network = build_architecture(timm_cfg(weights=str(gone)), SPEC)
     assert network.state_dict().keys() == build_model(timm_cfg(), SPEC).state_dict().keys()
+    torch.save(network.state_dict(), gone)
+    data = make_image_folder(tmp_path / "data", per_class=8, mode="RGB", size=(16, 16))
+    run = tmp_path / "run"
+    train_here("data=imagefolder", f"data.root={data}", "model=timm", f"model.weights={gone}",
+               "data.image_size=32", "data.batch_size=8", "trainer.epochs=1", "logger=none",
+               "trainer.plots=false", output_dir=run)  # fmt: skip
+    gone.unlink()  # was: "model.weights=… is neither a pretrained tag … nor an existing file"
+    run_cli(f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
+    assert json.loads((run / "results.json").read_text())["epochs"] == 2

@@ -268,7 +268,7 @@ def validate(cfg: DictConfig) -> None:
             "(augmenting the test set); evaluation sees each image as is; for flip test-time "
             "augmentation use trainer.tta=true"
         )
-    check_model_options(cfg.model)
+    check_model_options(cfg.model, weights_read=not cfg.get("resume"))
     check_scheduler_name(cfg.scheduler)
     check_installed(cfg)
 

@@ -48,9 +48,11 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def check_model_options(model_cfg) -> tuple[ModelBuilder, dict]:
-    """The builder for `model_cfg.name` and its options; a UserError for unknown names/options."""
-    entry, options, _ = registered(model_cfg)
+def check_model_options(model_cfg, weights_read: bool = True) -> tuple[ModelBuilder, dict]:
+    """The builder for `model_cfg.name` and its options; a UserError for unknown names/options.
+    `weights_read` False (a resumed run: its network comes from its checkpoint): the options
+    are not checked against files (a starting weights file may be on another machine)."""
+    entry, options, _ = registered(model_cfg, check=weights_read)
     return entry.builder, options
 
 
@@ -65,9 +67,10 @@ def entry_of(model_cfg) -> tuple[Entry, dict]:
     return _REGISTRY[name], options
 
 
-def registered(model_cfg) -> tuple[Entry, dict, dict]:
+def registered(model_cfg, check: bool = True) -> tuple[Entry, dict, dict]:
     """The registry entry of `model_cfg.name`, its builder options as given, and all of them
-    with the builder's defaults filled in (checked by the entry's `check`)."""
+    with the builder's defaults filled in (checked by the entry's `check` unless `check` is
+    False)."""
     entry, options = entry_of(model_cfg)
     name = model_cfg.get("name")
     try:
@@ -76,7 +79,7 @@ def registered(model_cfg) -> tuple[Entry, dict, dict]:
         raise UserError(f"model {name!r}: {e}; check the keys under model.") from e
     bound.apply_defaults()
     every = dict(list(bound.arguments.items())[1:])  # all but the first argument, spec
-    if entry.check is not None:
+    if check and entry.check is not None:
         entry.check(**every)
     return entry, options, every
 
@@ -87,17 +90,20 @@ def data_defaults(model_cfg) -> dict | None:
     A dict with `channels` (int), `image_size` ((H, W) px), `mean` and `std` (per channel), each
     None where the data's own value (or the training split's statistics) is right.
     """
-    entry, _, every = registered(model_cfg)
+    entry, _, every = registered(model_cfg, check=False)  # config.rules checked the options
     return None if entry.data_defaults is None else entry.data_defaults(**every)
 
 
-def build_model(model_cfg, spec: InputSpec) -> nn.Module:
+def build_model(model_cfg, spec: InputSpec, weights_read: bool = True) -> nn.Module:
     """Build the registered model `model_cfg.name`; the keys but SHARED_KEYS are its options.
 
     `model.freeze` (none | backbone | [module-name prefixes]) is applied to the built network.
+    `weights_read` False: its architecture alone (build_architecture), for weights that a
+    checkpoint is about to replace.
     """
-    entry, options, _ = registered(model_cfg)
-    model = entry.builder(spec, **options)
+    entry, options, _ = registered(model_cfg, check=weights_read)
+    build = entry.builder if weights_read else (entry.architecture or entry.builder)
+    model = build(spec, **options)
     freeze(model, dict(model_cfg).get("freeze") or "none")
     return model
 

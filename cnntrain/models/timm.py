@@ -97,9 +97,11 @@ def data_defaults(arch, weights) -> dict:
     """3 channels; with pretrained weights their evaluation preprocessing (`pretrained_cfg`):
     the short side resized to ⌊crop / crop_pct⌋ px (timm's own rounding) with their
     interpolation (bilinear where it is one cnntrain does not offer), centre-cropped to their
-    input size, and their mean/std."""
-    chosen = resolve_weights(arch, weights)
-    if not isinstance(chosen, str):
+    input size, and their mean/std. A file's are none (it is not read: a resumed run's may be
+    gone)."""
+    check_arch(arch)
+    chosen = None if weights is None else pretrained_name(arch, weights)[0]
+    if chosen is None:
         return dict(NO_PREPROCESSING)
     cfg = timm_module().models.get_pretrained_cfg(chosen)
     _, height, width = cfg.input_size

@@ -94,9 +94,10 @@ def data_defaults(arch, weights) -> dict:
     """What the data must be for `arch` with `weights`: 3 channels, and with pretrained weights
     their own preprocessing (`transforms()`, no download): the short side resized to
     `resize_size` px with their interpolation, centre-cropped to the size fed to the network,
-    and their mean/std."""
-    chosen = resolve_weights(arch, weights)
-    if not isinstance(chosen, tv.WeightsEnum):
+    and their mean/std. A file's are none (it is not read: a resumed run's may be gone)."""
+    check_arch(arch)
+    chosen = weights_named(arch, weights)
+    if chosen is None:
         return dict(NO_PREPROCESSING)
     preprocess = chosen.transforms()
     crop = preprocess.crop_size  # [side] or [H, W]
