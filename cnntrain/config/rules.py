@@ -9,7 +9,7 @@ from cnntrain.core.checks import boolean, check, format_value, integer, number, 
 from cnntrain.core.device import check_device
 from cnntrain.core.errors import UserError
 from cnntrain.core.extras import require
-from cnntrain.core.spec import MAX_SIDE
+from cnntrain.core.spec import CHANNELS, MAX_SIDE
 from cnntrain.data.augment.options import read_options
 from cnntrain.data.hf import is_hub_id
 from cnntrain.data.limits import PILLOW_HARD_STOP
@@ -201,7 +201,7 @@ RULES = [
         integer(1, PILLOW_HARD_STOP),
         f"an integer of pixels in [1, {PILLOW_HARD_STOP}] (Pillow refuses larger images)",
     ),
-    ("data.channels", optional(lambda v: v in (1, 3)), "null, 1 or 3"),
+    ("data.channels", optional(lambda v: v in CHANNELS), "null, 1 or 3"),
     ("data.image_size", image_size, f"null, a side in px, or [H, W]; 1 to {MAX_SIDE} px"),
     (
         "data.resize",

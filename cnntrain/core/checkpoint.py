@@ -137,10 +137,10 @@ def check_compatible(state: dict, model: torch.nn.Module, path: Path) -> None:
     """Refuse weights that are not `model`'s own, naming the first mismatch: the checkpoint's
     `model` entry, and its EMA's weights where it kept an EMA (what evaluation loads). `model`
     may be on the meta device: only its names, shapes and dtypes are read."""
-    own = model.state_dict()
-    check_weights(state["model"], own, f"checkpoint {path}", "model")
+    own, source = model.state_dict(), f"checkpoint {path}"
+    check_weights(weight_dict(state["model"], source, "model"), own, source, "model")
     if state.get("ema"):
-        check_weights(received_weights(state, path), own, f"checkpoint {path}", "ema.weights")
+        check_weights(received_weights(state, path), own, source, "ema.weights")
 
 
 def received_weights(state: dict, path: Path) -> dict:
@@ -173,9 +173,8 @@ def weight_dict(saved, source: str, entry: str) -> dict:
 
 
 def check_weights(saved, own: dict, source: str, entry: str) -> None:
-    """`saved` (`source`'s `entry`) is a name → tensor dict (weight_dict) of `own`'s names,
-    shapes and kind of number (floating or not), or one line names the first difference."""
-    weight_dict(saved, source, entry)
+    """`saved` (`source`'s `entry`, a weight_dict) has `own`'s names, shapes and kind of
+    number (floating or not), or one line names the first difference."""
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])

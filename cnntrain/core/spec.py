@@ -41,14 +41,14 @@ class InputSpec:
             keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
             raise UserError(f"{source}: its input spec ({keys}) is not one cnntrain writes "
                             f"(keys {', '.join(names)}); train the run again")  # fmt: skip
-        wrong = [k for k in required if not whole(saved[k])]
+        wrong = [k for k in required - {"channels"} if not whole(saved[k])]
         wrong += [k for k in ("height", "width") if side_over_max(saved[k])]
-        wrong += [] if saved["channels"] in CHANNELS else ["channels"]
+        wrong += [] if whole(saved["channels"]) and saved["channels"] in CHANNELS else ["channels"]
         wrong += [] if saved.get("resize") is None or whole(saved["resize"]) else ["resize"]
         wrong += [] if isinstance(saved.get("squash", False), bool) else ["squash"]
         wrong += [] if isinstance(saved.get("interpolation", ""), str) else ["interpolation"]
         if wrong:
-            shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(set(wrong)))
+            shown = ", ".join(f"{k}={saved[k]!r}" for k in sorted(wrong))
             raise UserError(f"{source}: its input spec has {shown}, which no run writes (sizes "
                             "and counts are whole numbers ≥ 1, height and width at most "
                             f"{MAX_SIDE} px, channels 1 or 3); train the run again")  # fmt: skip

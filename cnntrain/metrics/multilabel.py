@@ -58,7 +58,12 @@ def mean_of(ap: torch.Tensor) -> float:
 
 def binarized(logits: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """(N, L) int64 0/1 predictions: probability ≥ the label's threshold."""
-    return (label_probabilities(logits) >= thresholds.double()).long()
+    return at_thresholds(label_probabilities(logits), thresholds).long()
+
+
+def at_thresholds(probabilities: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool: each label's probability (float64, label_probabilities) ≥ its threshold."""
+    return probabilities >= thresholds.double()
 
 
 def threshold_scores(logits: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor):

@@ -102,8 +102,7 @@ def build_model(model_cfg, spec: InputSpec, weights_read: bool = True) -> nn.Mod
     checkpoint is about to replace.
     """
     entry, options, _ = registered(model_cfg, check=weights_read)
-    build = entry.builder if weights_read else (entry.architecture or entry.builder)
-    model = build(spec, **options)
+    model = entry.builder(spec, **options) if weights_read else build_architecture(model_cfg, spec)
     freeze(model, dict(model_cfg).get("freeze") or "none")
     return model
 

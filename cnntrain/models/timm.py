@@ -85,7 +85,9 @@ def resolve_weights(arch: str, weights):
 
 def pretrained_name(arch: str, weights) -> tuple[str | None, list[str]]:
     """(timm's full pretrained name `arch.tag` that `model.weights` names — DEFAULT is timm's
-    default tag — or None, `arch`'s pretrained tags); reads no file."""
+    default tag — or None (null weights, a file), `arch`'s pretrained tags); reads no file."""
+    if weights is None:
+        return None, []
     timm = timm_module()
     tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
     if str(weights) == "DEFAULT" and tags:
@@ -100,7 +102,7 @@ def data_defaults(arch, weights) -> dict:
     input size, and their mean/std. A file's are none (it is not read: a resumed run's may be
     gone)."""
     check_arch(arch)
-    chosen = None if weights is None else pretrained_name(arch, weights)[0]
+    chosen = pretrained_name(arch, weights)[0]
     if chosen is None:
         return dict(NO_PREPROCESSING)
     cfg = timm_module().models.get_pretrained_cfg(chosen)
@@ -120,7 +122,7 @@ def timm_architecture(spec: InputSpec, arch: str = "resnet18", weights=None) -> 
     """The network timm_classifier builds for these options, randomly initialised, reading no
     weights file and no cache (a trained run's checkpoint is loaded into it, on a machine that
     has neither): a pretrained tag's own configuration by its name, else `arch`'s."""
-    name = None if weights is None else pretrained_name(arch, weights)[0]
+    name = pretrained_name(arch, weights)[0]
     return timm_module().create_model(name or arch, pretrained=False, num_classes=spec.num_classes)
 
 

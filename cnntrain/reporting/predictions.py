@@ -14,6 +14,7 @@ from cnntrain.core.files import write_text
 from cnntrain.core.safe_text import csv_row
 from cnntrain.data.listing import label_set_text
 from cnntrain.metrics import label_probabilities, multilabel_losses
+from cnntrain.metrics.multilabel import at_thresholds
 
 PREDICTIONS_FILE = "test_predictions.csv"
 COLUMNS = ("index", "path", "true", "predicted", "confidence", "loss")
@@ -64,7 +65,7 @@ def multilabel_prediction_rows(logits: torch.Tensor, targets: torch.Tensor, labe
     order): logits (N, L) and targets (N, L) 0/1 on the CPU, `thresholds` (L,) probabilities."""
     probabilities = label_probabilities(logits)  # (N, L) float64, as the metrics
     losses = multilabel_losses(logits, targets)  # (N,)
-    predicted = probabilities >= thresholds.double()  # (N, L) at the thresholds, as binarized
+    predicted = at_thresholds(probabilities, thresholds)  # (N, L)
     order = losses.argsort(descending=True, stable=True).tolist()
     true, guess = (t.bool().tolist() for t in (targets, predicted))
     p, loss = probabilities.tolist(), losses.tolist()

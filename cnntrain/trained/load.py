@@ -13,8 +13,8 @@ from cnntrain.core.checkpoint import (
     check_compatible,
     check_usable,
     checkpoint_file,
-    evaluated_weights,
     load_checkpoint,
+    received_weights,
     saved_config,
 )
 from cnntrain.core.checks import integer, number
@@ -88,7 +88,7 @@ def load_trained(source) -> TrainedModel:
     spec = InputSpec.from_dict(saved["spec"], f"checkpoint {path}")  # an older one squashes
     classes, mean, std = saved_labels_and_statistics(saved, spec, path)  # before any allocation
     network = checked_network(config["model"], spec, saved, path)
-    network.load_state_dict(evaluated_weights(saved))
+    network.load_state_dict(received_weights(saved, path))
     return TrainedModel(
         network=network.eval(),
         spec=spec,
