@@ -18,7 +18,7 @@ from cnntrain.core.errors import UserError
 from cnntrain.core.spec import MAX_SIDE
 from cnntrain.models import InputSpec, build_model
 from cnntrain.models.registry import build_architecture
-from cnntrain.trained.load import checked_network
+from cnntrain.trained import load
 from tests.conftest import REPO, compose_config, run_cli, run_folders, train_here
 
 
@@ -275,19 +275,31 @@ def test_checkpoint_of_another_architecture_or_class_count_is_refused(tmp_path):
     check_compatible({**state, "ema": {"weights": weights, "updates": 3}}, simple, path)
 
 
-def test_a_network_that_cannot_be_built_on_the_meta_device_is_built_then_checked(tmp_path):
-    # torchvision's RegNet reads a value while it is built ("Cannot copy out of meta tensor")
+def test_a_network_is_checked_on_the_meta_device_else_built_then_checked(tmp_path, monkeypatch):
+    spec, path = InputSpec(3, 32, 32, 10), tmp_path / "a.pt"
+    devices = []  # where each build put its tensors, and when the check ran
+
+    def recorded(model_cfg, spec):
+        network = build_architecture(model_cfg, spec)
+        devices.append(next(network.parameters()).device.type)
+        return network
+
+    monkeypatch.setattr(load, "build_architecture", recorded)
+    monkeypatch.setattr(load, "check_compatible", lambda *a: devices.append("checked"))
+    simple = build_architecture({"name": "simplecnn"}, spec).state_dict()
+    load.checked_network({"name": "simplecnn"}, spec, {"model": simple}, path)
+    assert devices == ["meta", "checked", "cpu"]  # shapes checked before any memory is taken
+    # torchvision's RegNet reads a value while it is built ("Cannot copy out of meta tensor"):
+    # built for real, then checked
+    devices.clear()
     regnet = {"name": "torchvision", "arch": "regnet_x_400mf"}
-    spec = InputSpec(3, 32, 32, 10)
     weights = build_architecture(regnet, spec).state_dict()
-    path = tmp_path / "regnet.pt"
-    network = checked_network(regnet, spec, {"model": weights}, path)
-    assert network.state_dict().keys() == weights.keys()
+    load.checked_network(regnet, spec, {"model": weights}, path)
+    assert devices == ["cpu", "checked"]
+    monkeypatch.undo()
     other = {"model": {**weights, "fc.bias": torch.zeros(11)}}
     with pytest.raises(UserError, match=r"fc\.bias is \(11,\) there, \(10,\) here"):
-        checked_network(regnet, spec, other, path)
-    simple = build_architecture({"name": "simplecnn"}, spec).state_dict()  # built on meta first
-    checked_network({"name": "simplecnn"}, spec, {"model": simple}, path)
+        load.checked_network(regnet, spec, other, path)
 
 
 def test_a_vgg_of_the_largest_side_is_built_and_checked_without_its_memory():
